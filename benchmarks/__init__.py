@@ -1,0 +1,1 @@
+"""Detector configs of the standard protocols (configs/) and speed benchmarks (speed/)."""

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of CNN backbones (CARE and baselines)."""

@@ -1,0 +1,1 @@
+"""Per-seed results aggregated into the papers' tables (CSV / LaTeX / Markdown)."""
