@@ -57,6 +57,7 @@ def register_shapes(root: str | Path) -> list[str]:
         if kind == "voc":
             year = int(where[-4:])
             register_pascal_voc(name, str(root / where), split, year, class_names=list(CLASSES))
+            MetadataCatalog.get(name).evaluator_type = "pascal_voc"
         else:
             register_coco_instances(name, {}, str(root / split), str(root / where))
         names.append(name)

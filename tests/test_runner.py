@@ -1,0 +1,185 @@
+"""transfer/run_voc.py and run_coco.py end to end on the synthetic smoke protocols (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from transfer import run_coco, run_voc
+from transfer.runner import SEED_BASE
+
+REPO = Path(__file__).resolve().parents[1]
+# Small enough for CI: 2 iterations, 1 precise-BN batch.
+FAST = ["SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.NUM_ITER", "1"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tv_r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    """A smaller tree than the session's: evaluation dominates these tests' time."""
+    from synthetic import ShapesSpec, generate
+
+    spec = ShapesSpec(seed=1, imagefolder={"train": 1, "val": 1},
+                      voc2007={"trainval": 8, "test": 6}, voc2012={"trainval": 4},
+                      coco={"train2017": 8, "val2017": 6})
+    return generate(tmp_path_factory.mktemp("small_shapes"), spec)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, small_shapes):
+    return tmp_path_factory.mktemp("runs"), small_shapes
+
+
+def _args(module, out, weights, *extra, opts=FAST):
+    root, shapes = out
+    argv = ["--weights", str(weights), "--seeds", "2", "--dataset", "synthetic", "--output",
+            str(root), "--shapes-root", str(shapes), *extra, *opts]
+    return module.get_args_parser().parse_args(argv)
+
+
+def _metrics(root: Path, protocol: str, k: int) -> dict:
+    return json.loads((root / protocol / "tv_r50" / f"seed{k}" / "metrics.json").read_text())
+
+
+def test_voc_two_seeds_then_skip(out, weights, capsys):
+    root, _ = out
+    assert run_voc.main(_args(run_voc, out, weights)) == 0
+    for k in (0, 1):
+        m = _metrics(root, "voc_c4_24k_smoke", k)
+        assert m["seed"] == SEED_BASE + k and m["iterations"] == 2
+        assert set(m["bbox"]) >= {"AP", "AP50", "AP75", "AP50-circle", "AP50-cross"}
+        assert all(0.0 <= v <= 100.0 for v in m["bbox"].values())
+        seed_dir = root / "voc_c4_24k_smoke" / "tv_r50" / f"seed{k}"
+        assert f"SEED: {SEED_BASE + k}" in (seed_dir / "config.yaml").read_text()
+        env = json.loads((seed_dir / "environment.json").read_text())
+        assert env["detectron2"]["source"] in ("PyPI rebuild", "own build")
+    stamp = (root / "voc_c4_24k_smoke/tv_r50/seed0/metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_voc.main(_args(run_voc, out, weights)) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished, skipped") == 2 and "reusing" in printed
+    assert (root / "voc_c4_24k_smoke/tv_r50/seed0/metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("arch", ["c4", "fpn"])
+def test_coco_two_seeds(arch, out, weights):
+    root, _ = out
+    # FPN goes through the Slurm launcher (submitit's local cluster runs the jobs here)
+    extra = ["--launcher", "slurm", "--slurm-cluster", "local"] if arch == "fpn" else []
+    assert run_coco.main(_args(run_coco, out, weights, "--arch", arch, *extra)) == 0
+    for k in (0, 1):
+        m = _metrics(root, f"coco_{arch}_1x_smoke", k)
+        for task in ("bbox", "segm"):
+            assert {"AP", "AP50", "AP75", "AP-circle"} <= set(m[task]), m[task].keys()
+        assert m["base_protocol"] == f"coco_{arch}_1x" and m["variant"] == "smoke"
+
+
+def test_backbone_really_loaded(weights, tmp_path, registered_shapes):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from transfer.config import build_config
+    from transfer.convert import convert_file
+    from transfer.trainer import verify_backbone_loaded
+
+    pkl = tmp_path / "w.pkl"
+    convert_file(weights, pkl)
+    for protocol in ("voc_c4_24k", "coco_fpn_1x"):
+        cfg = build_config(protocol, smoke=True, device="cpu")
+        model = build_model(cfg)
+        with pytest.raises(RuntimeError, match="backbone was not loaded"):
+            verify_backbone_loaded(model, str(pkl))  # random init != converted weights
+        DetectionCheckpointer(model).load(str(pkl))
+        # stem + res2..res5, batch-norm counters excluded: 265 tensors for ResNet-50
+        assert verify_backbone_loaded(model, str(pkl)) == 265
+
+
+def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
+    cmd = [sys.executable, "transfer/run_voc.py", "--weights", str(weights), "--seeds", "1",
+           "--dataset", "synthetic", "--output", str(tmp_path), "--shapes-root",
+           str(small_shapes), "SOLVER.MAX_ITER", "14", "SOLVER.CHECKPOINT_PERIOD", "1000",
+           "TEST.PRECISE_BN.NUM_ITER", "1"]
+    seed_dir = tmp_path / "voc_c4_24k_smoke" / "tv_r50" / "seed0"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "driver.log"
+    with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until a few iterations have run
+        d2_log = seed_dir / "log.txt"
+        if d2_log.exists() and "Starting training from iteration 0" in d2_log.read_text():
+            time.sleep(4)
+            break
+        if proc.poll() is not None:
+            pytest.fail(log.read_text()[-3000:])
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("training did not start in time")
+    proc.send_signal(signal.SIGTERM)  # to the driver, which forwards it to the seed process
+    proc.wait(timeout=300)
+    output = log.read_text()
+    assert proc.returncode == 130, output[-3000:]
+    assert "re-run the same command to resume" in output
+    last = (seed_dir / "last_checkpoint").read_text().strip()
+    stopped_at = int(last.split("_")[1].split(".")[0])
+    assert 0 <= stopped_at < 13 and not (seed_dir / "metrics.json").exists()
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resuming seed 0 from iteration {stopped_at + 1}" in rerun.stdout
+    sessions = json.loads((seed_dir / "sessions.json").read_text())["sessions"]
+    assert [s["status"] for s in sessions] == ["interrupted", "finished"]
+    assert sessions[1]["start_iter"] == stopped_at + 1
+    m = json.loads((seed_dir / "metrics.json").read_text())
+    assert m["sessions"] == 2 and m["wall_time_s"] > 0
+
+
+def test_nan_loss_fails_the_seed_and_others_go_on(out, weights, tmp_path, capsys):
+    _, shapes = out
+    # a zero pixel std divides by zero: the first loss is not finite
+    args = _args(run_voc, (tmp_path, shapes), weights,
+                 opts=FAST + ["MODEL.PIXEL_STD", "[0.0, 0.0, 0.0]"])
+    assert run_voc.main(args) == 1
+    for k in (0, 1):
+        failed = json.loads((tmp_path / "voc_c4_24k_smoke/tv_r50" / f"seed{k}" /
+                             "failed.json").read_text())
+        assert "FloatingPointError" in failed["error"]
+    assert "FAILED seeds: [0, 1]" in capsys.readouterr().err
+
+
+def test_missing_real_dataset_names_paths(tmp_path, weights, monkeypatch, capsys):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
+    args = run_voc.get_args_parser().parse_args(["--weights", str(weights), "--seeds", "1",
+                                                 "--output", str(tmp_path)])
+    from transfer.runner import cli_main
+
+    monkeypatch.setattr(sys, "argv", ["run_voc.py"] + ["--weights", str(weights), "--seeds",
+                                                       "1", "--output", str(tmp_path)])
+    assert cli_main(run_voc.main, run_voc.get_args_parser()) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere" / "VOC2007" / "Annotations") in err
+    assert "--dataset synthetic" in err
+    assert args.dataset == "real"
+
+
+def test_script_help_runs_from_repo_root():
+    res = subprocess.run([sys.executable, "transfer/run_coco.py", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--arch" in res.stdout and "--launcher" in res.stdout

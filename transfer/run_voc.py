@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""VOC07+12 Faster R-CNN R50-C4 (24k iterations), several seeds.
+
+    python transfer/run_voc.py --weights care_r50.pth --seeds 5
+    python transfer/run_voc.py --weights care_r50.pth --seeds 2 --dataset synthetic
+
+Trains on voc_2007_trainval + voc_2012_trainval, tests on voc_2007_test (AP, AP50, AP75 with
+detectron2's PascalVOCDetectionEvaluator, 2007 metric). See transfer/runner.py for outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    _repo = Path(__file__).resolve().parents[1]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _repo / "transfer"]
+    sys.path.insert(0, str(_repo))
+
+from transfer.runner import add_common_args, cli_main, run_protocol  # noqa: E402
+
+PROTOCOL = "voc_c4_24k"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    return add_common_args(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_protocol(args, PROTOCOL)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(main, get_args_parser()))

@@ -1,0 +1,302 @@
+"""Detectron2's ``DefaultTrainer`` with the suite's evaluators, progress, and safe stops.
+
+One process (or one detectron2 ``launch`` group) trains one seed of one protocol:
+``train_seed(spec)``. It resumes from the seed folder's last checkpoint when there is one,
+otherwise loads ``MODEL.WEIGHTS`` and checks that the backbone really received them.
+SIGINT / SIGTERM save a checkpoint at the end of the current iteration and stop
+(resumable); a NaN/inf loss stops the seed with detectron2's FloatingPointError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import tempfile
+import time
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, HookBase, default_setup, hooks
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation.pascal_voc_evaluation import voc_eval
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+from .environment import detectron2_info, environment_record
+
+INTERRUPTED_EXIT_CODE = 130
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal once the resumable checkpoint has been written."""
+
+
+def atomic_write_json(path: str | Path, obj: dict) -> None:
+    """Write JSON via a temp file + rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+class VOCEvaluator(PascalVOCDetectionEvaluator):
+    """Detectron2's VOC evaluator (2007 11-point metric for VOC2007), plus per-class AP50.
+
+    Returns ``{"bbox": {"AP", "AP50", "AP75", "AP50-<class>"...}}`` (percent).
+    """
+
+    def evaluate(self):
+        all_predictions = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return None
+        predictions = defaultdict(list)
+        for per_rank in all_predictions:
+            for cls_id, lines in per_rank.items():
+                predictions[cls_id].extend(lines)
+        aps = defaultdict(list)  # IoU threshold (percent) -> AP per class
+        with tempfile.TemporaryDirectory(prefix="voc_eval_") as tmp:
+            template = os.path.join(tmp, "{}.txt")
+            for cls_id, name in enumerate(self._class_names):
+                with open(template.format(name), "w") as f:
+                    f.write("\n".join(predictions.get(cls_id, [""])))
+                for thresh in range(50, 100, 5):
+                    _, _, ap = voc_eval(template, self._anno_file_template, self._image_set_path,
+                                        name, ovthresh=thresh / 100.0,
+                                        use_07_metric=self._is_2007)
+                    aps[thresh].append(ap * 100)
+        m_ap = {iou: float(np.mean(v)) for iou, v in aps.items()}
+        bbox = OrderedDict(AP=float(np.mean(list(m_ap.values()))), AP50=m_ap[50], AP75=m_ap[75])
+        for name, ap in zip(self._class_names, aps[50]):
+            bbox[f"AP50-{name}"] = float(ap)
+        return OrderedDict(bbox=bbox)
+
+
+class ProgressHook(HookBase):
+    """A tqdm bar on the main process: iteration, total loss, lr, images/s and ETA."""
+
+    def __init__(self, ims_per_batch: int):
+        self._ims = ims_per_batch
+        self._bar = None
+        self._t = None
+
+    def before_train(self):
+        if comm.is_main_process():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
+                             desc="train", unit="it", dynamic_ncols=True)
+        self._t = time.perf_counter()
+
+    def after_step(self):
+        if self._bar is None:
+            return
+        now = time.perf_counter()
+        dt, self._t = now - self._t, now
+        storage = self.trainer.storage
+        post = {"img/s": f"{self._ims / max(dt, 1e-9):.1f}"}
+        hist = storage.histories()
+        if "total_loss" in hist:
+            post["loss"] = f"{hist['total_loss'].latest():.3f}"
+        if "lr" in hist:
+            post["lr"] = f"{hist['lr'].latest():.2e}"
+        self._bar.set_postfix(post, refresh=False)
+        self._bar.update(1)
+
+    def after_train(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+class InterruptHook(HookBase):
+    """On SIGINT / SIGTERM, finish the iteration, save a checkpoint, then stop.
+
+    Every rank sees the stop at the same iteration (the flag is all-reduced), so DDP
+    collectives never deadlock; only the main process writes (the checkpointer's rule).
+    """
+
+    def __init__(self):
+        self._flag = False
+        self._previous = {}
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self._flag = True
+
+    def before_train(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def after_step(self):
+        stop = self._flag
+        if comm.get_world_size() > 1:
+            t = torch.tensor([float(stop)], device=comm.get_local_rank()
+                             if torch.cuda.is_available() else "cpu")
+            torch.distributed.all_reduce(t)
+            stop = bool(t.item() > 0)
+        if stop:
+            it = self.trainer.iter
+            self.trainer.checkpointer.save(f"model_{it:07d}", iteration=it)
+            raise TrainingInterrupted(f"stopped by signal after iteration {it}; "
+                                      "re-run the same command to resume")
+
+    def after_train(self):
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+
+
+class SuiteTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with the protocols' evaluators and the suite's hooks / writers."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        kind = MetadataCatalog.get(dataset_name).evaluator_type
+        if kind == "pascal_voc":
+            return VOCEvaluator(dataset_name)
+        if kind == "coco":
+            out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+            # Without compiled ops the fast C++ COCOeval is absent: use pycocotools'.
+            return COCOEvaluator(dataset_name, output_dir=out,
+                                 use_fast_impl=detectron2_info()["compiled_ops"])
+        raise ValueError(f"no evaluator for dataset {dataset_name!r} of type {kind!r}")
+
+    def build_writers(self):
+        # detectron2's JSONWriter would write OUTPUT_DIR/metrics.json, the name the suite
+        # keeps for final results; training scalars go to train_metrics.jsonl instead.
+        return [CommonMetricPrinter(self.max_iter),
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "train_metrics.jsonl"))]
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                h.max_to_keep = 2  # bounded disk use; model_final is kept as well
+        ret.append(ProgressHook(self.cfg.SOLVER.IMS_PER_BATCH))
+        ret.append(InterruptHook())
+        return ret
+
+
+def backbone_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The detector's backbone tensors under Detectron2 pickle names (stem, res2..res5).
+
+    C4 keeps res5 in the ROI heads; FPN wraps the ResNet as ``backbone.bottom_up``.
+    """
+    model = getattr(model, "module", model)
+    state = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        for prefix in ("backbone.bottom_up.", "backbone.", "roi_heads."):
+            if k.startswith(prefix):
+                name = k[len(prefix):]
+                if name.split(".")[0] in ("stem", "res2", "res3", "res4", "res5"):
+                    out[name] = v
+                break
+    return out
+
+
+def verify_backbone_loaded(model: torch.nn.Module, weights: str) -> int:
+    """Fail unless every backbone tensor of the detector equals the converted file's.
+
+    Guards against the classic silent failure (names not matched, weights not loaded).
+    Returns the number of tensors compared.
+    """
+    with open(weights, "rb") as f:
+        src = pickle.load(f)["model"]
+    got = backbone_tensors(model)
+    expected = {k for k in src if not k.endswith("num_batches_tracked")}
+    missing = sorted(expected - set(got))
+    wrong = sorted(k for k in expected & set(got)
+                   if not np.array_equal(got[k].detach().cpu().numpy(), src[k]))
+    if missing or wrong:
+        raise RuntimeError(
+            f"the backbone was not loaded from {weights}: {len(missing)} tensors absent in the "
+            f"detector {missing[:5]}, {len(wrong)} differ {wrong[:5]}"
+        )
+    return len(expected)
+
+
+def _sessions(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["sessions"] if path.exists() else []
+
+
+def train_seed(spec: dict) -> dict | None:
+    """Train and evaluate one seed (inside a detectron2 ``launch`` worker).
+
+    ``spec`` is the JSON-able dict written by ``transfer.runner``. Writes, on the main
+    process: ``config.yaml``, ``log.txt``, ``train_metrics.jsonl``, ``environment.json``,
+    ``sessions.json`` and finally ``metrics.json`` (written last: marks the seed finished).
+    """
+    import argparse
+
+    from .config import build_config
+    from .datasets import register_shapes
+
+    if spec["dataset"] == "synthetic":
+        register_shapes(spec["shapes_root"])
+    out = Path(spec["seed_dir"])
+    opts = list(spec["opts"]) + ["OUTPUT_DIR", str(out), "SEED", str(spec["seed"]),
+                                 "SOLVER.AMP.ENABLED", str(bool(spec["amp"]))]
+    cfg = build_config(spec["protocol"], smoke=spec["smoke"], weights=spec["weights"] or "",
+                       opts=opts, device=spec["device"])
+    default_setup(cfg, argparse.Namespace(**spec))
+    t0, main = time.time(), comm.is_main_process()
+    trainer = SuiteTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    start_iter = trainer.start_iter
+    if start_iter == 0 and spec["weights"]:
+        n = verify_backbone_loaded(trainer.model, spec["weights"])
+        if main:
+            print(f"backbone loaded and verified: {n} tensors equal {spec['weights']}")
+    elif start_iter > 0 and main:
+        print(f"resuming seed {spec['seed_index']} from iteration {start_iter}")
+    sessions_path = out / "sessions.json"
+    status = "failed"
+    try:
+        trainer.train()
+        status = "finished"
+    except (TrainingInterrupted, KeyboardInterrupt):
+        status = "interrupted"
+        raise
+    finally:
+        if main:
+            sessions = _sessions(sessions_path) + [{
+                "start_iter": start_iter, "end_iter": min(trainer.iter, trainer.max_iter),
+                "status": status,
+                "wall_time_s": round(time.time() - t0, 2)}]
+            atomic_write_json(sessions_path, {"sessions": sessions})
+    if not main:
+        return None
+    # DefaultTrainer.train() returns results only with TEST.EXPECTED_RESULTS; the final
+    # evaluation's are kept by its EvalHook here:
+    results = getattr(trainer, "_last_eval_results", None)
+    if not results:
+        raise RuntimeError(f"training ended without evaluation results (see {out}/log.txt)")
+    sessions = _sessions(sessions_path)
+    metrics = {
+        "protocol": spec["protocol_name"],
+        "base_protocol": spec["protocol"],
+        "variant": "smoke" if spec["smoke"] else "full",
+        "dataset": spec["dataset"],
+        "weights": spec["weights_info"],
+        "seed_index": spec["seed_index"],
+        "seed": spec["seed"],
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+        "world_size": comm.get_world_size(),
+        "amp": bool(spec["amp"]),
+        "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
+        "sessions": len(sessions),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **{task: dict(vals) for task, vals in results.items()},
+    }
+    atomic_write_json(out / "environment.json", environment_record())
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
