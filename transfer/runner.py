@@ -260,8 +260,9 @@ def run_protocol(args: argparse.Namespace, protocol: str) -> int:
     else:
         for spec in specs:
             k = spec["seed_index"]
+            resumable = seed_status(Path(spec["seed_dir"])) == "resumable"
             print(f"seed {k} (seed value {spec['seed']}): "
-                  f"{'resuming' if seed_status(Path(spec['seed_dir'])) == 'resumable' else 'starting'}")
+                  f"{'resuming' if resumable else 'starting'}")
             code = _run_local(spec)
             if code == INTERRUPTED_EXIT_CODE or code == -signal.SIGINT:
                 print(f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
