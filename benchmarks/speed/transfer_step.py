@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Train-step speed of each protocol's detector, bare and through the runner.
+
+    python benchmarks/speed/transfer_step.py                       # GPU: full protocol configs
+    python benchmarks/speed/transfer_step.py --smoke --device cpu  # CPU: smoke configs
+
+For each protocol it prints images/s of
+- the bare train step (forward + backward + SGD step) on pre-loaded batches from the
+  protocol's own data loader (so no data loading), fp32 and, on CUDA, AMP;
+- a short runner job (``transfer/run_*.py`` on the synthetic data, ``SOLVER.MAX_ITER`` =
+  ``--runner-iters``), from detectron2's own "Overall training speed" line, which excludes
+  its first iterations. The runner should keep >= 90% of the bare step speed.
+
+Full configs on synthetic data: the shapes images are upsampled to the protocol's 480-800 px
+sizes by the same ResizeShortestEdge, so the per-image work matches real data's.
+Writes a JSON summary with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SCRIPTS = {"voc_c4_24k": ["transfer/run_voc.py"],
+           "coco_c4_1x": ["transfer/run_coco.py", "--arch", "c4"],
+           "coco_fpn_1x": ["transfer/run_coco.py", "--arch", "fpn"]}
+
+
+def bare_step(protocol: str, smoke: bool, device: str, amp: bool, iters: int, warmup: int,
+              ims: int | None, shapes_root: str) -> float:
+    """Images/s of model forward + backward + optimizer step on cached batches."""
+    import torch
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    from transfer.config import build_config
+    from transfer.datasets import register_shapes
+
+    register_shapes(shapes_root)
+    opts = ["DATASETS.TRAIN", "('shapes_voc_2007_trainval',)" if protocol.startswith("voc")
+            else "('shapes_coco_2017_train',)", "DATALOADER.NUM_WORKERS", "2"]
+    if ims:
+        opts += ["SOLVER.IMS_PER_BATCH", str(ims)]
+    cfg = build_config(protocol, smoke=smoke, device=device, opts=opts)
+    model = build_model(cfg).train()
+    opt = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    it = iter(build_detection_train_loader(cfg))
+    batches = [next(it) for _ in range(min(4, iters))]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with EventStorage(0):
+        for i in range(warmup + iters):
+            if i == warmup:
+                sync()
+                t0 = time.perf_counter()
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+                losses = model(batches[i % len(batches)])
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        sync()
+    return iters * cfg.SOLVER.IMS_PER_BATCH / (time.perf_counter() - t0)
+
+
+def runner_job(protocol: str, smoke: bool, iters: int, ims: int | None, weights: str,
+               shapes_root: str, amp: bool, num_gpus: int) -> float:
+    """Images/s of a short real runner job (detectron2's own timing, warm-up excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, *SCRIPTS[protocol], "--weights", weights, "--seeds", "1",
+               "--dataset", "synthetic", "--output", tmp, "--shapes-root", shapes_root,
+               "--num-gpus", str(num_gpus)] + (["--amp"] if amp else [])
+        opts = ["SOLVER.MAX_ITER", str(iters), "TEST.PRECISE_BN.ENABLED", "False",
+                "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "100000"]
+        if not smoke:
+            opts += full_size_opts(protocol)
+        if ims:
+            opts += ["SOLVER.IMS_PER_BATCH", str(ims)]
+        res = subprocess.run(cmd + opts, cwd=REPO, capture_output=True, text=True)
+        log = "\n".join(p.read_text() for p in Path(tmp).rglob("log.txt"))
+        m = re.search(r"Overall training speed: (\d+) iterations in .* \(([\d.]+) s / it\)", log)
+        if not m:
+            raise RuntimeError(f"runner job failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+        batch = ims or _ims_per_batch(protocol, smoke)
+        return batch / float(m.group(2))
+
+
+def _ims_per_batch(protocol: str, smoke: bool) -> int:
+    from transfer.config import build_config
+
+    return build_config(protocol, smoke=smoke, device="cpu").SOLVER.IMS_PER_BATCH
+
+
+def full_size_opts(protocol: str) -> list[str]:
+    """Overrides giving the smoke config (what --dataset synthetic runs) the full protocol's
+    image sizes, batch and sampling, so the runner's per-image work matches the protocol's."""
+    from transfer.config import build_config
+
+    full = build_config(protocol, smoke=False, device="cpu")
+    return ["INPUT.MIN_SIZE_TRAIN", str(tuple(full.INPUT.MIN_SIZE_TRAIN)),
+            "INPUT.MAX_SIZE_TRAIN", str(full.INPUT.MAX_SIZE_TRAIN),
+            "SOLVER.IMS_PER_BATCH", str(full.SOLVER.IMS_PER_BATCH),
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(full.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
+            "MODEL.RPN.BATCH_SIZE_PER_IMAGE", str(full.MODEL.RPN.BATCH_SIZE_PER_IMAGE),
+            "DATALOADER.NUM_WORKERS", "8"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--protocols", nargs="+", default=list(SCRIPTS), choices=list(SCRIPTS))
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--smoke", action="store_true", help="smoke configs (small images)")
+    p.add_argument("--iters", type=int, default=20, help="timed bare steps (default: 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed bare steps (default: 5)")
+    p.add_argument("--runner-iters", type=int, default=40,
+                   help="iterations of the runner job; 0 skips it (default: 40)")
+    p.add_argument("--ims-per-batch", type=int, default=None,
+                   help="override the batch (default: the config's; 16 for full protocols)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    return p
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    import torch
+    import torchvision
+
+    from synthetic import ShapesSpec, generate
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    work = Path(tempfile.mkdtemp(prefix="transfer_speed_"))
+    shapes = str(generate(work / "shapes", ShapesSpec(size=256)))
+    weights = work / "tv_r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    print(f"device: {gpu}; configs: {'smoke' if args.smoke else 'full protocol'}")
+    rows = []
+    for protocol in args.protocols:
+        row = {"protocol": protocol, "device": gpu, "smoke": args.smoke}
+        row["bare_fp32"] = bare_step(protocol, args.smoke, device, False, args.iters,
+                                     args.warmup, args.ims_per_batch, shapes)
+        if device == "cuda":
+            row["bare_amp"] = bare_step(protocol, args.smoke, device, True, args.iters,
+                                        args.warmup, args.ims_per_batch, shapes)
+        if args.runner_iters:
+            row["runner_fp32"] = runner_job(protocol, args.smoke, args.runner_iters,
+                                            args.ims_per_batch, str(weights), shapes, False,
+                                            1 if device == "cuda" else 0)
+            row["runner_vs_bare"] = row["runner_fp32"] / row["bare_fp32"]
+        rows.append(row)
+        cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float))
+        print(f"{protocol:<12} images/s: {cells}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
