@@ -4,8 +4,9 @@ PIP ?= $(PYTHON) -m pip
 # Used only when torch is not importable yet (this is what installs from local disk here).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SHAPES ?= datasets/shapes
+RUNS ?= output
 
-.PHONY: install test lint format data
+.PHONY: install test lint format data tables
 
 install:  ## torch (if missing), a working detectron2, the suite (editable) with dev tools
 	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -23,3 +24,6 @@ format:
 
 data:  ## write the synthetic shapes tree (ImageFolder, VOC, COCO) to $(SHAPES)
 	$(PYTHON) -m synthetic --root $(SHAPES)
+
+tables:  ## aggregate finished seeds under $(RUNS) into the papers' tables (CSV / LaTeX / Markdown)
+	$(PYTHON) -m tables --runs $(RUNS)

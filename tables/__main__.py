@@ -1,0 +1,112 @@
+"""``python -m tables``: aggregate finished seeds into the papers' tables and plots.
+
+    python -m tables --runs output --out output/tables
+    python -m tables --runs output other_cluster/output --compare care_r50 byol_r50
+    python -m tables --reference-only            # the paper's tables alone
+
+Writes, per table (table4, table5, c4_2x) that has rows: ``<name>.csv`` (all numbers: mean,
+std, n, 95% CI, delta, Welch p-value), ``<name>.md`` and ``<name>.tex``; a strip/box plot
+``<protocol>.png`` per protocol run; and ``groups.json`` (every group's seeds, unfinished
+and failed seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .aggregate import MIN_SEEDS, TablesError, collect
+from .layout import TABLES, build_table, known_sources, table_for
+from .plot import plot_protocol
+from .render import to_csv, to_latex, to_markdown
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--runs", nargs="+", type=Path, default=[Path("output")],
+                   help="results roots written by transfer/run_*.py --output (default: output)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where tables go (default: <first root>/tables)")
+    p.add_argument("--label", action="append", default=[], metavar="WEIGHTS=METHOD[:EPOCHS]",
+                   help="row label for a weights name whose checkpoint has no metadata, "
+                        "e.g. --label tv_r50=Supervised:90")
+    p.add_argument("--reference", default=None, metavar="METHOD[:EPOCHS]",
+                   help="paper row for the delta columns (default: CARE of the same epochs)")
+    p.add_argument("--source", default=None,
+                   help="which paper table's rows, e.g. care_supp_table3 (default: main table)")
+    p.add_argument("--compare", nargs=2, metavar=("WEIGHTS_A", "WEIGHTS_B"), default=None,
+                   help="Welch's t-test of B against A per column (p-values in the CSV)")
+    p.add_argument("--decimals", type=int, default=1, help="decimals in Markdown / LaTeX")
+    p.add_argument("--reference-only", action="store_true",
+                   help="write the paper's tables alone (no runs needed)")
+    p.add_argument("--no-paper", action="store_true", help="leave the paper's rows out")
+    return p
+
+
+def _labels(items: list[str]) -> dict[str, tuple[str, str]]:
+    out = {}
+    for item in items:
+        weights, _, rest = item.partition("=")
+        method, _, epochs = rest.partition(":")
+        if not weights or not method:
+            raise TablesError(f"--label {item!r}: expected WEIGHTS=METHOD[:EPOCHS]")
+        out[weights] = (method, epochs)
+    return out
+
+
+def main(args: argparse.Namespace) -> dict[str, Path]:
+    out = args.out or (args.runs[0] / "tables")
+    if args.source and args.source not in known_sources():
+        raise TablesError(f"--source {args.source!r} is in no reference table; known: "
+                          f"{sorted(known_sources())}")
+    groups = [] if args.reference_only else collect(args.runs)
+    for g in groups:
+        table_for(g.base_protocol if g.seeds else g.protocol.removesuffix("_smoke"))
+    written: dict[str, Path] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in TABLES.values():
+        has_runs = any(g.seeds and g.base_protocol in spec.protocols for g in groups)
+        if not has_runs and not (args.reference_only and spec.reference_csv):
+            continue
+        rows = build_table(spec, groups, _labels(args.label), source=args.source,
+                           reference=args.reference, compare=tuple(args.compare or ()) or None,
+                           with_paper=not args.no_paper)
+        for ext, text in (("csv", to_csv(spec, rows)),
+                          ("md", to_markdown(spec, rows, args.decimals)),
+                          ("tex", to_latex(spec, rows, args.decimals))):
+            path = out / f"{spec.name}.{ext}"
+            path.write_text(text)
+            written[f"{spec.name}.{ext}"] = path
+        for protocol in sorted({g.protocol for g in groups
+                                if g.seeds and g.base_protocol in spec.protocols}):
+            png = plot_protocol(spec, groups, protocol, out / f"{protocol}.png", args.source)
+            if png:
+                written[png.name] = png
+    summary = [{"protocol": g.protocol, "weights": g.weights, "finished": len(g.seeds),
+                "few_seeds": len(g.seeds) < MIN_SEEDS,
+                "unfinished": [str(p) for p in g.unfinished],
+                "failed": [{"seed": str(p), "error": e} for p, e in g.failed]} for g in groups]
+    (out / "groups.json").write_text(json.dumps(summary, indent=1))
+    for g in groups:
+        flag = f" (fewer than {MIN_SEEDS} seeds)" if len(g.seeds) < MIN_SEEDS else ""
+        print(f"{g.protocol}/{g.weights}: {len(g.seeds)} finished{flag}"
+              + (f", {len(g.unfinished)} unfinished" if g.unfinished else "")
+              + (f", {len(g.failed)} FAILED" if g.failed else ""))
+        for p, e in g.failed:
+            print(f"  failed: {p}: {e}")
+        for p in g.unfinished:
+            print(f"  unfinished: {p}")
+    for path in written.values():
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except TablesError as e:
+        sys.exit(f"tables: {e}")

@@ -1,0 +1,214 @@
+"""The papers' table layouts, their reference rows, and rows built from our runs.
+
+CARE Table 4: COCO Mask R-CNN R50-C4 1x (det, seg) and VOC07+12 Faster R-CNN R50-C4.
+CARE Table 5: COCO Mask R-CNN R50-FPN 1x (det, seg). A third table collects COCO C4 2x runs
+(MoCo / MaskCo's schedule), which CARE does not report. Smoke runs on synthetic data fill the
+same columns in rows marked "(synthetic)".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .aggregate import Group, Stat, TablesError, welch
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the reference CSV's column name, e.g. "coco_det_AP"
+    label: str  # header, e.g. "AP^bb_50"
+    block: str  # group header, e.g. "COCO det"
+    protocol: str  # base protocol filling it
+    task: str  # "bbox" or "segm"
+    metric: str  # "AP", "AP50", "AP75"
+
+
+def _block(prefix: str, block: str, protocol: str, task: str, sym: str) -> list[Column]:
+    return [Column(f"{prefix}_{m}", f"{sym}{m[2:]}" if m != "AP" else sym, block, protocol,
+                   task, m) for m in ("AP", "AP50", "AP75")]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    columns: list[Column]
+    reference_csv: str | None
+    default_source: str | None
+
+    @property
+    def protocols(self) -> set[str]:
+        return {c.protocol for c in self.columns}
+
+
+TABLES: dict[str, TableSpec] = {
+    "table4": TableSpec(
+        "table4", "CARE Table 4: COCO Mask R-CNN R50-C4 1x and VOC07+12 Faster R-CNN R50-C4",
+        _block("coco_det", "COCO det", "coco_c4_1x", "bbox", "APbb")
+        + _block("coco_seg", "COCO seg", "coco_c4_1x", "segm", "APmk")
+        + _block("voc", "VOC07+12 det", "voc_c4_24k", "bbox", "AP"),
+        "care_table4_c4.csv", "care_main_table4"),
+    "table5": TableSpec(
+        "table5", "CARE Table 5: COCO Mask R-CNN R50-FPN 1x",
+        _block("coco_det", "COCO det", "coco_fpn_1x", "bbox", "APbb")
+        + _block("coco_seg", "COCO seg", "coco_fpn_1x", "segm", "APmk"),
+        "care_table5_fpn.csv", "care_main_table5"),
+    "c4_2x": TableSpec(
+        "c4_2x", "COCO Mask R-CNN R50-C4 2x (MoCo / MaskCo schedule)",
+        _block("coco_det", "COCO det", "coco_c4_2x", "bbox", "APbb")
+        + _block("coco_seg", "COCO seg", "coco_c4_2x", "segm", "APmk"),
+        None, None),
+}
+
+
+@dataclass
+class Row:
+    kind: str  # "paper" or "ours"
+    method: str
+    epochs: str
+    weights: str = ""
+    source: str = ""
+    synthetic: bool = False
+    cells: dict[str, Stat | float | None] = field(default_factory=dict)  # key -> value
+    n_seeds: dict[str, int] = field(default_factory=dict)  # protocol -> finished seeds
+    delta: dict[str, float] = field(default_factory=dict)
+    delta_ref: str = ""
+    pvalues: dict[str, float] = field(default_factory=dict)
+    p_vs: str = ""
+
+    @property
+    def label(self) -> str:
+        name = self.method + (f" ({self.weights})" if self.weights else "")
+        return name + (" (synthetic)" if self.synthetic else "")
+
+    def mean(self, key: str) -> float | None:
+        v = self.cells.get(key)
+        if isinstance(v, Stat):
+            return v.mean
+        return v
+
+    @property
+    def few_seeds(self) -> bool:
+        return self.kind == "ours" and any(n < 5 for n in self.n_seeds.values())
+
+
+def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
+    """The paper's rows of one table: the ``source`` table of its CSV when the CSV has it
+    (e.g. care_supp_table3 for Table 4), else its default source."""
+    if spec.reference_csv is None:
+        return []
+    with open(REFERENCE_DIR / spec.reference_csv, newline="") as f:
+        records = list(csv.DictReader(f))
+    if source not in {r["source"] for r in records}:
+        source = spec.default_source
+    rows = []
+    for rec in records:
+        if rec["source"] == source:
+            cells = {c.key: float(rec[c.key]) if rec[c.key] != "" else None
+                     for c in spec.columns}
+            rows.append(Row("paper", rec["method"], rec["epochs"], source=source, cells=cells))
+    if not rows:
+        raise TablesError(f"no reference rows with source {source!r} in {spec.reference_csv}")
+    return rows
+
+
+def known_sources() -> set[str]:
+    sources = set()
+    for spec in TABLES.values():
+        if spec.reference_csv:
+            with open(REFERENCE_DIR / spec.reference_csv, newline="") as f:
+                sources |= {r["source"] for r in csv.DictReader(f)}
+    return sources
+
+
+def table_for(protocol: str) -> TableSpec:
+    for spec in TABLES.values():
+        if protocol in spec.protocols:
+            return spec
+    known = sorted({p for s in TABLES.values() for p in s.protocols})
+    raise TablesError(f"no table knows protocol {protocol!r}; known protocols: {known} "
+                      "(and their '_smoke' variants)")
+
+
+def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]]) -> list[Row]:
+    """One row per (weights, synthetic or real), merging the protocols of the table."""
+    rows: dict[tuple[str, bool], Row] = {}
+    for g in groups:
+        if not g.seeds or g.base_protocol not in spec.protocols:
+            continue
+        key = (g.weights, g.synthetic)
+        if key not in rows:
+            method, epochs = labels.get(g.weights, (None, None))
+            meta = g.meta
+            method = method or meta.get("method") or g.weights
+            epochs = epochs or (str(meta["epochs"]) if meta.get("epochs") is not None else "")
+            rows[key] = Row("ours", method, epochs, weights=g.weights, synthetic=g.synthetic)
+        row = rows[key]
+        row.n_seeds[g.base_protocol] = len(g.seeds)
+        for c in spec.columns:
+            if c.protocol == g.base_protocol:
+                row.cells[c.key] = g.stat(c.task, c.metric)
+    return sorted(rows.values(), key=lambda r: (r.synthetic, r.method, r.epochs, r.weights))
+
+
+def add_deltas(spec: TableSpec, rows: list[Row], reference: str | None = None) -> None:
+    """Delta of each of our cells against a paper row: ``reference`` = "Method:epochs", or by
+    default the paper's CARE row of the same epochs (else the nearest epochs)."""
+    paper = [r for r in rows if r.kind == "paper"]
+    if not paper:
+        return
+    for row in rows:
+        if row.kind != "ours":
+            continue
+        if reference:
+            method, _, epochs = reference.partition(":")
+            cand = [r for r in paper if r.method == method and (not epochs or r.epochs == epochs)]
+            if not cand:
+                raise TablesError(f"reference row {reference!r} not in {spec.name}; rows: "
+                                  f"{sorted({f'{r.method}:{r.epochs}' for r in paper})}")
+            ref = cand[0]
+        else:
+            care = [r for r in paper if r.method == "CARE" and r.epochs]
+            if not care:
+                continue
+            try:
+                target = float(row.epochs)
+            except ValueError:
+                target = math.inf
+            ref = min(care, key=lambda r: (abs(float(r.epochs) - target), float(r.epochs)))
+        row.delta_ref = f"{ref.method} {ref.epochs}ep ({ref.source})"
+        for c in spec.columns:
+            ours, theirs = row.mean(c.key), ref.mean(c.key)
+            if ours is not None and theirs is not None:
+                row.delta[c.key] = ours - theirs
+
+
+def add_significance(spec: TableSpec, rows: list[Row], a: str, b: str) -> None:
+    """Welch's t-test per column between our rows with weights ``a`` and ``b`` (p on b's
+    row), separately for real-data and synthetic rows."""
+    ours = {(r.weights, r.synthetic): r for r in rows if r.kind == "ours"}
+    for synthetic in (False, True):
+        ra, rb = ours.get((a, synthetic)), ours.get((b, synthetic))
+        if ra is None or rb is None:
+            continue
+        rb.p_vs = ra.label
+        for c in spec.columns:
+            sa, sb = ra.cells.get(c.key), rb.cells.get(c.key)
+            if isinstance(sa, Stat) and isinstance(sb, Stat):
+                rb.pvalues[c.key] = welch(sa, sb)
+
+
+def build_table(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]],
+                source: str | None = None, reference: str | None = None,
+                compare: tuple[str, str] | None = None,
+                with_paper: bool = True) -> list[Row]:
+    rows = (read_reference(spec, source) if with_paper else []) + our_rows(spec, groups, labels)
+    add_deltas(spec, rows, reference)
+    if compare:
+        add_significance(spec, rows, *compare)
+    return rows
