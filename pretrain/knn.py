@@ -1,0 +1,62 @@
+"""Weighted kNN probe (cosine similarity, temperature-weighted votes; Wu et al. 2018, DINO).
+
+Features are the backbone's pooled res5 (N, C), L2-normalised. For each query the k most
+similar bank features vote for their class with weight exp(sim / T).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import BadImageCounter, LabelledImages
+
+
+def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                n_classes: int, k: int, temperature: float = 0.07) -> torch.Tensor:
+    """Class scores (Q, n_classes) for L2-normalised query (Q, D) and bank (B, D)."""
+    k = min(k, bank.shape[0])
+    sim = query @ bank.t()
+    top, idx = sim.topk(k, dim=1)
+    weights = (top / temperature).exp()
+    votes = torch.zeros(query.shape[0], n_classes, device=query.device)
+    votes.scatter_add_(1, bank_labels[idx], weights)
+    return votes
+
+
+@torch.no_grad()
+def extract(backbone: torch.nn.Module, loader: DataLoader, device: str):
+    feats, labels = [], []
+    was_training = backbone.training
+    backbone.eval()
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y = batch
+        _, res5 = backbone(x.to(device, non_blocking=True))
+        feats.append(F.normalize(res5.float().mean(dim=(2, 3)), dim=1))
+        labels.append(y.to(device))
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_accuracy(backbone: torch.nn.Module, train_dir, val_dir, size: int, device: str,
+                 ks: tuple[int, ...] = (20, 200), temperature: float = 0.07,
+                 batch_size: int = 128, workers: int = 0,
+                 limit_per_class: int = 0) -> dict[str, float]:
+    """Top-1 accuracy (%) of the weighted kNN classifier for each k, on ``val_dir``."""
+    def loader(folder, limit=0):
+        ds = LabelledImages(folder, size, limit)
+        return DataLoader(ds, batch_size=batch_size, num_workers=workers,
+                          collate_fn=BadImageCounter()), len(ds.classes)
+
+    train_loader, n_classes = loader(train_dir, limit_per_class)
+    val_loader, _ = loader(val_dir)
+    bank, bank_y = extract(backbone, train_loader, device)
+    query, query_y = extract(backbone, val_loader, device)
+    out = {}
+    for k in ks:
+        pred = knn_predict(query, bank, bank_y, n_classes, k, temperature).argmax(1)
+        out[f"knn_top1_k{k}"] = float((pred == query_y).float().mean() * 100)
+    return out

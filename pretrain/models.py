@@ -1,0 +1,178 @@
+"""Backbones, MLP heads and CARE's transformer stream (T-stream).
+
+Backbones are torchvision ResNets built without downloaded weights; their state dict keeps
+torchvision names, which is what ``transfer.convert`` reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+ARCHS = {"resnet18": "resnet18", "resnet50": "resnet50", "resnet101": "resnet101",
+         "resnet152": "resnet152", "resnet50x2": "wide_resnet50_2"}
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet without its classifier.
+
+    ``forward(x)`` returns ``(res4, res5)``: layer3 and layer4 outputs, e.g. (N, 1024, 14, 14)
+    and (N, 2048, 7, 7) for ResNet-50 at 224 px.
+    """
+
+    def __init__(self, arch: str = "resnet50"):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)}")
+        net = getattr(torchvision.models, ARCHS[arch])(weights=None)
+        self.arch = arch
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (net.layer1, net.layer2, net.layer3,
+                                                              net.layer4)
+        self.res4_dim = net.layer4[0].conv1.in_channels  # layer3's output channels
+        self.dim = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        res4 = self.layer3(self.layer2(self.layer1(x)))
+        return res4, self.layer4(res4)
+
+    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trunk's weights under torchvision ResNet names (no ``fc``), on CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+
+
+class MLP(nn.Module):
+    """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)`` (BYOL / CARE heads, s. 4).
+
+    With ``layers=3`` and ``last_bn=True`` it is SimSiam's projector (no biases before BN,
+    the last BN without affine).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int = 2,
+                 last_bn: bool = False):
+        super().__init__()
+        mods: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(dim, hidden, bias=not last_bn), nn.BatchNorm1d(hidden),
+                     nn.ReLU(inplace=True)]
+            dim = hidden
+        mods.append(nn.Linear(dim, out_dim, bias=not last_bn))
+        if last_bn:
+            mods.append(nn.BatchNorm1d(out_dim, affine=False))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, d) learned table -> (length, d) by linear interpolation (identity if equal)."""
+    if table.shape[0] == length:
+        return table
+    t = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear", align_corners=False)
+    return t.squeeze(0).t()
+
+
+class MHSA(nn.Module):
+    """Multi-head self-attention over a (N, C, H, W) map, BoTNet style (CARE s. 3.2).
+
+    One 1x1 conv makes q, k, v; q is scaled by d^-0.5; logits = q.k^T + position logits.
+    Position encodings (``pos``):
+      - "abs": learnable height + width tables (L, d), shared by heads: logits += q.pos^T
+        (the official code's choice; since q.(k + pos) = q.k + q.pos it fits fused kernels);
+      - "rel": learnable relative tables (2L - 1, d) indexed by (dy, dx) (the paper's text);
+      - "none".
+    Tables are learned at a nominal size (the 224 px one) and linearly resized to the actual
+    feature map, so any input size works.
+    """
+
+    def __init__(self, dim: int, heads: int, size: int, pos: str = "abs"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} not divisible by heads {heads}")
+        self.heads, self.head_dim, self.pos = heads, dim // heads, pos
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
+        d = self.head_dim
+        if pos == "abs":
+            self.height = nn.Parameter(torch.randn(size, d) * d ** -0.5)
+            self.width = nn.Parameter(torch.randn(size, d) * d ** -0.5)
+        elif pos == "rel":
+            self.rel_h = nn.Parameter(torch.randn(2 * size - 1, d) * d ** -0.5)
+            self.rel_w = nn.Parameter(torch.randn(2 * size - 1, d) * d ** -0.5)
+        elif pos != "none":
+            raise ValueError(f"unknown position encoding {pos!r} (abs, rel, none)")
+
+    def position(self, h: int, w: int) -> torch.Tensor | None:
+        """Position term: (HW, d) for "abs", (HW, HW, d) for "rel", None for "none"."""
+        if self.pos == "abs":
+            ph, pw = _resize_table(self.height, h), _resize_table(self.width, w)
+            return (ph[:, None, :] + pw[None, :, :]).reshape(h * w, -1)
+        if self.pos == "rel":
+            rh, rw = _resize_table(self.rel_h, 2 * h - 1), _resize_table(self.rel_w, 2 * w - 1)
+            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            ys, xs = ys.reshape(-1).to(rh.device), xs.reshape(-1).to(rh.device)
+            return rh[ys[:, None] - ys[None, :] + h - 1] + rw[xs[:, None] - xs[None, :] + w - 1]
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(n, 3, self.heads, self.head_dim, h * w).unbind(1)
+        q = q.transpose(-1, -2) * self.head_dim ** -0.5  # (N, heads, HW, d)
+        k, v = k.transpose(-1, -2), v.transpose(-1, -2)
+        pos = self.position(h, w)
+        if pos is None:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        elif pos.dim() == 2:  # absolute: q.(k + pos) = q.k + q.pos, one fused attention call
+            out = F.scaled_dot_product_attention(q, k + pos.to(k.dtype), v, scale=1.0)
+        else:
+            logits = q @ k.transpose(-1, -2) + torch.einsum("bnid,ijd->bnij", q, pos.to(q.dtype))
+            out = logits.softmax(-1) @ v
+        return out.transpose(-1, -2).reshape(n, c, h, w)
+
+
+class BoTBlock(nn.Module):
+    """1x1 conv to ``mid``, BN, ReLU, MHSA, [2x2 avgpool], BN, ReLU, 1x1 conv to ``out``, BN,
+    + shortcut, ReLU. The first block downsamples (3x3 stride-2 conv shortcut)."""
+
+    def __init__(self, in_dim: int, out_dim: int, mid: int, heads: int, size: int, pos: str,
+                 downsample: bool):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(in_dim, mid, 1, bias=False), nn.BatchNorm2d(mid),
+                                    nn.ReLU(inplace=True))
+        self.attn = MHSA(mid, heads, size, pos)
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if downsample else nn.Identity()
+        self.post = nn.Sequential(nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                                  nn.Conv2d(mid, out_dim, 1, bias=False), nn.BatchNorm2d(out_dim))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(out_dim), nn.ReLU(inplace=True)) if downsample else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.post(self.pool(self.attn(self.reduce(x))))
+        return F.relu(y + self.shortcut(x))
+
+
+class TStream(nn.Module):
+    """CARE's transformer stream on res4, in parallel with res5 (official code, DESIGN s. 4).
+
+    (N, C4, H, W) -> (N, out_dim, ceil(H/2), ceil(W/2)); n blocks, the first downsampling.
+    ``nominal`` is the res4 side at the paper's 224 px input (14) for the position tables.
+    """
+
+    def __init__(self, in_dim: int = 1024, out_dim: int = 2048, n_blocks: int = 5,
+                 mid: int = 512, heads: int = 4, pos: str = "abs", nominal: int = 14):
+        super().__init__()
+        half = math.ceil(nominal / 2)
+        self.blocks = nn.Sequential(*[
+            BoTBlock(in_dim if i == 0 else out_dim, out_dim, mid, heads,
+                     nominal if i == 0 else half, pos, downsample=(i == 0))
+            for i in range(n_blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
