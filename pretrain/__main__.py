@@ -45,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--base-tau", type=float, default=d.base_tau,
       help="target EMA momentum at step 0, cosine to 1 (0.99)")
     a("--image-size", type=int, default=d.image_size, help="crop size (224)")
+    a("--crop-scale", type=float, nargs=2, default=d.crop_scale, metavar=("MIN", "MAX"),
+      help="RandomResizedCrop area range (0.08 1.0); small synthetic images need a larger MIN")
     a("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,
       help="mixed precision: auto = bf16 on CUDA, none on CPU (paper: fp16 AMP)")
     a("--no-channels-last", action="store_true", help="keep NCHW on GPU (ours: channels_last)")
@@ -90,7 +92,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         method=args.method, arch=args.arch, data=args.data, output=args.output, out=args.out,
         epochs=args.epochs, batch_size=args.batch_size, base_lr=args.base_lr,
         weight_decay=args.weight_decay, momentum=args.momentum, warmup_epochs=args.warmup_epochs,
-        start_lr=args.start_lr, base_tau=args.base_tau, image_size=args.image_size, amp=args.amp,
+        start_lr=args.start_lr, base_tau=args.base_tau, image_size=args.image_size,
+        crop_scale=tuple(args.crop_scale), amp=args.amp,
         channels_last=not args.no_channels_last, workers=args.workers, seed=args.seed,
         save_every=args.save_every, knn_every=args.knn_every,
         knn_limit_per_class=args.knn_limit_per_class, log_every=args.log_every,

@@ -71,10 +71,10 @@ class AugConfig:
         ])
 
 
-def byol_views(size: int) -> list[AugConfig]:
+def byol_views(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> list[AugConfig]:
     """BYOL / CARE: blur p 1.0 / 0.1, solarize p 0.0 / 0.2."""
-    return [AugConfig(size=size, blur_p=1.0, solarize_p=0.0),
-            AugConfig(size=size, blur_p=0.1, solarize_p=0.2)]
+    return [AugConfig(size=size, scale=tuple(scale), blur_p=1.0, solarize_p=0.0),
+            AugConfig(size=size, scale=tuple(scale), blur_p=0.1, solarize_p=0.2)]
 
 
 def eval_transform(size: int) -> T.Compose:

@@ -58,6 +58,7 @@ class PretrainConfig:
     start_lr: float = 1e-6
     base_tau: float = 0.99
     image_size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     amp: str = "auto"  # auto | bf16 | fp16 | none
     channels_last: bool = True
     workers: int = 8
@@ -184,7 +185,8 @@ class Trainer:
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
             self.train_dir, self.val_dir = resolve_data(cfg)
-        self.dataset = ViewsDataset(self.train_dir, byol_views(cfg.image_size), cfg.seed)
+        self.dataset = ViewsDataset(self.train_dir, byol_views(cfg.image_size, cfg.crop_scale),
+                                    cfg.seed)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(self.dataset) // self.global_batch
         if self.steps_per_epoch == 0:

@@ -1,0 +1,193 @@
+"""pretrain end to end on tiny inputs: resume equivalence, faults, DDP, conversion."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.methods import HeadConfig
+from pretrain.train import Interrupted, NonFiniteLoss, PretrainConfig, Trainer, run
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = HeadConfig(proj_hidden=64, proj_dim=16, pred_hidden=64, mid_dim=64, n_blocks=2)
+
+
+def tiny(tmp: Path, data: Path, **kw) -> PretrainConfig:
+    base = dict(method="byol", arch="resnet18", data=str(data), output=str(tmp), epochs=2,
+                batch_size=8, image_size=32, workers=0, knn_every=0, save_every=1, log_every=1,
+                warmup_epochs=0.5, heads=SMALL, crop_scale=(0.3, 1.0))
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def folder(shapes_root) -> Path:
+    return shapes_root / "imagefolder"  # 96 train images: 12 steps of 8 per epoch
+
+
+def _fit_until(cfg: PretrainConfig, resume: bool = False) -> Trainer:
+    t = Trainer(cfg)
+    if resume:
+        t.load(Path(cfg.output) / "checkpoint.pth")
+    with pytest.raises(Interrupted):
+        t.fit()
+    return t
+
+
+def test_resume_is_exact(tmp_path, folder):
+    cfg = tiny(tmp_path / "a", folder, method="care", stop_after_steps=4)
+    straight = _fit_until(cfg)
+    first = _fit_until(replace(cfg, output=str(tmp_path / "b"), stop_after_steps=2))
+    assert first.global_step == 2
+    second = _fit_until(replace(cfg, output=str(tmp_path / "b")), resume=True)
+    assert second.global_step == 4 and second.step_in_epoch == 4
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = straight.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+
+
+def test_final_checkpoint_converts_for_transfer(tmp_path, folder):
+    from transfer.convert import convert_file
+
+    out = run(tiny(tmp_path, folder, epochs=1, out=str(tmp_path / "byol_r18.pth")))
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["meta"]["method"] == "BYOL" and ckpt["meta"]["epochs"] == 1
+    report = convert_file(out, tmp_path / "byol_r18.pkl")
+    assert report["arch"] == "ResNet-18" and report["max_rel_diff"] <= 1e-4
+    assert report["meta"]["method"] == "BYOL"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(x["type"] == "step" and "loss" in x and "img_per_s" in x for x in lines)
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_bad_images_are_skipped_then_refused(tmp_path, folder):
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    victim = sorted((data / "train" / "circle").glob("*.jpg"))[0]
+    victim.write_bytes(b"this is not a jpeg")
+    t = Trainer(tiny(tmp_path / "ok", data, epochs=1, max_bad_frac=0.5))
+    t.fit()
+    assert t.bad_images == 1
+    with pytest.raises(RuntimeError, match=r"1 of 9\d images .* could not be read"):
+        Trainer(tiny(tmp_path / "strict", data, epochs=1, max_bad_frac=0.0)).fit()
+
+
+def test_wrong_layouts_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ImageFolder tree"):
+        Trainer(tiny(tmp_path / "o", tmp_path / "nothing"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        Trainer(tiny(tmp_path / "o", tmp_path / "empty"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, folder, monkeypatch):
+    cfg = tiny(tmp_path, folder, epochs=3)
+    t = Trainer(cfg)
+    real = type(t.model).compute_loss
+
+    def poisoned(self, views):
+        out = real(self, views)
+        if t.global_step == 14:  # epoch 2, after the epoch-1 checkpoint
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(type(t.model), "compute_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match="last good checkpoint is kept"):
+        t.fit()
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert ckpt["state"]["global_step"] == 12 and ckpt["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["backbone"].values()
+               if v.is_floating_point())
+
+
+def test_resume_refuses_other_settings(tmp_path, folder):
+    _fit_until(tiny(tmp_path, folder, stop_after_steps=1))
+    with pytest.raises(ValueError, match="base_lr"):
+        run(tiny(tmp_path, folder, base_lr=0.5))
+
+
+def test_sigterm_writes_a_resumable_checkpoint(tmp_path, folder):
+    cmd = [sys.executable, "-m", "pretrain", "--method", "byol", "--arch", "resnet18",
+           "--data", str(folder), "--output", str(tmp_path), "--epochs", "2", "--batch-size",
+           "8", "--image-size", "32", "--workers", "0", "--knn-every", "0", "--log-every", "1",
+           "--proj-hidden", "64", "--pred-hidden", "64", "--proj-dim", "16"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["state"]
+    stopped = state["global_step"]
+    assert 2 <= stopped < 24
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resumed from {tmp_path / 'checkpoint.pth'}: epoch {state['epoch']}, step {stopped}" \
+        in res.stdout
+
+
+def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    from pretrain.methods import BYOL
+
+    torch.manual_seed(0)
+    model = BYOL("resnet18", SMALL)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
+    half = [v[rank * 4:(rank + 1) * 4] for v in views]
+    loss = ddp(half)["loss"]
+    loss.backward()
+    opt.step()
+    t = torch.tensor([loss.item()])
+    torch.distributed.all_reduce(t)
+    if rank == 0:
+        torch.save({"loss": t.item() / 2, "params": model.backbone.state_dict()},
+                   Path(out_dir) / "ddp.pth")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path):
+    """DDP on 2 CPU processes == one process averaging the two half-batch losses.
+
+    Not equal to one process on the whole batch of 8: on CPU there is no SyncBatchNorm
+    (torch's needs CUDA), so each process normalises over its own 4 images; with CUDA the
+    trainer converts BN to SyncBN and the whole-batch statistics are used.
+    """
+    import torch.multiprocessing as mp
+
+    from pretrain.methods import BYOL
+
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
+    port = 29000 + os.getpid() % 1000
+    mp.spawn(_ddp_worker, args=(port, views, str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "ddp.pth", weights_only=True)
+
+    torch.manual_seed(0)
+    model = BYOL("resnet18", SMALL)
+    opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
+    losses = [model([v[i * 4:(i + 1) * 4] for v in views])["loss"] for i in range(2)]
+    loss = sum(losses) / 2
+    loss.backward()
+    opt.step()
+    assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    for k, v in model.backbone.state_dict().items():
+        if v.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(got["params"][k], v, rtol=1e-4, atol=1e-6)
