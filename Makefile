@@ -5,8 +5,16 @@ PIP ?= $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SHAPES ?= datasets/shapes
 RUNS ?= output
+# make pretrain: synthetic shapes on CPU by default; DATA=/path/to/imagenet for the paper's run
+METHOD ?= care
+ARCH ?= resnet50
+DATA ?=
+EPOCHS ?=
+BATCH ?=
+GPUS ?= 1
+OUT ?= $(METHOD)_$(subst resnet,r,$(ARCH)).pth
 
-.PHONY: install test lint format data tables
+.PHONY: install test lint format data tables pretrain
 
 install:  ## torch (if missing), a working detectron2, the suite (editable) with dev tools
 	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -27,3 +35,15 @@ data:  ## write the synthetic shapes tree (ImageFolder, VOC, COCO) to $(SHAPES)
 
 tables:  ## aggregate finished seeds under $(RUNS) into the papers' tables (CSV / LaTeX / Markdown)
 	$(PYTHON) -m tables --runs $(RUNS)
+
+pretrain:  ## CARE ResNet-50 on synthetic shapes (CPU, < 5 min) -> care_r50.pth; DATA=... for ImageNet
+ifeq ($(DATA),)
+	$(PYTHON) -m pretrain --method $(METHOD) --arch $(ARCH) --epochs $(or $(EPOCHS),6) \
+		--batch-size $(or $(BATCH),32) --image-size 64 --crop-scale 0.3 1.0 --warmup-epochs 1 \
+		--workers 2 --knn-every 3 --save-every 3 --output runs/pretrain/$(METHOD)_$(ARCH)_shapes \
+		--out $(OUT)
+else
+	$(PYTHON) -m torch.distributed.run --nproc_per_node=$(GPUS) -m pretrain --method $(METHOD) \
+		--arch $(ARCH) --data $(DATA) --epochs $(or $(EPOCHS),200) --batch-size $(or $(BATCH),128) \
+		--output runs/pretrain/$(METHOD)_$(ARCH) --out $(OUT)
+endif

@@ -7,8 +7,13 @@ import math
 import pytest
 import torch
 
-from pretrain.losses import (attention_loss, info_nce, negative_cosine, regression_loss,
-                             symmetric_byol_loss)
+from pretrain.losses import (
+    attention_loss,
+    info_nce,
+    negative_cosine,
+    regression_loss,
+    symmetric_byol_loss,
+)
 from pretrain.methods import BYOL, CARE, HeadConfig
 from pretrain.models import MHSA, ResNetTrunk, TStream
 from pretrain.schedules import lr_at, momentum_at
@@ -67,7 +72,8 @@ def test_ema_update_and_buffer_copy():
             p.fill_(0.0)
         m.backbone.bn1.running_mean.fill_(3.0)
     m.update_target(0.9)
-    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in m.target["backbone"].parameters())
+    target = m.target["backbone"]
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in target.parameters())
     assert torch.equal(m.target["backbone"].bn1.running_mean, torch.full((64,), 3.0))
     assert "predictor" not in m.target  # predictors have no target copy
 
