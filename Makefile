@@ -14,29 +14,38 @@ BATCH ?=
 GPUS ?= 1
 OUT ?= $(METHOD)_$(subst resnet,r,$(ARCH)).pth
 
-.PHONY: install test lint format data tables pretrain
+.PHONY: install ensure test lint format data tables pretrain demo
+
+# Every command below first makes sure the suite is installed (a fresh machine needs nothing
+# else): `make demo` and `make test` work on their own.
+ensure:
+	@$(PYTHON) -c "import importlib.metadata as m, detectron2, pytest; m.version('care-transfer-suite')" \
+		2>/dev/null || $(MAKE) install
+
+demo: ensure  ## the whole pipeline on synthetic data (CPU): pretrain, transfer, tables, attention maps
+	$(PYTHON) tools/demo.py --out output/demo
 
 install:  ## torch (if missing), a working detectron2, the suite (editable) with dev tools
 	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
 	$(PYTHON) tools/install_detectron2.py
 	$(PIP) install -q -e ".[dev]"
 
-test:  ## the whole test suite (CPU)
+test: ensure  ## the whole test suite (CPU)
 	$(PYTHON) -m pytest -q
 
-lint:  ## ruff
+lint: ensure  ## ruff
 	$(PYTHON) -m ruff check .
 
 format:
 	$(PYTHON) -m ruff check --fix .
 
-data:  ## write the synthetic shapes tree (ImageFolder, VOC, COCO) to $(SHAPES)
+data: ensure  ## write the synthetic shapes tree (ImageFolder, VOC, COCO) to $(SHAPES)
 	$(PYTHON) -m synthetic --root $(SHAPES)
 
-tables:  ## aggregate finished seeds under $(RUNS) into the papers' tables (CSV / LaTeX / Markdown)
+tables: ensure  ## aggregate finished seeds under $(RUNS) into the papers' tables (CSV / LaTeX / Markdown)
 	$(PYTHON) -m tables --runs $(RUNS)
 
-pretrain:  ## CARE ResNet-50 on synthetic shapes (CPU, < 5 min) -> care_r50.pth; DATA=... for ImageNet
+pretrain: ensure  ## CARE ResNet-50 on synthetic shapes (CPU, < 5 min) -> care_r50.pth; DATA=... for ImageNet
 ifeq ($(DATA),)
 	$(PYTHON) -m pretrain --method $(METHOD) --arch $(ARCH) --epochs $(or $(EPOCHS),6) \
 		--batch-size $(or $(BATCH),32) --image-size 64 --crop-scale 0.3 1.0 --warmup-epochs 1 \

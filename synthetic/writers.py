@@ -46,9 +46,10 @@ def _save_jpeg(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, quality=JPEG_QUALITY)
 
 
-def write_imagefolder(root: Path, seed: int, size: int, per_class: dict[str, int]) -> None:
+def write_imagefolder(root: Path, seed: int, size: int, per_class: dict[str, int],
+                      distractors: int = 2) -> None:
     """``root/{train,val}/<class>/<class>_<i>.jpg``: one large object of the class, drawn
-    first, and up to two smaller objects of other classes partly in front of it.
+    first, and up to ``distractors`` smaller objects of other classes partly in front of it.
 
     Args:
         per_class: images per class for each split, e.g. {"train": 20, "val": 10}.
@@ -57,7 +58,8 @@ def write_imagefolder(root: Path, seed: int, size: int, per_class: dict[str, int
         for c, name in enumerate(CLASSES):
             for i in range(n):
                 rng = _rng(seed, split, c * 100_000 + i)
-                others = [int(k) for k in rng.integers(len(CLASSES), size=rng.integers(0, 3))]
+                n_other = rng.integers(0, distractors + 1)
+                others = [int(k) for k in rng.integers(len(CLASSES), size=n_other)]
                 others = [k for k in others if k != c]
                 w, h = _size(rng, size)
                 scene = render_scene(rng, w, h, [c] + others,

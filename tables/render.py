@@ -110,7 +110,7 @@ def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
              if any(r.kind == "paper" for r in rows) else ""]
     if any(r.few_seeds for r in rows):
         notes.append("\\* fewer than 5 seeds (the protocol's number of trials).")
-    if any(r.pvalues for r in rows):
+    if any(p < SIGNIFICANT for r in rows for p in r.pvalues.values()):
         vs = next(r.p_vs for r in rows if r.pvalues)
         notes.append(f"† Welch's t-test against {vs}: p < {SIGNIFICANT}.")
     ref = sorted({r.delta_ref for r in rows if r.delta_ref})

@@ -158,3 +158,9 @@ def test_cli_prints_report(r50_state, tmp_path, capsys):
     with pytest.raises(SystemExit, match="nothing was written"):
         cv.main(cv.get_args_parser().parse_args([str(tmp_path / "missing.pth"),
                                                  str(tmp_path / "x.pkl")]))
+
+
+def test_d2_names_invert_to_torchvision(r50_state):
+    for k in r50_state:
+        if not k.startswith("fc."):
+            assert cv.d2_to_torchvision_name(cv.torchvision_to_d2_name(k)) == k

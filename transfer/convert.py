@@ -226,6 +226,18 @@ def torchvision_to_d2_name(key: str) -> str:
     return name
 
 
+def d2_to_torchvision_name(key: str) -> str:
+    """The inverse of ``torchvision_to_d2_name``: ``res3.0.conv1.norm.weight`` ->
+    ``layer2.0.bn1.weight``."""
+    if key.startswith("stem."):
+        return key[len("stem."):].replace("conv1.norm.", "bn1.")
+    stage, rest = key.split(".", 1)
+    name = f"layer{int(stage[3:]) - 1}.{rest}"
+    name = re.sub(r"\.conv(\d)\.norm\.", r".bn\1.", name)
+    return name.replace(".shortcut.norm.", ".downsample.1.").replace(".shortcut.",
+                                                                      ".downsample.0.")
+
+
 def build_d2_backbone(spec: ResNetSpec, norm: str = "BN"):
     """Detectron2's ResNet with the protocol's settings (STRIDE_IN_1X1 False), res2..res5."""
     from detectron2.config import get_cfg
