@@ -27,17 +27,18 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
                    (out / "pretrain" / method / "metrics.jsonl").read_text().splitlines()]
         knn = [m["knn_top1_k20"] for m in metrics if "knn_top1_k20" in m]
         assert knn and all(0 <= v <= 100 for v in knn)
-        assert (out / "weights" / f"{method}_r18.pth").stat().st_size > 1e6
-    # one finished seed per (weights, protocol), with finite APs
+        assert (out / "weights" / f"{method}_r50.pth").stat().st_size > 1e6
+    # one finished seed per (weights, protocol), with finite headline APs (a per-category AP
+    # is NaN, as in COCOeval, when the 3 validation images hold no such object)
     for protocol in ("voc_c4_24k_smoke", "coco_c4_1x_smoke"):
-        for weights in ("care_r18", "byol_r18", "random_init"):
+        for weights in ("care_r50", "byol_r50", "random_init"):
             m = json.loads((out / "runs" / protocol / weights / "seed0" /
                             "metrics.json").read_text())
-            assert all(math.isfinite(v) for v in m["bbox"].values())
+            assert all(math.isfinite(m["bbox"][k]) for k in ("AP", "AP50", "AP75"))
     # the tables parse and carry our three rows beside the paper's
     rows = list(csv.DictReader(open(written["table4.csv"])))
     ours = {r["weights"] for r in rows if r["kind"] == "ours"}
-    assert ours == {"care_r18", "byol_r18", "random_init"}
+    assert ours == {"care_r50", "byol_r50", "random_init"}
     assert all(math.isfinite(float(r["voc_AP"])) for r in rows if r["kind"] == "ours")
     assert "Rand Init (random_init) (synthetic)" in written["table4.md"].read_text()
     assert r"\begin{tabular}" in written["table4.tex"].read_text()

@@ -183,3 +183,13 @@ def test_script_help_runs_from_repo_root():
     res = subprocess.run([sys.executable, "transfer/run_coco.py", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--arch" in res.stdout and "--launcher" in res.stdout
+
+
+def test_weights_arch_sets_the_detector_or_is_refused():
+    from transfer.runner import arch_opts
+
+    assert arch_opts("ResNet-50") == [] and arch_opts(None) == []
+    assert arch_opts("ResNet-101") == ["MODEL.RESNETS.DEPTH", "101"]
+    assert arch_opts("ResNet-50 x2") == ["MODEL.RESNETS.WIDTH_PER_GROUP", "128"]
+    with pytest.raises(ValueError, match="ResNet-18.*bottleneck"):
+        arch_opts("ResNet-18")

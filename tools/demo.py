@@ -29,7 +29,7 @@ SIZES = {  # pretraining epochs / image px, transfer iterations / seeds, data co
                   shapes=dict(size=96, imagefolder={"train": 16, "val": 8},
                               voc2007={"trainval": 16, "test": 8}, voc2012={"trainval": 8},
                               coco={"train2017": 16, "val2017": 8})),
-    "tiny": dict(arch="resnet18", epochs=1, image=32, batch=8, iters=2, seeds=1,
+    "tiny": dict(arch="resnet50", epochs=1, image=32, batch=8, iters=2, seeds=1,
                  shapes=dict(size=64, imagefolder={"train": 4, "val": 2},
                              voc2007={"trainval": 4, "test": 3}, voc2012={"trainval": 2},
                              coco={"train2017": 4, "val2017": 3})),

@@ -106,6 +106,23 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
             "sha256": sha, "meta": report.get("meta", {}), "arch": report.get("arch")}
 
 
+# The detector's ResNet must match the weights: depth / width overrides per converted arch.
+ARCH_OPTS = {"ResNet-50": [], "ResNet-101": ["MODEL.RESNETS.DEPTH", "101"],
+             "ResNet-152": ["MODEL.RESNETS.DEPTH", "152"],
+             "ResNet-50 x2": ["MODEL.RESNETS.WIDTH_PER_GROUP", "128"]}
+
+
+def arch_opts(arch: str | None) -> list[str]:
+    """Config overrides that build the detector's backbone as the weights' ResNet."""
+    if arch is None:  # random init or a .pkl without metadata: the protocol's ResNet-50
+        return []
+    if arch not in ARCH_OPTS:
+        raise ValueError(f"the weights are a {arch}; the detection protocols need a bottleneck "
+                         f"ResNet ({', '.join(ARCH_OPTS)}): Detectron2's C4 head is a "
+                         "bottleneck res5")
+    return list(ARCH_OPTS[arch])
+
+
 def seed_status(seed_dir: Path) -> str:
     if (seed_dir / "metrics.json").exists():
         return "finished"
@@ -223,6 +240,7 @@ def run_protocol(args: argparse.Namespace, protocol: str) -> int:
         check_real(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
 
     weights = resolve_weights(args.weights, output, args.allow_pickle)
+    opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
     protocol_name = f"{protocol}_smoke" if smoke else protocol
     run_dir = output / protocol_name / weights["stem"]
     print(f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
@@ -296,11 +314,9 @@ def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
 
 def cli_main(main, parser: argparse.ArgumentParser) -> int:
     """Run a runner script's ``main``; bad input ends with one clear line, no traceback."""
-    from .convert import ConversionError
-
     try:
         return main(parser.parse_args())
-    except (FileNotFoundError, ConversionError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 
