@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .data import BadImageCounter, ViewsDataset, byol_views
+from .data import BadImageCounter, ResumableSampler, ViewsDataset, byol_views
 from .knn import knn_accuracy
 from .methods import HeadConfig, build_method
 from .schedules import lr_at, momentum_at
@@ -289,7 +289,8 @@ class Trainer:
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLoss(
                 f"loss is {loss.item()} at epoch {self.epoch}, step {self.global_step} "
-                f"({ {k: float(v) for k, v in losses.items()} }); stopped before the update. "
+                f"({ {k: float(v.detach()) for k, v in losses.items()} }); stopped before the "
+                "update. "
                 f"The last good checkpoint is kept: {self.out / 'checkpoint.pth'}. Lower "
                 "--base-lr, use --amp bf16 / none, or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
@@ -377,9 +378,7 @@ class Trainer:
                 signal.signal(s, h)
         return self.finish()
 
-    def _sampler(self):
-        from .data import ResumableSampler
-
+    def _sampler(self) -> ResumableSampler:
         return ResumableSampler(len(self.dataset), self.cfg.seed, self.rank, self.world)
 
     def _check_bad_images(self, counter: BadImageCounter) -> None:

@@ -33,10 +33,7 @@ def load_trunk(path: str | Path, allow_pickle: bool = False) -> tuple[ResNetTrun
                 for k, v in obj["model"].items() if k.split(".")[0] in
                 ("stem", "res2", "res3", "res4", "res5")}
     else:
-        tensors, _, _ = cv._tensor_dict(obj)
-        prefix, _ = cv.find_prefix(list(tensors))
-        body = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)
-                and cv._BODY.match(k[len(prefix):])}
+        body = cv.extract_body(obj).tensors
     spec = cv.infer_spec(body)
     arch = {18: "resnet18", 50: "resnet50", 101: "resnet101", 152: "resnet152"}[spec.depth]
     if spec.width_per_group == 128:

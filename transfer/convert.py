@@ -285,15 +285,37 @@ def compare_features(body: Mapping[str, torch.Tensor], model: Mapping[str, np.nd
     return worst
 
 
+@dataclass
+class Body:
+    """The torchvision-named ResNet body found in a checkpoint."""
+
+    tensors: dict[str, torch.Tensor]  # torchvision names, prefix removed
+    spec: ResNetSpec
+    prefix: str
+    label: str  # what the prefix says about the source (e.g. "MoCo (query encoder)")
+    where: str  # where the state dict sat in the checkpoint
+    dropped: list[str]  # input keys that are not body tensors
+    meta: dict
+
+
+def extract_body(obj: Mapping, prefix: str | None = None) -> Body:
+    """The ResNet body of any accepted (non-Detectron2) checkpoint dict."""
+    tensors, where, meta = _tensor_dict(obj)
+    pre, label = find_prefix(list(tensors), prefix)
+
+    def is_body(k: str) -> bool:
+        return k.startswith(pre) and bool(_BODY.match(k[len(pre):]))
+
+    body = {k[len(pre):]: v for k, v in tensors.items() if is_body(k)}
+    dropped = sorted(k for k in tensors if not is_body(k))
+    return Body(body, infer_spec(body), pre, label, where, dropped, meta)
+
+
 def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) -> Conversion:
     """Convert a loaded checkpoint dict (see module docstring); raises ConversionError."""
-    tensors, where, meta = _tensor_dict(obj)
-    keys = list(tensors)
-    pre, label = find_prefix(keys, prefix)
-    body = {k[len(pre):]: v for k, v in tensors.items()
-            if k.startswith(pre) and _BODY.match(k[len(pre):])}
-    dropped = sorted(k for k in keys if not (k.startswith(pre) and _BODY.match(k[len(pre):])))
-    spec = infer_spec(body)
+    b = extract_body(obj, prefix)
+    body, spec, pre, label, where, dropped, meta = (b.tensors, b.spec, b.prefix, b.label,
+                                                    b.where, b.dropped, b.meta)
 
     model, mapping, seen = {}, [], {}
     for k in sorted(body):
