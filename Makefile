@@ -47,9 +47,9 @@ tables: ensure  ## aggregate finished seeds under $(RUNS) into the papers' table
 
 pretrain: ensure  ## CARE ResNet-50 on synthetic shapes (CPU, < 5 min) -> care_r50.pth; DATA=... for ImageNet
 ifeq ($(DATA),)
-	$(PYTHON) -m pretrain --method $(METHOD) --arch $(ARCH) --epochs $(or $(EPOCHS),6) \
+	$(PYTHON) -m pretrain --method $(METHOD) --arch $(ARCH) --epochs $(or $(EPOCHS),5) \
 		--batch-size $(or $(BATCH),32) --image-size 64 --crop-scale 0.3 1.0 --warmup-epochs 1 \
-		--workers 2 --knn-every 3 --save-every 3 --output runs/pretrain/$(METHOD)_$(ARCH)_shapes \
+		--workers 2 --knn-every 5 --save-every 5 --output runs/pretrain/$(METHOD)_$(ARCH)_shapes \
 		--out $(OUT)
 else
 	$(PYTHON) -m torch.distributed.run --nproc_per_node=$(GPUS) -m pretrain --method $(METHOD) \
