@@ -13,7 +13,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
+
+from transfer.atomic import atomic_torch_save
 
 from .data import BadImageCounter, ResumableSampler, ViewsDataset, byol_views
 from .knn import knn_accuracy
@@ -87,19 +88,6 @@ def _dist_setup() -> tuple[int, int, int]:
     return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
              "python_pos": random.getstate()[2]}
@@ -154,7 +142,7 @@ def final_checkpoint(model, cfg: PretrainConfig, epoch: int, images_seen: int,
     return {
         "format": SUITE_FORMAT,
         "backbone": model.backbone.torchvision_state_dict(),
-        "meta": {"method": model.name.upper() if model.name != "care" else "CARE",
+        "meta": {"method": model.name.upper(),
                  "method_key": model.name, "arch": cfg.arch, "epochs": epoch,
                  "images_seen": images_seen, "hparams": _jsonable(asdict(cfg)),
                  "knn": knn[-1] if knn else None},
@@ -230,7 +218,7 @@ class Trainer:
         path = path or self.out / "checkpoint.pth"
         ckpt = final_checkpoint(self.model, self.cfg, self.epoch, self.images_seen, self.history)
         ckpt["state"] = self.state_dict()
-        _atomic_save(ckpt, path)
+        atomic_torch_save(path, ckpt)
         return path
 
     def load(self, path: str | Path) -> None:
@@ -395,8 +383,8 @@ class Trainer:
         if not self.main:
             return None
         out = Path(self.cfg.out or self.out / f"{self.cfg.method}_{self.cfg.arch}.pth")
-        _atomic_save(final_checkpoint(self.model, self.cfg, self.epoch, self.images_seen,
-                                      self.history), out)
+        atomic_torch_save(out, final_checkpoint(self.model, self.cfg, self.epoch,
+                                                self.images_seen, self.history))
         try:
             plot_curves(self.history, self.out / "curves.png")
         except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run

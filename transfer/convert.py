@@ -28,16 +28,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -357,18 +357,6 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
     return conv
 
 
-def _atomic_pickle(obj: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def convert_file(src: str | Path, dst: str | Path, prefix: str | None = None,
                  allow_pickle: bool = False, verify: bool = True) -> dict:
     """Convert ``src`` into ``dst`` (written atomically, only if every check passed).
@@ -394,7 +382,7 @@ def convert_file(src: str | Path, dst: str | Path, prefix: str | None = None,
                   "dropped": conv.dropped, "meta": payload["suite_meta"]}
         for k, name in conv.mapping:
             logger.debug("%s -> %s", k, name)
-    _atomic_pickle(payload, dst)
+    atomic_pickle(dst, payload)
     report.update(source=str(src), source_sha256=sha, output=str(dst))
     return report
 

@@ -26,8 +26,9 @@ import time
 import traceback
 from pathlib import Path
 
+from .atomic import atomic_write_json
 from .config import PROTOCOLS, build_config
-from .trainer import INTERRUPTED_EXIT_CODE, atomic_write_json
+from .trainer import INTERRUPTED_EXIT_CODE
 
 SEED_BASE = 1000
 RANDOM_INIT = ("none", "random")

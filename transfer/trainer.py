@@ -27,6 +27,7 @@ from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
+from .atomic import atomic_write_json
 from .environment import detectron2_info, environment_record
 
 INTERRUPTED_EXIT_CODE = 130
@@ -34,16 +35,6 @@ INTERRUPTED_EXIT_CODE = 130
 
 class TrainingInterrupted(Exception):
     """Raised after a signal once the resumable checkpoint has been written."""
-
-
-def atomic_write_json(path: str | Path, obj: dict) -> None:
-    """Write JSON via a temp file + rename, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
 
 
 class VOCEvaluator(PascalVOCDetectionEvaluator):
