@@ -77,6 +77,23 @@ def byol_views(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> list[AugC
             AugConfig(size=size, scale=tuple(scale), blur_p=0.1, solarize_p=0.2)]
 
 
+def simsiam_views(size: int, scale: tuple[float, float] = (0.2, 1.0)) -> list[AugConfig]:
+    """SimSiam / GSG / MoCo v2 (DESIGN.md s. 5): two identical pipelines, jitter
+    (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5, no solarize."""
+    one = AugConfig(size=size, scale=tuple(scale), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)
+    return [one, one]
+
+
+AUGMENTATIONS = {"byol": byol_views, "simsiam": simsiam_views}
+
+
+def views_for(aug: str, size: int, scale: tuple[float, float]) -> list[AugConfig]:
+    """The two views' augmentations of a named recipe (``--aug``)."""
+    if aug not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation recipe {aug!r}; choose from {list(AUGMENTATIONS)}")
+    return AUGMENTATIONS[aug](size, scale)
+
+
 def eval_transform(size: int) -> T.Compose:
     """Resize (size / 0.875), centre crop, normalise: for kNN features."""
     return T.Compose([T.Resize(int(round(size / 0.875)),

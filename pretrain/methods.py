@@ -2,29 +2,35 @@
 
 ``build_heads()`` creates the method's heads, ``momentum_modules`` names the online modules
 that get an EMA target copy, ``compute_loss(views)`` returns the loss terms. The training
-loop (``pretrain.train``) is written once for all methods.
+loop (``pretrain.train``) is written once for all methods. Each method also carries its
+paper's training defaults (``train_defaults``: lr, warmup, EMA schedule, augmentations) and
+head sizes (``head_defaults``); a value given explicitly always wins.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .losses import attention_loss, symmetric_byol_loss
+from .losses import attention_loss, negative_cosine, symmetric_byol_loss
 from .models import MLP, ResNetTrunk, TStream
 
 
 @dataclass
 class HeadConfig:
-    """Head sizes and method options (paper defaults; every one is a CLI flag)."""
+    """Head sizes and method options (paper defaults; every one is a CLI flag).
 
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
+    ``None`` means "the method's default" (``Method.head_defaults``).
+    """
+
+    proj_hidden: int | None = None
+    proj_dim: int | None = None
+    pred_hidden: int | None = None
     # CARE (DESIGN.md s. 4)
     n_blocks: int = 5
     heads: int = 4
@@ -34,6 +40,13 @@ class HeadConfig:
     att_loss: str = "code"
     t_detach: bool = False  # the paper's text: T-stream loss trains only T-stream modules
     nominal_res4: int = 14  # res4 side at 224 px, for the T-stream's position tables
+    # GSG (DESIGN.md s. 5)
+    gsg_distance: str = "normalized"  # ours: Euclidean distance of L2-normalised projections
+
+    def with_defaults(self, defaults: dict) -> HeadConfig:
+        """A copy with every ``None`` field taken from ``defaults``."""
+        return replace(self, **{f.name: defaults[f.name] for f in fields(self)
+                                if getattr(self, f.name) is None and f.name in defaults})
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:
@@ -47,10 +60,15 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     name = "base"
     momentum_modules: tuple[str, ...] = ()
     n_views = 2
+    # BYOL / CARE (DESIGN.md s. 4); subclasses override what their paper changes
+    train_defaults: dict = {"base_lr": 0.05, "warmup_epochs": 10.0, "base_tau": 0.99,
+                            "tau_schedule": "cosine", "crop_scale": (0.08, 1.0), "aug": "byol",
+                            "fix_pred_lr": False}
+    head_defaults: dict = {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
 
     def __init__(self, arch: str = "resnet50", cfg: HeadConfig | None = None):
         super().__init__()
-        self.cfg = cfg or HeadConfig()
+        self.cfg = (cfg or HeadConfig()).with_defaults(self.head_defaults)
         self.backbone = ResNetTrunk(arch)
         self.build_heads()
         self.target = nn.ModuleDict(
@@ -71,6 +89,16 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 
     def online_parameters(self):
         return (p for n, p in self.named_parameters() if not n.startswith("target."))
+
+    def param_groups(self, fix_pred_lr: bool = False) -> list[dict]:
+        """Optimiser groups; with ``fix_pred_lr`` the predictor's group is marked
+        ``fixed_lr`` (SimSiam: its lr stays at the base value, not scheduled)."""
+        pred = getattr(self, "predictor", None)
+        if not fix_pred_lr or pred is None:
+            return [{"params": list(self.online_parameters())}]
+        ids = {id(p) for p in pred.parameters()}
+        rest = [p for p in self.online_parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": list(pred.parameters()), "fixed_lr": True}]
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
@@ -157,7 +185,114 @@ class CARE(BYOL):
         return {"loss": loss, **{k: v.detach() for k, v in t.items()}}
 
 
-METHODS: dict[str, type[Method]] = {"byol": BYOL, "care": CARE}
+SIMSIAM_TRAIN = {"base_lr": 0.05, "warmup_epochs": 0.0, "base_tau": 0.99,
+                 "tau_schedule": "constant", "crop_scale": (0.2, 1.0), "aug": "simsiam",
+                 "fix_pred_lr": True}
+SIMSIAM_HEADS = {"proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512}
+
+
+class SimSiam(Method):
+    """SimSiam: ``0.5 [D(p1, sg z2) + D(p2, sg z1)]``, no target network (DESIGN.md s. 5).
+
+    Projector 3 x (Linear no-bias, BN, ReLU) with the last BN without affine; predictor
+    2048 -> 512 (BN, ReLU) -> 2048.
+    """
+
+    name = "simsiam"
+    train_defaults = SIMSIAM_TRAIN
+    head_defaults = SIMSIAM_HEADS
+
+    def build_heads(self) -> None:
+        c = self.cfg
+        self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim, layers=3,
+                             last_bn=True)
+        self.predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim)
+
+    def project(self, views) -> list[torch.Tensor]:
+        """Online projections z of each view: (N, proj_dim)."""
+        return [self.projector(pool(self.backbone(v)[1])) for v in views]
+
+    def compute_loss(self, views):
+        z = self.project(views)
+        p = [self.predictor(zv) for zv in z]
+        loss = 0.5 * (negative_cosine(p[0], z[1]) + negative_cosine(p[1], z[0])).mean()
+        return {"loss": loss}
+
+
+def derangement(n: int, device=None) -> torch.Tensor:
+    """A uniformly random permutation of ``range(n)`` without fixed points (n >= 2): (n,).
+
+    Rejection sampling: about e draws on average. Uses the global torch RNG (checkpointed).
+    """
+    if n < 2:
+        raise ValueError(f"GSG pairs each image with another one: a batch of {n} is too small")
+    while True:
+        perm = torch.randperm(n)
+        if not (perm == torch.arange(n)).any():
+            return perm.to(device)
+
+
+# The four cross-image pairs in the order of their argmin index: (view of image 1, of image 2)
+GSG_PAIRS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def gsg_loss(p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor,
+             distance: str = "normalized"):
+    """Guided stop-gradient (DESIGN.md s. 5) for sample i = (image i, image perm[i]).
+
+    ``p``: online predictions of view 1 and 2, each (N, D); ``z``: the projections that
+    serve as distances' inputs and as stop-gradient targets (detached here; the target
+    network's for BYOL-GSG). Of the cross-image pairs (z1a, z2b) the closest one becomes
+    the sources: ``0.5 [D(p1a, sg z1a') + D(p2b, sg z2b')]``, a' the other view and D the
+    negative cosine.
+    Returns ((N,) per-sample losses, (N,) chosen pair index into ``GSG_PAIRS``); ties go
+    to the first pair in ``GSG_PAIRS`` order.
+    """
+    if distance not in ("normalized", "raw"):
+        raise ValueError(f"unknown GSG distance {distance!r} (normalized, raw)")
+    z = [zv.detach() for zv in z]
+    zd = [F.normalize(zv, dim=-1) for zv in z] if distance == "normalized" else z
+    d = torch.stack([(zd[a] - zd[b][perm]).norm(dim=-1) for a, b in GSG_PAIRS], dim=1)
+    choice = d.argmin(dim=1)
+    a, b = (choice // 2).bool().unsqueeze(1), (choice % 2).bool().unsqueeze(1)
+    p1, t1 = torch.where(a, p[1], p[0]), torch.where(a, z[0], z[1])
+    p2, t2 = torch.where(b, p[1][perm], p[0][perm]), torch.where(b, z[0][perm], z[1][perm])
+    return 0.5 * (negative_cosine(p1, t1) + negative_cosine(p2, t2)), choice
+
+
+class SimSiamGSG(SimSiam):
+    """SimSiam with guided stop-gradient: images paired within the (per-GPU) batch."""
+
+    name = "simsiam_gsg"
+
+    def targets(self, views, z) -> list[torch.Tensor]:
+        return z
+
+    def compute_loss(self, views):
+        z = self.project(views)
+        p = [self.predictor(zv) for zv in z]
+        perm = derangement(len(views[0]), views[0].device)
+        per_sample, choice = gsg_loss(p, self.targets(views, z), perm, self.cfg.gsg_distance)
+        loss = per_sample.mean()
+        share = torch.bincount(choice, minlength=4).float() / len(choice)
+        return {"loss": loss, **{f"gsg_{a + 1}{b + 1}": share[i]
+                                 for i, (a, b) in enumerate(GSG_PAIRS)}}
+
+
+class BYOLGSG(SimSiamGSG):
+    """BYOL with guided stop-gradient: SimSiam's heads, an EMA target (0.99, constant)
+    whose projections choose the pairs and are the targets (loss D as SimSiam-GSG)."""
+
+    name = "byol_gsg"
+    momentum_modules = ("backbone", "projector")
+
+    @torch.no_grad()
+    def targets(self, views, z):
+        return [self.target["projector"](pool(self.target["backbone"](v)[1])) for v in views]
+
+
+METHODS: dict[str, type[Method]] = {"byol": BYOL, "care": CARE, "simsiam": SimSiam,
+                                    "simsiam_gsg": SimSiamGSG, "byol_gsg": BYOLGSG}
 
 
 def build_method(name: str, arch: str, cfg: HeadConfig | None = None) -> Method:

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 
 from transfer.atomic import atomic_torch_save
 
-from .data import BadImageCounter, ResumableSampler, ViewsDataset, byol_views
+from .data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
 from .knn import knn_accuracy
-from .methods import HeadConfig, build_method
+from .methods import METHODS, HeadConfig, build_method
 from .schedules import lr_at, momentum_at
 
 SUITE_FORMAT = "care-suite/pretrain"  # read by transfer.convert
@@ -45,6 +45,9 @@ class Interrupted(RuntimeError):
 
 @dataclass
 class PretrainConfig:
+    """Every setting of a run. ``None`` = the method's paper default
+    (``Method.train_defaults`` / ``head_defaults``), filled in on construction."""
+
     method: str = "care"
     arch: str = "resnet50"
     data: str | None = None  # ImageFolder root (train/, val/); None = synthetic shapes
@@ -52,14 +55,17 @@ class PretrainConfig:
     out: str | None = None  # final checkpoint path (default: <output>/<method>_<arch>.pth)
     epochs: int = 100
     batch_size: int = 128  # per process (GPU)
-    base_lr: float = 0.05
+    base_lr: float | None = None
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    warmup_epochs: float = 10.0
+    warmup_epochs: float | None = None
     start_lr: float = 1e-6
-    base_tau: float = 0.99
+    base_tau: float | None = None
+    tau_schedule: str | None = None  # cosine (BYOL / CARE) | constant (BYOL-GSG, MaskCo)
     image_size: int = 224
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_scale: tuple[float, float] | None = None
+    aug: str | None = None  # byol | simsiam
+    fix_pred_lr: bool | None = None  # SimSiam: the predictor's lr is not scheduled
     amp: str = "auto"  # auto | bf16 | fp16 | none
     channels_last: bool = True
     workers: int = 8
@@ -76,6 +82,18 @@ class PretrainConfig:
     synthetic_size: int = 96  # image side of the generated shapes when no --data
     synthetic_per_class: int = 48
     heads: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {sorted(METHODS)}")
+        cls = METHODS[self.method]
+        for key, value in cls.train_defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.crop_scale = tuple(self.crop_scale)
+        if self.tau_schedule not in ("cosine", "constant"):
+            raise ValueError(f"tau_schedule {self.tau_schedule!r}: cosine or constant")
+        self.heads = self.heads.with_defaults(cls.head_defaults)
 
 
 def _dist_setup() -> tuple[int, int, int]:
@@ -173,8 +191,8 @@ class Trainer:
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
             self.train_dir, self.val_dir = resolve_data(cfg)
-        self.dataset = ViewsDataset(self.train_dir, byol_views(cfg.image_size, cfg.crop_scale),
-                                    cfg.seed)
+        self.dataset = ViewsDataset(self.train_dir,
+                                    views_for(cfg.aug, cfg.image_size, cfg.crop_scale), cfg.seed)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(self.dataset) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -193,7 +211,7 @@ class Trainer:
         self.model = model
         self.ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if cuda else None) if self.world > 1 else model
-        self.optimizer = torch.optim.SGD(list(model.online_parameters()), lr=self.lr,
+        self.optimizer = torch.optim.SGD(model.param_groups(cfg.fix_pred_lr), lr=self.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                          foreach=True)
         self.amp_dtype = _amp_dtype(cfg, "cuda" if cuda else "cpu")
@@ -264,9 +282,10 @@ class Trainer:
     def train_step(self, views: list[torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
         lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, self.lr, cfg.start_lr)
-        tau = momentum_at(self.global_step, self.total_steps, cfg.base_tau)
+        tau = (momentum_at(self.global_step, self.total_steps, cfg.base_tau)
+               if cfg.tau_schedule == "cosine" else cfg.base_tau)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = self.lr if g.get("fixed_lr") else lr
         mf = torch.channels_last if (cfg.channels_last and self.device.startswith("cuda")) \
             else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True, memory_format=mf) for v in views]
