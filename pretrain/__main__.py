@@ -1,11 +1,17 @@
-"""``python -m pretrain``: self-supervised pretraining (CARE, BYOL) of a ResNet.
+"""``python -m pretrain``: self-supervised pretraining (CARE, BYOL, SimSiam, GSG, MaskCo).
 
     python -m pretrain --method care --arch resnet50 --data /path/to/imagenet --epochs 200
     torchrun --nproc_per_node=8 -m pretrain --method care --data /path/to/imagenet
     python -m pretrain --method byol --arch resnet18 --epochs 5 --image-size 64 --batch-size 32
 
 Without --data it trains on the built-in synthetic shapes (ImageFolder layout, written under
-<output>/shapes). Defaults are the paper's (CARE, DESIGN.md s. 4) unless marked "ours".
+<output>/shapes). Defaults are each method's paper's unless marked "ours"; "per method"
+flags take the method's value unless given: CARE / BYOL (DESIGN.md s. 4) base lr 0.05,
+warmup 10, EMA 0.99 -> 1 cosine, crop 0.08-1, BYOL augmentations, heads 4096/256/4096;
+SimSiam / SimSiam-GSG / BYOL-GSG (s. 5) base lr 0.05, no warmup, fixed predictor lr,
+EMA 0.99 constant (BYOL-GSG), crop 0.2-1, SimSiam augmentations, heads 2048/2048/512;
+MaskCo (s. 6; ours, MoCo v2-like) base lr 0.03, no warmup, EMA 0.999 constant, crop 0.2-1,
+SimSiam (= MoCo v2) augmentations, head 2048/128 without BN.
 Re-running with the same --output resumes from <output>/checkpoint.pth.
 """
 
@@ -35,18 +41,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--epochs", type=int, default=d.epochs, help="epochs (paper: 100 ablations, 200/400 main)")
     a("--batch-size", type=int, default=d.batch_size,
       help="images per GPU/process (paper: 1024 over 8 GPUs = 128)")
-    a("--base-lr", type=float, default=d.base_lr, help="lr = base_lr x global batch / 256 "
-      "(paper: 0.05)")
+    a("--base-lr", type=float, default=None, help="lr = base_lr x global batch / 256 "
+      "(per method; papers: 0.05)")
     a("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (1e-4)")
     a("--momentum", type=float, default=d.momentum, help="SGD momentum (0.9)")
-    a("--warmup-epochs", type=float, default=d.warmup_epochs,
-      help="linear warmup from --start-lr (paper: 10), then cosine")
+    a("--warmup-epochs", type=float, default=None,
+      help="linear warmup from --start-lr, then cosine (per method: CARE/BYOL 10, SimSiam 0)")
     a("--start-lr", type=float, default=d.start_lr, help="warmup start lr (1e-6)")
-    a("--base-tau", type=float, default=d.base_tau,
-      help="target EMA momentum at step 0, cosine to 1 (0.99)")
+    a("--base-tau", type=float, default=None,
+      help="target EMA momentum at step 0 (per method: 0.99)")
+    a("--tau-schedule", choices=["cosine", "constant"], default=None,
+      help="EMA momentum: cosine to 1 (CARE/BYOL) or constant (BYOL-GSG); per method")
     a("--image-size", type=int, default=d.image_size, help="crop size (224)")
-    a("--crop-scale", type=float, nargs=2, default=d.crop_scale, metavar=("MIN", "MAX"),
-      help="RandomResizedCrop area range (0.08 1.0); small synthetic images need a larger MIN")
+    a("--crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+      help="RandomResizedCrop area range (per method: 0.08 1.0 BYOL/CARE, 0.2 1.0 SimSiam); "
+      "small synthetic images need a larger MIN")
+    a("--aug", choices=["byol", "simsiam"], default=None,
+      help="augmentation recipe: byol (asymmetric blur/solarize) or simsiam (per method)")
+    a("--fix-pred-lr", action=argparse.BooleanOptionalAction, default=None,
+      help="keep the predictor's lr at the base value (per method: SimSiam/GSG on)")
     a("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,
       help="mixed precision: auto = bf16 on CUDA, none on CPU (paper: fp16 AMP)")
     a("--no-channels-last", action="store_true", help="keep NCHW on GPU (ours: channels_last)")
@@ -65,10 +78,41 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="side of the generated shapes images without --data (ours: 96)")
     a("--synthetic-per-class", type=int, default=d.synthetic_per_class,
       help="generated training images per class without --data (ours: 48)")
-    g = p.add_argument_group("heads (BYOL / CARE)")
-    g.add_argument("--proj-hidden", type=int, default=h.proj_hidden, help="projector hidden (4096)")
-    g.add_argument("--proj-dim", type=int, default=h.proj_dim, help="projection dim (256)")
-    g.add_argument("--pred-hidden", type=int, default=h.pred_hidden, help="predictor hidden (4096)")
+    g = p.add_argument_group("heads")
+    g.add_argument("--proj-hidden", type=int, default=None,
+                   help="projector hidden (per method: 4096 BYOL/CARE, 2048 SimSiam)")
+    g.add_argument("--proj-dim", type=int, default=None,
+                   help="projection dim (per method: 256 BYOL/CARE, 2048 SimSiam)")
+    g.add_argument("--pred-hidden", type=int, default=None,
+                   help="predictor hidden (per method: 4096 BYOL/CARE, 512 SimSiam)")
+    g = p.add_argument_group("GSG (simsiam_gsg, byol_gsg)")
+    g.add_argument("--gsg-distance", choices=["normalized", "raw"], default=h.gsg_distance,
+                   help="distance that picks the closest cross-image pair: Euclidean between "
+                   "L2-normalised (ours, default) or raw projections")
+    g = p.add_argument_group("MaskCo (every default here is ours: the supplement does not "
+                             "give them)")
+    g.add_argument("--mph-layers", type=int, default=h.mph_layers,
+                   help="mask prediction head: 3x3 conv-BN-ReLU layers on res5 (2)")
+    g.add_argument("--mph-dim", type=int, default=h.mph_dim, help="its width (512)")
+    g.add_argument("--roi-size", type=int, default=h.roi_size,
+                   help="RoIAlign bins per side on res5, then averaged (3)")
+    g.add_argument("--temperature", type=float, default=h.temperature,
+                   help="InfoNCE temperature (0.2, MoCo v2)")
+    g.add_argument("--n-neg-boxes", type=int, default=h.n_neg_boxes,
+                   help="negative boxes per image (paper: 16)")
+    g.add_argument("--intra-negatives", action="store_true",
+                   help="MaskCo(+in): also n-neg-boxes boxes of the same image")
+    g.add_argument("--intra-max-iou", type=float, default=h.intra_max_iou,
+                   help="an intra-image negative overlaps the positive box by less (0.3)")
+    g.add_argument("--neg-box-scale", type=float, nargs=2, default=h.neg_box_scale,
+                   metavar=("MIN", "MAX"), help="negative box sides / view side (0.2 0.6)")
+    g.add_argument("--box-scale", type=float, nargs=2, default=h.box_scale,
+                   metavar=("MIN", "MAX"),
+                   help="masked box sides / sides of the region both views see (0.3 0.6)")
+    g.add_argument("--min-overlap", type=float, default=h.min_overlap,
+                   help="the key crop covers at least this fraction of the query crop (0.3)")
+    g.add_argument("--mask-fill", choices=["mean", "noise"], default=h.mask_fill,
+                   help="masked pixels: the dataset mean or Gaussian noise (mean)")
     g = p.add_argument_group("CARE's T-stream")
     g.add_argument("--n-blocks", type=int, default=h.n_blocks, help="transformer blocks n (5)")
     g.add_argument("--heads", type=int, default=h.heads, help="attention heads (4, of 128 dims)")
@@ -87,13 +131,20 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     heads = HeadConfig(proj_hidden=args.proj_hidden, proj_dim=args.proj_dim,
                        pred_hidden=args.pred_hidden, n_blocks=args.n_blocks, heads=args.heads,
                        mid_dim=args.mid_dim, pos_enc=args.pos_enc, lambda_att=args.lambda_att,
-                       att_loss=args.att_loss, t_detach=args.t_detach)
+                       att_loss=args.att_loss, t_detach=args.t_detach,
+                       gsg_distance=args.gsg_distance, mph_layers=args.mph_layers,
+                       mph_dim=args.mph_dim, roi_size=args.roi_size,
+                       temperature=args.temperature, n_neg_boxes=args.n_neg_boxes,
+                       intra_negatives=args.intra_negatives, intra_max_iou=args.intra_max_iou,
+                       neg_box_scale=tuple(args.neg_box_scale), box_scale=tuple(args.box_scale),
+                       min_overlap=args.min_overlap, mask_fill=args.mask_fill)
     return PretrainConfig(
         method=args.method, arch=args.arch, data=args.data, output=args.output, out=args.out,
         epochs=args.epochs, batch_size=args.batch_size, base_lr=args.base_lr,
         weight_decay=args.weight_decay, momentum=args.momentum, warmup_epochs=args.warmup_epochs,
-        start_lr=args.start_lr, base_tau=args.base_tau, image_size=args.image_size,
-        crop_scale=tuple(args.crop_scale), amp=args.amp,
+        start_lr=args.start_lr, base_tau=args.base_tau, tau_schedule=args.tau_schedule,
+        image_size=args.image_size, aug=args.aug, fix_pred_lr=args.fix_pred_lr,
+        crop_scale=tuple(args.crop_scale) if args.crop_scale else None, amp=args.amp,
         channels_last=not args.no_channels_last, workers=args.workers, seed=args.seed,
         save_every=args.save_every, knn_every=args.knn_every,
         knn_limit_per_class=args.knn_limit_per_class, log_every=args.log_every,

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -57,18 +58,58 @@ class AugConfig:
     blur_p: float = 1.0
     solarize_p: float = 0.0
 
-    def build(self) -> T.Compose:
-        return T.Compose([
-            T.RandomResizedCrop(self.size, scale=self.scale,
-                                interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(*self.jitter)], p=self.jitter_p),
-            T.RandomGrayscale(p=self.gray_p),
-            PILGaussianBlur(self.blur_p),
-            RandomSolarize(self.solarize_p),
+    def build(self) -> ViewTransform:
+        return ViewTransform(self)
+
+
+RATIO = (3 / 4, 4 / 3)
+
+
+class ViewTransform:
+    """One view: RandomResizedCrop (bicubic) + horizontal flip, then the photometric part.
+
+    ``__call__(img)`` returns ``(view (3, S, S), geometry (5,))`` with geometry = the crop
+    ``(x0, y0, w, h)`` in the source image's pixels and ``flip`` (1.0 / 0.0): what maps a
+    box of the image into the view (``map_boxes``). Random draws are the same, in the
+    same order, as torchvision's RandomResizedCrop + RandomHorizontalFlip.
+    """
+
+    def __init__(self, cfg: AugConfig):
+        self.cfg = cfg
+        self.photometric = T.Compose([
+            T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
+            T.RandomGrayscale(p=cfg.gray_p),
+            PILGaussianBlur(cfg.blur_p),
+            RandomSolarize(cfg.solarize_p),
             T.ToTensor(),
             T.Normalize(MEAN, STD),
         ])
+
+    def crop_params(self, img: Image.Image) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a random crop."""
+        return T.RandomResizedCrop.get_params(img, list(self.cfg.scale), list(RATIO))
+
+    def __call__(self, img: Image.Image, crop: tuple[int, int, int, int] | None = None):
+        top, left, h, w = crop or self.crop_params(img)
+        out = TF.resized_crop(img, top, left, h, w, [self.cfg.size, self.cfg.size],
+                              interpolation=T.InterpolationMode.BICUBIC)
+        flip = bool(torch.rand(1) < 0.5)
+        if flip:
+            out = TF.hflip(out)
+        geom = torch.tensor([left, top, w, h, float(flip)], dtype=torch.float32)
+        return self.photometric(out), geom
+
+
+def map_boxes(boxes: torch.Tensor, geom: torch.Tensor, size: int) -> torch.Tensor:
+    """Boxes (..., 4) ``x0, y0, x1, y1`` in source pixels -> the view's pixels, for a view
+    of side ``size`` made by crop ``geom[:4] = (x0, y0, w, h)`` then flip if ``geom[4]``."""
+    x0, y0, w, h, flip = geom.unbind(-1)
+    sx, sy = size / w, size / h
+    bx0, by0 = (boxes[..., 0] - x0) * sx, (boxes[..., 1] - y0) * sy
+    bx1, by1 = (boxes[..., 2] - x0) * sx, (boxes[..., 3] - y0) * sy
+    if bool(flip):
+        bx0, bx1 = size - bx1, size - bx0
+    return torch.stack([bx0, by0, bx1, by1], dim=-1)
 
 
 def byol_views(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> list[AugConfig]:
@@ -120,13 +161,16 @@ def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
 
 
 class ViewsDataset(Dataset):
-    """Images of a folder as lists of augmented views; unreadable images give ``None``
-    (the collate function drops and counts them)."""
+    """Images of a folder as ``(views, label, index)``, views a list of (3, S, S) tensors;
+    with ``pair`` (MaskCo) ``(views, label, index, boxes)``. Unreadable images give
+    ``None`` (the collate function drops and counts them)."""
 
-    def __init__(self, folder: str | Path, views: list[AugConfig], seed: int = 0):
+    def __init__(self, folder: str | Path, views: list[AugConfig], seed: int = 0,
+                 pair=None):
         self.samples, self.classes = list_images(Path(folder))
         self.transforms = [v.build() for v in views]
         self.seed, self.epoch = seed, 0
+        self.pair = pair  # e.g. maskco.MaskedPair: makes the views and their boxes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -147,10 +191,12 @@ class ViewsDataset(Dataset):
         torch.manual_seed(seed)
         random.seed(seed)
         try:
-            views = [t(img) for t in self.transforms]
+            if self.pair is not None:
+                views, boxes = self.pair(img, self.transforms)
+                return views, label, idx, boxes
+            return [t(img)[0] for t in self.transforms], label, idx
         finally:
             torch.set_rng_state(state)
-        return views, label, idx
 
 
 class LabelledImages(Dataset):

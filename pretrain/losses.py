@@ -41,12 +41,16 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -(F.normalize(p, dim=-1) * F.normalize(z.detach(), dim=-1)).sum(-1)
 
 
-def info_nce(q: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(q: torch.Tensor, keys: torch.Tensor, temperature: float,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE with the positive at index 0 of each row's keys.
 
-    q: (N, D); keys: (N, K, D), keys[:, 0] the positive. Returns the mean cross-entropy of
-    ``q.k / t`` against class 0 (both L2-normalised).
+    q: (N, D); keys: (N, K, D), keys[:, 0] the positive; ``valid`` (N, K) bool drops keys
+    that are not negatives of that query. Returns the mean cross-entropy of ``q.k / t``
+    against class 0 (both L2-normalised). Keys get no gradient (momentum encoder).
     """
-    q, keys = F.normalize(q, dim=-1), F.normalize(keys, dim=-1)
-    logits = torch.einsum("nd,nkd->nk", q, keys) / temperature
+    q, keys = F.normalize(q, dim=-1), F.normalize(keys.detach(), dim=-1)
+    logits = torch.einsum("nd,nkd->nk", q, keys).float() / temperature
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

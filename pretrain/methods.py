@@ -42,6 +42,18 @@ class HeadConfig:
     nominal_res4: int = 14  # res4 side at 224 px, for the T-stream's position tables
     # GSG (DESIGN.md s. 5)
     gsg_distance: str = "normalized"  # ours: Euclidean distance of L2-normalised projections
+    # MaskCo (DESIGN.md s. 6): every value below is ours (the supplement does not give them)
+    mph_layers: int = 2  # mask prediction head: 3x3 conv-BN-ReLU layers on res5
+    mph_dim: int = 512
+    roi_size: int = 3  # RoIAlign bins per side on res5, then averaged
+    temperature: float = 0.2  # MoCo v2
+    n_neg_boxes: int = 16  # boxes per image (paper: 16)
+    intra_negatives: bool = False  # MaskCo(+in)
+    intra_max_iou: float = 0.3  # an intra-image negative overlaps the positive less than this
+    neg_box_scale: tuple[float, float] = (0.2, 0.6)  # negative box sides / view side
+    box_scale: tuple[float, float] = (0.3, 0.6)  # masked box sides / the views' overlap sides
+    min_overlap: float = 0.3  # key crop must cover this fraction of the query crop
+    mask_fill: str = "mean"  # mean (0 after normalisation) | noise
 
     def with_defaults(self, defaults: dict) -> HeadConfig:
         """A copy with every ``None`` field taken from ``defaults``."""
@@ -60,6 +72,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     name = "base"
     momentum_modules: tuple[str, ...] = ()
     n_views = 2
+    needs_boxes = False  # compute_loss(views, boxes): the data give each view's box (MaskCo)
     # BYOL / CARE (DESIGN.md s. 4); subclasses override what their paper changes
     train_defaults: dict = {"base_lr": 0.05, "warmup_epochs": 10.0, "base_tau": 0.99,
                             "tau_schedule": "cosine", "crop_scale": (0.08, 1.0), "aug": "byol",
@@ -83,9 +96,9 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     def compute_loss(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss terms for a batch of views (each (N, 3, H, W)); ``"loss"`` is optimised."""
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, views: list[torch.Tensor], *extra) -> dict[str, torch.Tensor]:
         """DDP calls forward: the loss terms of ``compute_loss``."""
-        return self.compute_loss(views)
+        return self.compute_loss(views, *extra)
 
     def online_parameters(self):
         return (p for n, p in self.named_parameters() if not n.startswith("target."))
@@ -291,8 +304,11 @@ class BYOLGSG(SimSiamGSG):
         return [self.target["projector"](pool(self.target["backbone"](v)[1])) for v in views]
 
 
+from .maskco import MaskCo  # noqa: E402 (maskco builds on the base class above)
+
 METHODS: dict[str, type[Method]] = {"byol": BYOL, "care": CARE, "simsiam": SimSiam,
-                                    "simsiam_gsg": SimSiamGSG, "byol_gsg": BYOLGSG}
+                                    "simsiam_gsg": SimSiamGSG, "byol_gsg": BYOLGSG,
+                                    "maskco": MaskCo}
 
 
 def build_method(name: str, arch: str, cfg: HeadConfig | None = None) -> Method:

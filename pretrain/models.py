@@ -50,17 +50,18 @@ class MLP(nn.Module):
     """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)`` (BYOL / CARE heads, s. 4).
 
     With ``layers=3`` and ``last_bn=True`` it is SimSiam's projector (no biases before BN,
-    the last BN without affine).
+    the last BN without affine); with ``bn=False`` MoCo v2's head (Linear - ReLU - Linear).
     """
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int = 2,
-                 last_bn: bool = False):
+                 last_bn: bool = False, bn: bool = True):
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers - 1):
-            mods += [nn.Linear(dim, hidden, bias=not last_bn), nn.BatchNorm1d(hidden),
-                     nn.ReLU(inplace=True)]
+            mods += [nn.Linear(dim, hidden, bias=not last_bn)]
+            mods += [nn.BatchNorm1d(hidden)] if bn else []
+            mods += [nn.ReLU(inplace=True)]
             dim = hidden
         mods.append(nn.Linear(dim, out_dim, bias=not last_bn))
         if last_bn:

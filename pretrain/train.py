@@ -191,8 +191,14 @@ class Trainer:
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
             self.train_dir, self.val_dir = resolve_data(cfg)
+        pair = None
+        if METHODS[cfg.method].needs_boxes:
+            from .maskco import MaskedPair
+
+            pair = MaskedPair(cfg.heads)
         self.dataset = ViewsDataset(self.train_dir,
-                                    views_for(cfg.aug, cfg.image_size, cfg.crop_scale), cfg.seed)
+                                    views_for(cfg.aug, cfg.image_size, cfg.crop_scale), cfg.seed,
+                                    pair)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(self.dataset) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -279,7 +285,8 @@ class Trainer:
             stop = t.item() > 0
         return bool(stop)
 
-    def train_step(self, views: list[torch.Tensor]) -> dict[str, float]:
+    def train_step(self, views: list[torch.Tensor], *extra: torch.Tensor) -> dict[str, float]:
+        """One SGD step on a batch: views (N, 3, S, S) each; ``extra`` = MaskCo's boxes."""
         cfg = self.cfg
         lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, self.lr, cfg.start_lr)
         tau = (momentum_at(self.global_step, self.total_steps, cfg.base_tau)
@@ -289,9 +296,10 @@ class Trainer:
         mf = torch.channels_last if (cfg.channels_last and self.device.startswith("cuda")) \
             else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True, memory_format=mf) for v in views]
+        extra = [e.to(self.device, non_blocking=True) for e in extra]
         with torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp_dtype,
                             enabled=self.amp_dtype is not None):
-            losses = self.ddp(views)
+            losses = self.ddp(views, *extra)
         loss = losses["loss"]
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLoss(
@@ -343,8 +351,8 @@ class Trainer:
                 for batch in loader:
                     if batch is None:
                         continue
-                    views, _, _ = batch
-                    stats = self.train_step(views)
+                    views, extra = batch[0], batch[3:]
+                    stats = self.train_step(views, *extra)
                     self.step_in_epoch += 1
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
