@@ -14,8 +14,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
-from torchvision.transforms import functional as TF
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import functional as TF
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT_HELP = ("expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (ImageNet "

@@ -23,9 +23,9 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import roi_align
 
+from .base import HeadConfig, Method
 from .data import ViewTransform, map_boxes
 from .losses import info_nce
-from .methods import HeadConfig, Method
 from .models import MLP
 
 
@@ -61,6 +61,12 @@ class MaskedPair:
             raise ValueError(f"mask fill {cfg.mask_fill!r}: mean or noise")
 
     def __call__(self, img: Image.Image, transforms: list[ViewTransform]):
+        s = self.sample(img, transforms)
+        self.mask(s["views"][0], s["boxes"][0])
+        return s["views"], s["boxes"]
+
+    def sample(self, img: Image.Image, transforms: list[ViewTransform]) -> dict:
+        """The unmasked views, their boxes (2, 4), geometries (2, 5) and the source box (4,)."""
         q_t, k_t = transforms
         crop_q = q_t.crop_params(img)
         qb = crop_xyxy(crop_q)
@@ -81,8 +87,8 @@ class MaskedPair:
         box = torch.tensor([x0, y0, x0 + bw, y0 + bh])
         size = query.shape[-1]
         boxes = torch.stack([map_boxes(box, q_geom, size), map_boxes(box, k_geom, size)])
-        self.mask(query, boxes[0])
-        return [query, key], boxes
+        return {"views": [query, key], "boxes": boxes, "geoms": torch.stack([q_geom, k_geom]),
+                "source_box": box}
 
     def mask(self, view: torch.Tensor, box: torch.Tensor) -> None:
         """Fill the pixels the box covers (in place): 0 = the mean after normalisation."""
@@ -200,7 +206,7 @@ class MaskCo(Method):
     def compute_loss(self, views, boxes):
         c = self.cfg
         query_view, key_view = views
-        n, size = query_view.shape[0], query_view.shape[-1]
+        size = query_view.shape[-1]
         feat = self.mph(self.backbone(query_view)[1])
         q = self.projector(roi_features(feat, boxes[:, 0:1], size, c.roi_size)[:, 0])
         k_pos, k_inter, k_intra, valid_intra, _ = self.keys(key_view, boxes[:, 1])

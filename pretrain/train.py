@@ -340,9 +340,12 @@ class Trainer:
                 self.dataset.set_epoch(self.epoch)
                 sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
                 counter = BadImageCounter()
+                # own generator: starting a loader must not draw from the global RNG, which
+                # the methods use (GSG pairing, MaskCo boxes) and resume restores
                 loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler,
                                     num_workers=cfg.workers, collate_fn=counter, drop_last=True,
-                                    pin_memory=self.device.startswith("cuda"))
+                                    pin_memory=self.device.startswith("cuda"),
+                                    generator=torch.Generator().manual_seed(cfg.seed))
                 bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
                            desc=f"{cfg.method} epoch {self.epoch + 1}/{cfg.epochs}",
                            disable=not self.main, dynamic_ncols=True)

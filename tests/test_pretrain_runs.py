@@ -43,8 +43,9 @@ def _fit_until(cfg: PretrainConfig, resume: bool = False) -> Trainer:
     return t
 
 
-def test_resume_is_exact(tmp_path, folder):
-    cfg = tiny(tmp_path / "a", folder, method="care", stop_after_steps=4)
+@pytest.mark.parametrize("method", ["care", "byol_gsg", "maskco"])
+def test_resume_is_exact(tmp_path, folder, method):
+    cfg = tiny(tmp_path / "a", folder, method=method, stop_after_steps=4)
     straight = _fit_until(cfg)
     first = _fit_until(replace(cfg, output=str(tmp_path / "b"), stop_after_steps=2))
     assert first.global_step == 2
@@ -58,15 +59,18 @@ def test_resume_is_exact(tmp_path, folder):
     assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
 
 
-def test_final_checkpoint_converts_for_transfer(tmp_path, folder):
+@pytest.mark.parametrize("method", ["byol", "simsiam", "simsiam_gsg", "byol_gsg", "maskco"])
+def test_final_checkpoint_converts_for_transfer(tmp_path, folder, method):
     from transfer.convert import convert_file
 
-    out = run(tiny(tmp_path, folder, epochs=1, out=str(tmp_path / "byol_r18.pth")))
+    out = run(tiny(tmp_path, folder, method=method, epochs=1,
+                   out=str(tmp_path / f"{method}_r18.pth")))
     ckpt = torch.load(out, weights_only=True)
-    assert ckpt["meta"]["method"] == "BYOL" and ckpt["meta"]["epochs"] == 1
-    report = convert_file(out, tmp_path / "byol_r18.pkl")
+    assert ckpt["meta"]["method"] == method.upper() and ckpt["meta"]["epochs"] == 1
+    assert ckpt["meta"]["hparams"]["method"] == method
+    report = convert_file(out, tmp_path / f"{method}_r18.pkl")
     assert report["arch"] == "ResNet-18" and report["max_rel_diff"] <= 1e-4
-    assert report["meta"]["method"] == "BYOL"
+    assert report["meta"]["method"] == method.upper()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(x["type"] == "step" and "loss" in x and "img_per_s" in x for x in lines)
     assert (tmp_path / "curves.png").stat().st_size > 1000
