@@ -5,8 +5,9 @@
     python benchmarks/speed/pretrain_step.py --device cpu --arch resnet18 --size 64 --batch 16
 
 Model alone: one full training step of each method (two views: online forward + backward,
-target forward, SGD step, EMA update) on random tensors, timed after warm-up with the
-device synchronised. Data: the CPU pipeline (JPEG decode + BYOL's two views) through a
+target forward, SGD step, EMA update; MaskCo with its boxes) on random tensors, timed
+after warm-up with the device synchronised. MaskCo's paper batch is 32 per GPU
+(``--methods maskco --batch 32``). Data: the CPU pipeline (JPEG decode + BYOL's two views) through a
 DataLoader with ``--workers`` processes on JPEG files written for the purpose.
 Targets on one H100 (DESIGN.md s. 7): CARE >= 1100 images/s model alone.
 """
@@ -36,7 +37,7 @@ def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp:
     cuda = device.startswith("cuda")
     mf = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(memory_format=mf)
-    opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1, momentum=0.9,
+    opt = torch.optim.SGD(model.param_groups(), lr=0.1, momentum=0.9,
                           weight_decay=1e-4, foreach=True)
     from pretrain.train import PretrainConfig
 
@@ -44,6 +45,11 @@ def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp:
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     views = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
              for _ in range(2)]
+    extra = []
+    if model.needs_boxes:  # MaskCo: the masked box in each view
+        from pretrain.maskco import random_boxes
+
+        extra = [random_boxes(batch, 2, size, (0.3, 0.6), device)]
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for i in range(warmup + steps):
         if i == warmup:
@@ -51,7 +57,7 @@ def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp:
             t0 = time.perf_counter()
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype,
                             enabled=dtype is not None):
-            loss = model(views)["loss"]
+            loss = model(views, *extra)["loss"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -91,7 +97,8 @@ def data_speed(size: int, batch: int, workers: int, images: int, src_size: int) 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=["care", "byol"])
+    p.add_argument("--methods", nargs="+",
+                   default=["care", "byol", "simsiam", "simsiam_gsg", "byol_gsg", "maskco"])
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=128, help="per GPU (paper: 128)")
@@ -118,7 +125,7 @@ def main(args: argparse.Namespace) -> dict:
         ips = model_speed(m, args.arch, args.size, args.batch, device, args.amp, args.steps,
                           args.warmup)
         res["model"][m] = ips
-        print(f"model alone  {m:<8} {ips:9.1f} images/s", flush=True)
+        print(f"model alone  {m:<11} {ips:9.1f} images/s", flush=True)
     for w in args.workers:
         ips = data_speed(args.size, args.batch, w, args.data_images, args.data_src_size)
         res["data"][w] = ips
