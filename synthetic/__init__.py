@@ -39,7 +39,6 @@ class ShapesSpec:
     coco: dict[str, int] = field(default_factory=lambda: {"train2017": 24, "val2017": 12})
     max_objects: int = 4  # per detection image
     distractors: int = 2  # at most, per ImageFolder image
-    imagefolder_label: str = "shape"  # ImageFolder classes: "shape" or "texture" (kind)
 
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
@@ -67,7 +66,7 @@ def generate(root: str | Path, spec: ShapesSpec | None = None, force: bool = Fal
         shutil.rmtree(root / part, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     write_imagefolder(root / "imagefolder", spec.seed, spec.size, spec.imagefolder,
-                      spec.distractors, spec.imagefolder_label)
+                      spec.distractors)
     write_voc(root, 2007, spec.seed, spec.size, spec.voc2007, spec.max_objects)
     write_voc(root, 2012, spec.seed, spec.size, spec.voc2012, spec.max_objects)
     write_coco(root, spec.seed, spec.size, spec.coco, spec.max_objects)

@@ -165,7 +165,6 @@ def render_scene(
     scale: tuple[float, float] | list[tuple[float, float]] = (0.25, 0.6),
     min_visible: float = 0.6,
     tries: int = 30,
-    textures: list[str] | None = None,
 ) -> Scene:
     """Draw the given categories in order (later ones on top), keeping each object at least
     ``min_visible`` visible with no holes. An object that cannot be placed is skipped.
@@ -174,13 +173,11 @@ def render_scene(
         categories: class indices in z-order (first = bottom).
         scale: shape circumradius as a fraction of min(width, height) / 2, as a (low, high)
             range for all objects or a list of ranges, one per object.
-        textures: each object's texture kind (``TEXTURES``); default random.
     """
     scales = scale if isinstance(scale, list) else [scale] * len(categories)
     frame = box(0, 0, width, height)
     objects: list[SceneObject] = []
-    obj_index: list[int] = []  # position in ``categories`` of each placed object
-    for pos, (cat, cat_scale) in enumerate(zip(categories, scales)):
+    for cat, cat_scale in zip(categories, scales):
         for _ in range(tries):
             poly = _place(rng, cat, width, height, cat_scale)
             full = poly.intersection(frame)
@@ -193,7 +190,6 @@ def render_scene(
             for o, v in zip(objects, new_visible):
                 o.visible = v
             objects.append(SceneObject(cat, full, full, full.area < poly.area - 1e-6))
-            obj_index.append(pos)
             break
     canvas = background(rng, height, width)
     ids = Image.new("I", (width, height), 0)
@@ -203,10 +199,7 @@ def render_scene(
         ImageDraw.Draw(mask_img).polygon(pts, fill=255)
         ImageDraw.Draw(ids).polygon(pts, fill=k)
         mask = np.asarray(mask_img) > 0
-        kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        if textures is not None:
-            kind = textures[obj_index[k - 1]]
-        tex = texture(rng, height, width, kind)
+        tex = texture(rng, height, width, TEXTURES[int(rng.integers(len(TEXTURES)))])
         canvas[mask] = tex[mask]
     image = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
     return Scene(image, np.asarray(ids, np.int32), objects)

@@ -13,7 +13,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 from PIL import Image
 
-from .render import CLASSES, TEXTURES, Scene, render_scene
+from .render import CLASSES, Scene, render_scene
 
 JPEG_QUALITY = 92
 # VOC's `difficult` flag: objects that are small or mostly hidden (as annotators marked them).
@@ -47,36 +47,23 @@ def _save_jpeg(image: np.ndarray, path: Path) -> None:
 
 
 def write_imagefolder(root: Path, seed: int, size: int, per_class: dict[str, int],
-                      distractors: int = 2, label: str = "shape") -> None:
+                      distractors: int = 2) -> None:
     """``root/{train,val}/<class>/<class>_<i>.jpg``: one large object of the class, drawn
     first, and up to ``distractors`` smaller objects of other classes partly in front of it.
 
     Args:
         per_class: images per class for each split, e.g. {"train": 20, "val": 10}.
-        label: ``"shape"`` (classes are ``CLASSES``) or ``"texture"`` (classes are
-            ``TEXTURES``: the large object's texture kind; its shape is random).
     """
-    if label not in ("shape", "texture"):
-        raise ValueError(f"label {label!r}: shape or texture")
-    names = CLASSES if label == "shape" else TEXTURES
     for split, n in per_class.items():
-        for c, name in enumerate(names):
+        for c, name in enumerate(CLASSES):
             for i in range(n):
                 rng = _rng(seed, split, c * 100_000 + i)
                 n_other = rng.integers(0, distractors + 1)
                 others = [int(k) for k in rng.integers(len(CLASSES), size=n_other)]
-                textures = None
-                if label == "texture":
-                    main = int(rng.integers(len(CLASSES)))
-                    textures = [name] + [TEXTURES[int(k)] for k in
-                                         rng.integers(len(TEXTURES), size=n_other)]
-                else:
-                    main = c
-                    others = [k for k in others if k != c]
+                others = [k for k in others if k != c]
                 w, h = _size(rng, size)
-                scene = render_scene(rng, w, h, [main] + others,
-                                     scale=[(0.45, 0.8)] + [(0.15, 0.3)] * len(others),
-                                     textures=textures)
+                scene = render_scene(rng, w, h, [c] + others,
+                                     scale=[(0.45, 0.8)] + [(0.15, 0.3)] * len(others))
                 image = scene.image
                 _save_jpeg(image, root / split / name / f"{name}_{i:05d}.jpg")
 
