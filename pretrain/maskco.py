@@ -183,8 +183,9 @@ class MaskCo(Method):
         self.projector = MLP(dim, c.proj_hidden, c.proj_dim, bn=False)
 
     def keys(self, key_view: torch.Tensor, pos: torch.Tensor):
-        """Momentum keys (no grad): positive (N, D), inter-image negatives (N, k, D) with
-        their boxes, and intra-image negatives (N, k, D) with ``valid`` (N, k) or None."""
+        """Momentum keys (no grad) of the key view (N, 3, S, S) and its positive boxes (N, 4):
+        positive (N, D), inter-image negatives (N, k, D), intra-image negatives (N, k, D)
+        with ``valid`` (N, k), or None, None without ``intra_negatives``."""
         c, size = self.cfg, key_view.shape[-1]
         n = key_view.shape[0]
         with torch.no_grad():
@@ -201,7 +202,7 @@ class MaskCo(Method):
                                          .flatten(0, 1)).reshape(n, boxes.shape[1], -1)
         k_pos, k_inter = k[:, 0], k[:, 1:1 + c.n_neg_boxes]
         k_intra = k[:, 1 + c.n_neg_boxes:] if c.intra_negatives else None
-        return k_pos, k_inter, k_intra, valid, boxes
+        return k_pos, k_inter, k_intra, valid
 
     def compute_loss(self, views, boxes):
         c = self.cfg
@@ -209,7 +210,7 @@ class MaskCo(Method):
         size = query_view.shape[-1]
         feat = self.mph(self.backbone(query_view)[1])
         q = self.projector(roi_features(feat, boxes[:, 0:1], size, c.roi_size)[:, 0])
-        k_pos, k_inter, k_intra, valid_intra, _ = self.keys(key_view, boxes[:, 1])
+        k_pos, k_inter, k_intra, valid_intra = self.keys(key_view, boxes[:, 1])
         keys, valid = assemble_keys(k_pos, k_inter, k_intra, valid_intra)
         loss = info_nce(q, keys, c.temperature, valid)
         return {"loss": loss}

@@ -120,9 +120,13 @@ class SimSiam(Method):
         """Online projections z of each view: (N, proj_dim)."""
         return [self.projector(pool(self.backbone(v)[1])) for v in views]
 
-    def compute_loss(self, views):
+    def project_predict(self, views) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Projections z and predictions p = h(z) of each view, (N, proj_dim) each."""
         z = self.project(views)
-        p = [self.predictor(zv) for zv in z]
+        return z, [self.predictor(zv) for zv in z]
+
+    def compute_loss(self, views):
+        z, p = self.project_predict(views)
         loss = 0.5 * (negative_cosine(p[0], z[1]) + negative_cosine(p[1], z[0])).mean()
         return {"loss": loss}
 
@@ -177,8 +181,7 @@ class SimSiamGSG(SimSiam):
         return z
 
     def compute_loss(self, views):
-        z = self.project(views)
-        p = [self.predictor(zv) for zv in z]
+        z, p = self.project_predict(views)
         perm = derangement(len(views[0]), views[0].device)
         per_sample, choice = gsg_loss(p, self.targets(views, z), perm, self.cfg.gsg_distance)
         loss = per_sample.mean()

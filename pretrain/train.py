@@ -25,6 +25,7 @@ from transfer.atomic import atomic_torch_save
 
 from .data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
 from .knn import knn_accuracy
+from .maskco import MaskedPair
 from .methods import METHODS, HeadConfig, build_method
 from .schedules import lr_at, momentum_at
 
@@ -191,11 +192,7 @@ class Trainer:
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
             self.train_dir, self.val_dir = resolve_data(cfg)
-        pair = None
-        if METHODS[cfg.method].needs_boxes:
-            from .maskco import MaskedPair
-
-            pair = MaskedPair(cfg.heads)
+        pair = MaskedPair(cfg.heads) if METHODS[cfg.method].needs_boxes else None
         self.dataset = ViewsDataset(self.train_dir,
                                     views_for(cfg.aug, cfg.image_size, cfg.crop_scale), cfg.seed,
                                     pair)
