@@ -172,6 +172,7 @@ class MaskCo(Method):
     name = "maskco"
     momentum_modules = ("backbone", "mph", "projector")
     needs_boxes = True
+    min_batch = 2
     train_defaults = {"base_lr": 0.03, "warmup_epochs": 0.0, "base_tau": 0.999,
                       "tau_schedule": "constant", "crop_scale": (0.2, 1.0), "aug": "simsiam",
                       "fix_pred_lr": False}

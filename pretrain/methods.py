@@ -176,6 +176,7 @@ class SimSiamGSG(SimSiam):
     """SimSiam with guided stop-gradient: images paired within the (per-GPU) batch."""
 
     name = "simsiam_gsg"
+    min_batch = 2
 
     def targets(self, views, z) -> list[torch.Tensor]:
         return z

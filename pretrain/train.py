@@ -95,6 +95,9 @@ class PretrainConfig:
         if self.tau_schedule not in ("cosine", "constant"):
             raise ValueError(f"tau_schedule {self.tau_schedule!r}: cosine or constant")
         self.heads = self.heads.with_defaults(cls.head_defaults)
+        if self.batch_size < cls.min_batch:
+            raise ValueError(f"--method {self.method} needs --batch-size >= {cls.min_batch} "
+                             "per process: it pairs or contrasts images within the batch")
 
 
 def _dist_setup() -> tuple[int, int, int]:

@@ -144,6 +144,10 @@ def test_method_defaults_and_explicit_values():
     assert mine.heads.pred_hidden == 512
     with pytest.raises(ValueError, match="unknown method"):
         PretrainConfig(method="mocov9")
+    for method in ("simsiam_gsg", "byol_gsg", "maskco"):
+        with pytest.raises(ValueError, match="--batch-size >= 2"):
+            PretrainConfig(method=method, batch_size=1)
+    assert PretrainConfig(method="simsiam", batch_size=1).batch_size == 1
 
 
 @pytest.fixture(scope="module")
