@@ -56,8 +56,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
       help="RandomResizedCrop area range (per method: 0.08 1.0 BYOL/CARE, 0.2 1.0 SimSiam); "
       "small synthetic images need a larger MIN")
-    a("--aug", choices=["byol", "simsiam"], default=None,
-      help="augmentation recipe: byol (asymmetric blur/solarize) or simsiam (per method)")
+    a("--aug", choices=["byol", "simsiam", "crop"], default=None,
+      help="augmentation recipe: byol (asymmetric blur/solarize) or simsiam (per method); "
+      "crop = crops and flips only (short sanity runs on synthetic silhouettes). Blur sigma "
+      "scales with --image-size / 224")
     a("--fix-pred-lr", action=argparse.BooleanOptionalAction, default=None,
       help="keep the predictor's lr at the base value (per method: SimSiam/GSG on)")
     a("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,

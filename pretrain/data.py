@@ -58,6 +58,11 @@ class AugConfig:
     blur_p: float = 1.0
     solarize_p: float = 0.0
 
+    def blur_sigma(self) -> tuple[float, float]:
+        """Blur sigma range in pixels: BYOL's (0.1, 2.0) at 224 px, scaled with the view
+        side so that small views (CPU runs) are blurred as much, relative to their size."""
+        return 0.1 * self.size / 224, 2.0 * self.size / 224
+
     def build(self) -> ViewTransform:
         return ViewTransform(self)
 
@@ -79,7 +84,7 @@ class ViewTransform:
         self.photometric = T.Compose([
             T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
             T.RandomGrayscale(p=cfg.gray_p),
-            PILGaussianBlur(cfg.blur_p),
+            PILGaussianBlur(cfg.blur_p, cfg.blur_sigma()),
             RandomSolarize(cfg.solarize_p),
             T.ToTensor(),
             T.Normalize(MEAN, STD),
@@ -125,7 +130,15 @@ def simsiam_views(size: int, scale: tuple[float, float] = (0.2, 1.0)) -> list[Au
     return [one, one]
 
 
-AUGMENTATIONS = {"byol": byol_views, "simsiam": simsiam_views}
+def crop_views(size: int, scale: tuple[float, float] = (0.5, 1.0)) -> list[AugConfig]:
+    """Crops and flips only, no photometric change: for short sanity runs on the synthetic
+    silhouettes (the learning-signal tests), where the paper recipes' colour and blur
+    augmentations need far more steps than a CPU run has."""
+    one = AugConfig(size=size, scale=tuple(scale), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    return [one, one]
+
+
+AUGMENTATIONS = {"byol": byol_views, "simsiam": simsiam_views, "crop": crop_views}
 
 
 def views_for(aug: str, size: int, scale: tuple[float, float]) -> list[AugConfig]:

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .render import CLASSES, Scene, SceneObject, render_scene
-from .writers import write_coco, write_imagefolder, write_voc
+from .writers import write_coco, write_imagefolder, write_silhouettes, write_voc
 
-__all__ = ["CLASSES", "Scene", "SceneObject", "ShapesSpec", "generate", "render_scene"]
+__all__ = ["CLASSES", "Scene", "SceneObject", "ShapesSpec", "generate", "render_scene",
+           "write_silhouettes"]
 
 STAMP = "shapes.json"
 FORMAT_VERSION = 1

@@ -138,15 +138,21 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.asarray(canvas, np.float32) / 255
 
 
-def _place(rng: np.random.Generator, category: int, w: int, h: int,
-           scale: tuple[float, float]) -> Polygon:
-    """A random similarity (+ mild stretch) of a unit shape, as a polygon in pixels."""
+def place_shape(rng: np.random.Generator, category: int, w: int, h: int,
+                scale: tuple[float, float], centre: tuple[float, float] = (0.1, 0.9),
+                rotate: bool = True) -> Polygon:
+    """A random similarity (+ mild stretch) of a unit shape, as a polygon in pixels.
+
+    ``scale``: circumradius / (min(w, h) / 2) range; ``centre``: the centre's range as a
+    fraction of each side; ``rotate``: a uniform random rotation (else upright).
+    """
     r = rng.uniform(*scale) * min(w, h) / 2
     poly = Polygon(_unit_shape(CLASSES[category]))
     poly = affinity.scale(poly, r * rng.uniform(0.85, 1.15), r * rng.uniform(0.85, 1.15),
                           origin=(0, 0))
-    poly = affinity.rotate(poly, rng.uniform(0, 360), origin=(0, 0))
-    return affinity.translate(poly, rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
+    if rotate:
+        poly = affinity.rotate(poly, rng.uniform(0, 360), origin=(0, 0))
+    return affinity.translate(poly, rng.uniform(*centre) * w, rng.uniform(*centre) * h)
 
 
 def _clean(geom: BaseGeometry) -> BaseGeometry | None:
@@ -179,7 +185,7 @@ def render_scene(
     objects: list[SceneObject] = []
     for cat, cat_scale in zip(categories, scales):
         for _ in range(tries):
-            poly = _place(rng, cat, width, height, cat_scale)
+            poly = place_shape(rng, cat, width, height, cat_scale)
             full = poly.intersection(frame)
             if not isinstance(full, Polygon) or full.area < 0.7 * poly.area:
                 continue

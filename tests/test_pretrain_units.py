@@ -142,3 +142,26 @@ def test_t_detach_keeps_tstream_loss_out_of_the_backbone():
     terms = m.terms([torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)])
     terms["loss_t"].backward()
     assert not any(_grads(m.backbone)) and any(_grads(m.tstream))
+
+
+def test_blur_sigma_scales_with_view_size_and_crop_recipe_is_geometric_only():
+    from PIL import Image
+
+    from pretrain.data import AugConfig, views_for
+
+    assert AugConfig(size=224).blur_sigma() == pytest.approx((0.1, 2.0))
+    assert AugConfig(size=56).blur_sigma() == pytest.approx((0.025, 0.5))
+    img = Image.fromarray(torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8).numpy())
+    t = views_for("crop", 24, (0.5, 1.0))[0].build()
+    torch.manual_seed(3)
+    view, geom = t(img)
+    # the view is exactly the normalised resized crop (+ flip): no colour or blur change
+    x0, y0, w, h, flip = geom.tolist()
+    from torchvision.transforms import functional as TF
+
+    ref = TF.resized_crop(img, int(y0), int(x0), int(h), int(w), [24, 24],
+                          interpolation=TF.InterpolationMode.BICUBIC)
+    ref = TF.hflip(ref) if flip else ref
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    expected = (TF.to_tensor(ref) - mean[:, None, None]) / std[:, None, None]
+    assert torch.allclose(view, expected, atol=1e-6)

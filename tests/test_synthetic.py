@@ -130,3 +130,27 @@ def test_coco_json_loads_in_detectron2(registered_shapes):
     n = sum(len(r["annotations"]) for r in records)
     assert n == len(doc["annotations"])
     assert all(len(p) >= 6 for r in records for a in r["annotations"] for p in a["segmentation"])
+
+
+def test_silhouettes_layout_grey_levels_and_shape_masks(tmp_path):
+    from PIL import Image
+
+    from synthetic import write_silhouettes
+
+    write_silhouettes(tmp_path / "a", 1, 48, {"train": 3, "val": 2})
+    write_silhouettes(tmp_path / "b", 1, 48, {"train": 3, "val": 2})
+    files = _files(tmp_path / "a")
+    assert len(files) == len(CLASSES) * 5 and files == _files(tmp_path / "b")
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+               for f in files)
+    fills = {}
+    for f in files:
+        img = np.asarray(Image.open(tmp_path / "a" / f))
+        assert img.shape == (48, 48, 3)
+        assert np.abs(img[..., 0].astype(int) - img[..., 2]).max() <= 3  # grey (JPEG chroma)
+        shape = img[..., 0] > 128
+        # background ~26 and shape ~230, whatever the image: only the shape varies
+        assert abs(img[..., 0][~shape].mean() - 26) < 6 and abs(img[..., 0][shape].mean() - 230) < 6
+        fills.setdefault(f.parts[1], []).append(shape.mean())
+    # a cross covers less of its circumcircle than a circle: the class shows in the masks
+    assert np.mean(fills["cross"]) < np.mean(fills["circle"])
