@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from synthetic import write_silhouettes
@@ -27,8 +28,11 @@ def learning_signal(method: str, out: str | Path, epochs: int = 30, base_lr: flo
     random init (``init``) and at the end (``final``), with the run's settings."""
     out = Path(out)
     data = out / "silhouettes"
-    if not (data / "val").is_dir():
-        write_silhouettes(data, seed, 48, {"train": per_class, "val": 24})
+    if not data.is_dir():  # written under a temporary name, so a partial tree is never used
+        tmp = out / "silhouettes.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_silhouettes(tmp, seed, 48, {"train": per_class, "val": 24})
+        tmp.rename(data)
     cfg = PretrainConfig(method=method, arch="resnet18", data=str(data), output=str(out / method),
                          epochs=epochs, batch_size=32, image_size=32, base_lr=base_lr,
                          warmup_epochs=0.0, crop_scale=(0.5, 1.0), aug="crop", seed=seed,
