@@ -64,6 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="keep the predictor's lr at the base value (per method: SimSiam/GSG on)")
     a("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,
       help="mixed precision: auto = bf16 on CUDA, none on CPU (paper: fp16 AMP)")
+    a("--batch-aug", choices=["auto", "on", "off"], default=d.batch_aug,
+      help="decode (nvjpeg on CUDA) and augment batched on the training device, the loader "
+      "workers only read files and draw the random choices: auto = on with CUDA, except "
+      "MaskCo (ours; the paper's code augments with PIL in the workers)")
     a("--no-channels-last", action="store_true", help="keep NCHW on GPU (ours: channels_last)")
     a("--workers", type=int, default=d.workers, help="data loader workers per process (8)")
     a("--seed", type=int, default=d.seed, help="random seed (0)")
@@ -147,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         start_lr=args.start_lr, base_tau=args.base_tau, tau_schedule=args.tau_schedule,
         image_size=args.image_size, aug=args.aug, fix_pred_lr=args.fix_pred_lr,
         crop_scale=tuple(args.crop_scale) if args.crop_scale else None, amp=args.amp,
+        batch_aug=args.batch_aug,
         channels_last=not args.no_channels_last, workers=args.workers, seed=args.seed,
         save_every=args.save_every, knn_every=args.knn_every,
         knn_limit_per_class=args.knn_limit_per_class, log_every=args.log_every,

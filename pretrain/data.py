@@ -6,10 +6,12 @@ number of loader workers) sees exactly the same views as an uninterrupted one.
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
@@ -20,30 +22,6 @@ from torchvision.transforms import functional as TF
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT_HELP = ("expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (ImageNet "
                "layout), optionally ROOT/val/<class>/... for the kNN probe")
-
-
-class PILGaussianBlur:
-    """PIL's Gaussian blur, radius = sigma ~ U[lo, hi], applied with probability p.
-
-    (torchvision's GaussianBlur(23) on PIL images is ~5x slower: DESIGN.md s. 7.)
-    """
-
-    def __init__(self, p: float, sigma: tuple[float, float] = (0.1, 2.0)):
-        self.p, self.sigma = p, sigma
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        if torch.rand(()) >= self.p:
-            return img
-        s = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * float(torch.rand(()))
-        return img.filter(ImageFilter.GaussianBlur(radius=s))
-
-
-class RandomSolarize:
-    def __init__(self, p: float):
-        self.p = p
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return ImageOps.solarize(img, 128) if torch.rand(()) < self.p else img
 
 
 @dataclass(frozen=True)
@@ -71,38 +49,95 @@ RATIO = (3 / 4, 4 / 3)
 
 
 class ViewTransform:
-    """One view: RandomResizedCrop (bicubic) + horizontal flip, then the photometric part.
+    """One view: RandomResizedCrop (bicubic) + horizontal flip, then the photometric part
+    (colour jitter with probability, grayscale, Gaussian blur, solarize, normalise).
 
-    ``__call__(img)`` returns ``(view (3, S, S), geometry (5,))`` with geometry = the crop
+    ``draw(width, height)`` draws every random choice of one view as a dict of tensors
+    (``ViewParams``), in the same order and from the same torch RNG calls as torchvision's
+    RandomResizedCrop, RandomHorizontalFlip, RandomApply(ColorJitter), RandomGrayscale,
+    then blur and solarize; ``apply(img, params)`` makes the view with PIL. The two are
+    split so that the batched device path (``pretrain.device_aug``) applies the same draws.
+    ``__call__(img)`` = both: ``(view (3, S, S), geometry (5,))`` with geometry = the crop
     ``(x0, y0, w, h)`` in the source image's pixels and ``flip`` (1.0 / 0.0): what maps a
-    box of the image into the view (``map_boxes``). Random draws are the same, in the
-    same order, as torchvision's RandomResizedCrop + RandomHorizontalFlip.
+    box of the image into the view (``map_boxes``).
     """
 
     def __init__(self, cfg: AugConfig):
         self.cfg = cfg
-        self.photometric = T.Compose([
-            T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
-            T.RandomGrayscale(p=cfg.gray_p),
-            PILGaussianBlur(cfg.blur_p, cfg.blur_sigma()),
-            RandomSolarize(cfg.solarize_p),
-            T.ToTensor(),
-            T.Normalize(MEAN, STD),
-        ])
+        self.jitter = T.ColorJitter(*cfg.jitter)  # its checked ranges (None = not applied)
+        self.sigma = cfg.blur_sigma()
+        self.normalize = T.Normalize(MEAN, STD)
 
     def crop_params(self, img: Image.Image) -> tuple[int, int, int, int]:
         """(top, left, height, width) of a random crop."""
-        return T.RandomResizedCrop.get_params(img, list(self.cfg.scale), list(RATIO))
+        return self.crop_params_wh(*img.size)
 
-    def __call__(self, img: Image.Image, crop: tuple[int, int, int, int] | None = None):
-        top, left, h, w = crop or self.crop_params(img)
+    def crop_params_wh(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a random crop of a ``width`` x ``height`` image
+        (torchvision's RandomResizedCrop.get_params; only the image's size is read)."""
+        shape_only = torch.empty(1, 1, 1).expand(1, height, width)
+        return T.RandomResizedCrop.get_params(shape_only, list(self.cfg.scale), list(RATIO))
+
+    def draw(self, width: int, height: int,
+             crop: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Every random choice of one view of a ``width`` x ``height`` image (ViewParams):
+        ``crop`` (4,) top, left, h, w; ``flip``, ``jitter``, ``gray``, ``solarize`` (bool);
+        ``order`` (4,) the jitter order (0 brightness, 1 contrast, 2 saturation, 3 hue);
+        ``factors`` (4,) their factors (1, 1, 1, 0 where not drawn); ``sigma`` the blur
+        sigma in pixels (0 = no blur)."""
+        cfg = self.cfg
+        top, left, h, w = crop or self.crop_params_wh(width, height)
+        flip = bool(torch.rand(1) < 0.5)
+        order, factors = torch.arange(4), [1.0, 1.0, 1.0, 0.0]
+        jitter = not cfg.jitter_p < torch.rand(1)  # RandomApply's test
+        if jitter:
+            j = self.jitter
+            order, *drawn = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation,
+                                                     j.hue)
+            factors = [d if d is not None else f for f, d in zip(factors, drawn)]
+        gray = bool(torch.rand(1) < cfg.gray_p)
+        sigma = 0.0
+        if not torch.rand(()) >= cfg.blur_p:
+            lo, hi = self.sigma
+            sigma = lo + (hi - lo) * float(torch.rand(()))
+        solarize = bool(torch.rand(()) < cfg.solarize_p)
+        return {"crop": torch.tensor([top, left, h, w]), "flip": torch.tensor(flip),
+                "jitter": torch.tensor(jitter), "order": order.clone(),
+                "factors": torch.tensor(factors, dtype=torch.float32),
+                "gray": torch.tensor(gray), "sigma": torch.tensor(sigma, dtype=torch.float32),
+                "solarize": torch.tensor(solarize)}
+
+    def apply(self, img: Image.Image, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The view (3, S, S), normalised, of ``img`` under the draws ``p`` (PIL ops)."""
+        top, left, h, w = p["crop"].tolist()
         out = TF.resized_crop(img, top, left, h, w, [self.cfg.size, self.cfg.size],
                               interpolation=T.InterpolationMode.BICUBIC)
-        flip = bool(torch.rand(1) < 0.5)
-        if flip:
+        if p["flip"]:
             out = TF.hflip(out)
-        geom = torch.tensor([left, top, w, h, float(flip)], dtype=torch.float32)
-        return self.photometric(out), geom
+        if p["jitter"]:
+            f = p["factors"].tolist()
+            ranges = (self.jitter.brightness, self.jitter.contrast, self.jitter.saturation,
+                      self.jitter.hue)
+            for i in p["order"].tolist():
+                if ranges[i] is not None:
+                    out = JITTER_OPS[i](out, f[i])
+        if p["gray"]:
+            out = TF.rgb_to_grayscale(out, num_output_channels=3)
+        if p["sigma"] > 0:  # PIL's blur: ~5x faster than torchvision's (DESIGN.md s. 7)
+            out = out.filter(ImageFilter.GaussianBlur(radius=float(p["sigma"])))
+        if p["solarize"]:
+            out = ImageOps.solarize(out, 128)
+        return self.normalize(TF.to_tensor(out))
+
+    def __call__(self, img: Image.Image, crop: tuple[int, int, int, int] | None = None):
+        p = self.draw(*img.size, crop=crop)
+        x0, y0 = p["crop"][1], p["crop"][0]
+        geom = torch.tensor([x0, y0, p["crop"][3], p["crop"][2], float(p["flip"])],
+                            dtype=torch.float32)
+        return self.apply(img, p), geom
+
+
+JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 
 
 def map_boxes(boxes: torch.Tensor, geom: torch.Tensor, size: int) -> torch.Tensor:
@@ -176,14 +211,24 @@ def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
 class ViewsDataset(Dataset):
     """Images of a folder as ``(views, label, index)``, views a list of (3, S, S) tensors;
     with ``pair`` (MaskCo) ``(views, label, index, boxes)``. Unreadable images give
-    ``None`` (the collate function drops and counts them)."""
+    ``None`` (the collate function drops and counts them).
+
+    With ``raw`` (``--batch-aug``: the views are made on the device by
+    ``device_aug.DeviceAugment``) an item is ``(payload, params, label, index)``: the
+    file's bytes (1-D uint8) for a JPEG in RGB or L mode, else the image decoded here
+    (3, H, W) uint8; and each view's draws (``ViewTransform.draw``), from the same
+    per-sample seed as the PIL path.
+    """
 
     def __init__(self, folder: str | Path, views: list[AugConfig], seed: int = 0,
-                 pair=None):
+                 pair=None, raw: bool = False):
         self.samples, self.classes = list_images(Path(folder))
         self.transforms = [v.build() for v in views]
         self.seed, self.epoch = seed, 0
         self.pair = pair  # e.g. maskco.MaskedPair: makes the views and their boxes
+        if raw and pair is not None:
+            raise ValueError("raw items (--batch-aug) cannot carry MaskCo's boxes")
+        self.raw = raw
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -195,6 +240,8 @@ class ViewsDataset(Dataset):
         path, label = self.samples[idx]
         # Per-sample seed: the same views whatever the worker, order or resume point.
         seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + idx) % (2**31 - 1)
+        if self.raw:
+            return self._raw_item(path, label, idx, seed)
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
@@ -208,6 +255,24 @@ class ViewsDataset(Dataset):
                 views, boxes = self.pair(img, self.transforms)
                 return views, label, idx, boxes
             return [t(img)[0] for t in self.transforms], label, idx
+        finally:
+            torch.set_rng_state(state)
+
+
+    def _raw_item(self, path: str, label: int, idx: int, seed: int):
+        try:
+            data = Path(path).read_bytes()
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                (w, h), jpeg = im.size, im.format == "JPEG" and im.mode in ("RGB", "L")
+                payload = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if jpeg else
+                           torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                           .contiguous())
+        except (OSError, ValueError, SyntaxError):
+            return None
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return payload, [t.draw(w, h) for t in self.transforms], label, idx
         finally:
             torch.set_rng_state(state)
 
@@ -239,19 +304,35 @@ class LabelledImages(Dataset):
 
 
 class BadImageCounter:
-    """Collate that drops unreadable samples and counts them."""
+    """Drops unreadable samples at collate time and counts them in the main process.
 
-    def __init__(self):
+    The collate (``__call__``) runs in the loader workers, so it returns
+    ``(seen, bad, batch or None)`` and ``take`` adds the counts here and returns the batch.
+    With ``raw`` (items of ``ViewsDataset(raw=True)``) the payloads, of different sizes,
+    stay a list.
+    """
+
+    def __init__(self, raw: bool = False):
         self.bad = 0
         self.seen = 0
+        self.raw = raw
 
     def __call__(self, batch):
-        self.seen += len(batch)
         good = [b for b in batch if b is not None]
-        self.bad += len(batch) - len(good)
         if not good:
-            return None
-        return torch.utils.data.default_collate(good)
+            return len(batch), len(batch), None
+        if self.raw:
+            out = [b[0] for b in good], *torch.utils.data.default_collate([b[1:] for b in good])
+        else:
+            out = torch.utils.data.default_collate(good)
+        return len(batch), len(batch) - len(good), out
+
+    def take(self, item):
+        """Counts of one collated item; returns its batch (None when all were bad)."""
+        seen, bad, batch = item
+        self.seen += seen
+        self.bad += bad
+        return batch
 
 
 class ResumableSampler(Sampler[int]):

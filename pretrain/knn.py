@@ -30,7 +30,8 @@ def extract(backbone: torch.nn.Module, loader: DataLoader, device: str):
     feats, labels = [], []
     was_training = backbone.training
     backbone.eval()
-    for batch in loader:
+    for item in loader:
+        batch = loader.collate_fn.take(item)
         if batch is None:
             continue
         x, y = batch

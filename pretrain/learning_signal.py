@@ -23,9 +23,10 @@ SMALL_HEADS = dict(proj_hidden=512, proj_dim=128, pred_hidden=512, mid_dim=128, 
 
 
 def learning_signal(method: str, out: str | Path, epochs: int = 30, base_lr: float = 0.5,
-                    seed: int = 0, per_class: int = 64, workers: int = 2) -> dict:
+                    seed: int = 0, per_class: int = 64, workers: int = 2, **overrides) -> dict:
     """Pretrain ``method`` on silhouettes under ``out``; returns the kNN top-1 (%) at
-    random init (``init``) and at the end (``final``), with the run's settings."""
+    random init (``init``) and at the end (``final``), with the run's settings.
+    ``overrides``: further ``PretrainConfig`` fields (e.g. ``base_tau=0.9``)."""
     out = Path(out)
     data = out / "silhouettes"
     if not data.is_dir():  # written under a temporary name, so a partial tree is never used
@@ -37,12 +38,12 @@ def learning_signal(method: str, out: str | Path, epochs: int = 30, base_lr: flo
                          epochs=epochs, batch_size=32, image_size=32, base_lr=base_lr,
                          warmup_epochs=0.0, crop_scale=(0.5, 1.0), aug="crop", seed=seed,
                          workers=workers, knn_every=epochs, save_every=epochs,
-                         log_every=1000, heads=HeadConfig(**SMALL_HEADS))
+                         log_every=1000, heads=HeadConfig(**SMALL_HEADS), **overrides)
     trainer = Trainer(cfg)
     trainer.fit()
     knn = [h["knn_top1_k20"] for h in trainer.history
            if h.get("type") == "epoch" and "knn_top1_k20" in h]
-    return {"method": method, "epochs": epochs, "steps": trainer.global_step,
+    return {"method": method, "epochs": epochs, "steps": trainer.global_step, **overrides,
             "init": knn[0], "final": knn[-1]}
 
 
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--base-lr", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-tau", type=float, default=None,
+                   help="EMA momentum of the target network (default: the method's)")
     args = p.parse_args(argv)
-    res = learning_signal(args.method, args.out, args.epochs, args.base_lr, args.seed)
+    extra = {} if args.base_tau is None else {"base_tau": args.base_tau}
+    res = learning_signal(args.method, args.out, args.epochs, args.base_lr, args.seed, **extra)
     print(json.dumps(res))
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from transfer.atomic import atomic_torch_save
 
 from .data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
+from .device_aug import DeviceAugment, decode_images
 from .knn import knn_accuracy
 from .maskco import MaskedPair
 from .methods import METHODS, HeadConfig, build_method
@@ -32,7 +33,7 @@ from .schedules import lr_at, momentum_at
 SUITE_FORMAT = "care-suite/pretrain"  # read by transfer.convert
 INTERRUPTED_EXIT_CODE = 130
 # config keys that may change between a run and its resumption
-RESUME_FREE_KEYS = {"workers", "knn_every", "save_every", "log_every", "out", "output",
+RESUME_FREE_KEYS = {"workers", "batch_aug", "knn_every", "save_every", "log_every", "out", "output",
                     "resume", "max_bad_frac", "knn_limit_per_class", "stop_after_steps"}
 
 
@@ -68,6 +69,7 @@ class PretrainConfig:
     aug: str | None = None  # byol | simsiam
     fix_pred_lr: bool | None = None  # SimSiam: the predictor's lr is not scheduled
     amp: str = "auto"  # auto | bf16 | fp16 | none
+    batch_aug: str = "auto"  # decode + augment on the device: auto (= on CUDA) | on | off
     channels_last: bool = True
     workers: int = 8
     seed: int = 0
@@ -95,6 +97,11 @@ class PretrainConfig:
         if self.tau_schedule not in ("cosine", "constant"):
             raise ValueError(f"tau_schedule {self.tau_schedule!r}: cosine or constant")
         self.heads = self.heads.with_defaults(cls.head_defaults)
+        if self.batch_aug not in ("auto", "on", "off"):
+            raise ValueError(f"batch_aug {self.batch_aug!r}: auto, on or off")
+        if self.batch_aug == "on" and cls.needs_boxes:
+            raise ValueError(f"--batch-aug on: {self.method}'s views carry boxes and are made "
+                             "in the loader workers; use --batch-aug off (or auto)")
         if self.batch_size < cls.min_batch:
             raise ValueError(f"--method {self.method} needs --batch-size >= {cls.min_batch} "
                              "per process: it pairs or contrasts images within the batch")
@@ -195,10 +202,15 @@ class Trainer:
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
             self.train_dir, self.val_dir = resolve_data(cfg)
-        pair = MaskedPair(cfg.heads) if METHODS[cfg.method].needs_boxes else None
-        self.dataset = ViewsDataset(self.train_dir,
-                                    views_for(cfg.aug, cfg.image_size, cfg.crop_scale), cfg.seed,
-                                    pair)
+        needs_boxes = METHODS[cfg.method].needs_boxes
+        pair = MaskedPair(cfg.heads) if needs_boxes else None
+        views = views_for(cfg.aug, cfg.image_size, cfg.crop_scale)
+        # --batch-aug: workers read bytes and draw; decoding and augmentation run batched
+        # on the device (device_aug). auto: on CUDA, for the methods without boxes.
+        self.batch_aug = cfg.batch_aug == "on" or (
+            cfg.batch_aug == "auto" and self.device.startswith("cuda") and not needs_boxes)
+        self.augment = DeviceAugment(views) if self.batch_aug else None
+        self.dataset = ViewsDataset(self.train_dir, views, cfg.seed, pair, raw=self.batch_aug)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(self.dataset) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -339,7 +351,7 @@ class Trainer:
             while self.epoch < cfg.epochs:
                 self.dataset.set_epoch(self.epoch)
                 sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
-                counter = BadImageCounter()
+                counter = BadImageCounter(raw=self.batch_aug)
                 # own generator: starting a loader must not draw from the global RNG, which
                 # the methods use (GSG pairing, MaskCo boxes) and resume restores
                 loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler,
@@ -351,7 +363,10 @@ class Trainer:
                            disable=not self.main, dynamic_ncols=True)
                 sums: dict[str, float] = {}
                 t0 = time.perf_counter()
-                for batch in loader:
+                for item in loader:
+                    batch = counter.take(item)
+                    if batch is not None and self.batch_aug:
+                        batch = self.device_views(batch, counter)
                     if batch is None:
                         continue
                     views, extra = batch[0], batch[3:]
@@ -395,6 +410,23 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
         return self.finish()
+
+    @torch.no_grad()
+    def device_views(self, batch, counter: BadImageCounter):
+        """A raw batch ``(payloads, params, labels, indices)`` -> ``(views, labels,
+        indices)`` made on the device; images that do not decode are dropped and counted."""
+        payloads, params, labels, indices = batch
+        images = decode_images(payloads, self.device)
+        ok = [i for i, im in enumerate(images) if im is not None]
+        counter.bad += len(images) - len(ok)
+        if len(ok) < METHODS[self.cfg.method].min_batch:
+            return None
+        if len(ok) < len(images):
+            keep = torch.tensor(ok)
+            images = [images[i] for i in ok]
+            params = [{k: v[keep] for k, v in p.items()} for p in params]
+            labels, indices = labels[keep], indices[keep]
+        return self.augment(images, params), labels, indices
 
     def _sampler(self) -> ResumableSampler:
         return ResumableSampler(len(self.dataset), self.cfg.seed, self.rank, self.world)
@@ -442,7 +474,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         b.plot([h["epoch"] for h in epochs], [h[key] for h in epochs], marker="o", label=key)
     b.set_xlabel("epoch")
     b.set_ylabel("kNN top-1 (%)")
-    b.legend(fontsize=7)
+    if epochs:
+        b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

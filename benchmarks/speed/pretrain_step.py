@@ -1,15 +1,21 @@
 #!/usr/bin/env python
-"""Pretraining speed: model-alone training images/s and the data pipeline's images/s.
+"""Pretraining speed: model-alone training images/s, the data pipelines' images/s, and
+end to end (JPEG files -> views -> training step).
 
     python benchmarks/speed/pretrain_step.py                          # GPU: R50, 224 px, 128
-    python benchmarks/speed/pretrain_step.py --device cpu --arch resnet18 --size 64 --batch 16
+    python benchmarks/speed/pretrain_step.py --device cpu --arch resnet18 --size 64 --batch 16 \
+        --workers 2 --data-images 64 --end-to-end byol
 
 Model alone: one full training step of each method (two views: online forward + backward,
 target forward, SGD step, EMA update; MaskCo with its boxes) on random tensors, timed
 after warm-up with the device synchronised. MaskCo's paper batch is 32 per GPU
-(``--methods maskco --batch 32``). Data: the CPU pipeline (JPEG decode + BYOL's two views) through a
-DataLoader with ``--workers`` processes on JPEG files written for the purpose.
-Targets on one H100 (DESIGN.md s. 7): CARE >= 1100 images/s model alone.
+(``--methods maskco --batch 32``). Data, on JPEG files written for the purpose, through a
+DataLoader with ``--workers`` processes: ``pil`` = decode + BYOL's two views in the workers
+(the CPU path); ``device`` = the workers read bytes and draw, decoding (nvjpeg on CUDA) and
+augmentation run batched on the device (``--batch-aug``, pretrain/device_aug.py). End to
+end: the ``--end-to-end`` methods trained from those files through the device pipeline
+(or ``pil`` on CPU). Targets on one H100 (DESIGN.md s. 7): CARE >= 1100 images/s model
+alone, end to end >= 90% of that.
 """
 
 from __future__ import annotations
@@ -26,12 +32,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp: str,
-                steps: int, warmup: int) -> float:
+def training_step(method: str, arch: str, device: str, amp: str):
+    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method."""
     import torch
 
     from pretrain.methods import build_method
-    from pretrain.train import _amp_dtype
+    from pretrain.train import PretrainConfig, _amp_dtype
 
     model = build_method(method, arch).to(device)
     cuda = device.startswith("cuda")
@@ -39,22 +45,11 @@ def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp:
     model = model.to(memory_format=mf)
     opt = torch.optim.SGD(model.param_groups(), lr=0.1, momentum=0.9,
                           weight_decay=1e-4, foreach=True)
-    from pretrain.train import PretrainConfig
-
     dtype = _amp_dtype(PretrainConfig(amp=amp), "cuda" if cuda else "cpu")
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    views = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
-             for _ in range(2)]
-    extra = []
-    if model.needs_boxes:  # MaskCo: the masked box in each view
-        from pretrain.maskco import random_boxes
 
-        extra = [random_boxes(batch, 2, size, (0.3, 0.6), device)]
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
+    def step(views, *extra):
+        views = [v.to(device, non_blocking=True, memory_format=mf) for v in views]
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype,
                             enabled=dtype is not None):
             loss = model(views, *extra)["loss"]
@@ -63,17 +58,37 @@ def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp:
         scaler.step(opt)
         scaler.update()
         model.update_target(0.99)
+        return loss
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    return step, mf, sync, model.needs_boxes
+
+
+def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp: str,
+                steps: int, warmup: int) -> float:
+    import torch
+
+    step, mf, sync, needs_boxes = training_step(method, arch, device, amp)
+    views = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
+             for _ in range(2)]
+    extra = []
+    if needs_boxes:  # MaskCo: the masked box in each view
+        from pretrain.maskco import random_boxes
+
+        extra = [random_boxes(batch, 2, size, (0.3, 0.6), device)]
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        step(views, *extra)
     sync()
     return steps * batch / (time.perf_counter() - t0)
 
 
-def data_speed(size: int, batch: int, workers: int, images: int, src_size: int) -> float:
-    """Images/s of decode + two BYOL views on JPEG files (ImageNet-like sizes)."""
+def write_jpegs(images: int, src_size: int) -> Path:
+    """``images`` random JPEG files (ImageNet-like size) in an ImageFolder tree."""
     import numpy as np
     from PIL import Image
-    from torch.utils.data import DataLoader
-
-    from pretrain.data import BadImageCounter, ViewsDataset, byol_views
 
     tmp = Path(tempfile.mkdtemp(prefix="pretrain_speed_"))
     rng = np.random.default_rng(0)
@@ -82,16 +97,69 @@ def data_speed(size: int, batch: int, workers: int, images: int, src_size: int) 
         d.mkdir(parents=True, exist_ok=True)
         arr = (rng.random((src_size * 3 // 4, src_size, 3)) * 255).astype(np.uint8)
         Image.fromarray(arr).save(d / f"{i}.jpg", quality=90)
-    ds = ViewsDataset(tmp / "train", byol_views(size))
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=BadImageCounter(),
-                        persistent_workers=workers > 0, shuffle=True, drop_last=True)
+    return tmp / "train"
+
+
+def view_batches(folder: Path, size: int, batch: int, workers: int, pipeline: str,
+                 device: str, epochs: int):
+    """Yields BYOL's two views (N, 3, S, S) per batch, on ``device``, from the files
+    through the ``pil`` or ``device`` pipeline, for ``epochs`` passes."""
+    from torch.utils.data import DataLoader
+
+    from pretrain.data import BadImageCounter, ViewsDataset, byol_views
+    from pretrain.device_aug import DeviceAugment, decode_images
+
+    raw = pipeline == "device"
+    views = byol_views(size)
+    ds = ViewsDataset(folder, views, raw=raw)
+    counter = BadImageCounter(raw=raw)
+    augment = DeviceAugment(views)
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=counter,
+                        persistent_workers=workers > 0, shuffle=True, drop_last=True,
+                        pin_memory=device.startswith("cuda"))
+    for _ in range(epochs):
+        for item in loader:
+            b = counter.take(item)
+            if raw:
+                yield augment(decode_images(b[0], device), b[1])
+            else:
+                yield [v.to(device, non_blocking=True) for v in b[0]]
+
+
+def data_speed(folder: Path, size: int, batch: int, workers: int, pipeline: str,
+               device: str) -> float:
+    """Images/s of decode + two BYOL views (the first pass warms workers and page cache)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    n_per_epoch = len(list(folder.rglob("*.jpg"))) // batch * batch
     n, t0 = 0, None
-    for epoch in range(2):  # the first pass warms the workers (and the page cache)
-        if epoch == 1:
+    for i, views in enumerate(view_batches(folder, size, batch, workers, pipeline, device, 2)):
+        if i == n_per_epoch // batch:
+            sync()
             t0 = time.perf_counter()
-        for b in loader:
-            if epoch == 1:
-                n += b[0][0].shape[0]
+        elif t0 is not None:
+            n += views[0].shape[0]
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
+def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int,
+                     workers: int, pipeline: str, device: str, amp: str) -> float:
+    """Training images/s from the JPEG files: loader + views + training step (2nd pass)."""
+    step, _, sync, needs_boxes = training_step(method, arch, device, amp)
+    if needs_boxes:
+        raise ValueError(f"--end-to-end {method}: MaskCo's boxes come from its own pipeline")
+    n_per_epoch = len(list(folder.rglob("*.jpg"))) // batch
+    n, t0 = 0, None
+    for i, views in enumerate(view_batches(folder, size, batch, workers, pipeline, device, 2)):
+        if i == n_per_epoch:
+            sync()
+            t0 = time.perf_counter()
+        step(views)
+        if t0 is not None and i > n_per_epoch:
+            n += views[0].shape[0]
+    sync()
     return n / (time.perf_counter() - t0)
 
 
@@ -110,6 +178,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="loader worker counts to time (default: 0 8 16)")
     p.add_argument("--data-images", type=int, default=512, help="JPEG files to time on")
     p.add_argument("--data-src-size", type=int, default=500, help="JPEG width (ImageNet ~500)")
+    p.add_argument("--pipelines", nargs="+", choices=["pil", "device"], default=None,
+                   help="data pipelines to time (default: pil, and device where CUDA)")
+    p.add_argument("--end-to-end", nargs="*", default=["care", "byol"], metavar="METHOD",
+                   help="methods to time end to end from the JPEG files (default: care byol)")
     p.add_argument("--json", type=Path, default=None)
     return p
 
@@ -120,16 +192,30 @@ def main(args: argparse.Namespace) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     print(f"device {name}, {args.arch}, {args.size} px, batch {args.batch}, amp {args.amp}")
-    res = {"device": name, "model": {}, "data": {}}
+    res = {"device": name, "model": {}, "data": {}, "end_to_end": {}}
+    cuda = device.startswith("cuda")
+    pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
     for m in args.methods:
         ips = model_speed(m, args.arch, args.size, args.batch, device, args.amp, args.steps,
                           args.warmup)
         res["model"][m] = ips
         print(f"model alone  {m:<11} {ips:9.1f} images/s", flush=True)
-    for w in args.workers:
-        ips = data_speed(args.size, args.batch, w, args.data_images, args.data_src_size)
-        res["data"][w] = ips
-        print(f"data, {w:2d} workers     {ips:9.1f} images/s (two views)", flush=True)
+    folder = write_jpegs(args.data_images, args.data_src_size)
+    for pipe in pipelines:
+        for w in args.workers:
+            ips = data_speed(folder, args.size, args.batch, w, pipe, device)
+            res["data"][f"{pipe}/{w}"] = ips
+            print(f"data {pipe:<6} {w:2d} workers {ips:9.1f} images/s (two views)", flush=True)
+    e2e_pipe = "device" if "device" in pipelines else pipelines[0]
+    for m in args.end_to_end:
+        w = max(args.workers)
+        ips = end_to_end_speed(m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device,
+                               args.amp)
+        share = ips / res["model"][m] if m in res["model"] else float("nan")
+        res["end_to_end"][m] = {"images_per_s": ips, "pipeline": e2e_pipe, "workers": w,
+                                "of_model_alone": share}
+        print(f"end to end   {m:<11} {ips:9.1f} images/s ({e2e_pipe}, {w} workers; "
+              f"{100 * share:.0f}% of model alone)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return res

@@ -1,0 +1,225 @@
+"""Decoding and augmentation on the training device, batched (``--batch-aug``).
+
+The loader workers only read each file's bytes and draw its views' random choices
+(``ViewTransform.draw``: the same draws, from the same per-sample seeds, as the PIL path).
+On the device, ``decode_images`` decodes the JPEGs in one call (nvjpeg on CUDA) and
+``DeviceAugment`` makes each view: a per-image resized crop (bicubic, antialiased), then
+flip, colour jitter (each sample's own order), grayscale, Gaussian blur and solarize on
+the whole batch at once, then normalisation. A 16-core PIL pipeline tops out near
+770 images/s (DESIGN.md s. 7), below what one H100 trains at.
+
+Differences from the PIL path, by design: values stay float between ops (PIL rounds to
+uint8 after each), the crop resize is torch's antialiased bicubic, and the blur is an exact
+Gaussian (kernel 2 * ceil(3 sigma) + 1, reflect padding) where PIL's is an approximation.
+``tests/test_device_aug.py`` compares each op with torchvision's functional op under the
+same draws, and the whole view with the PIL path's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from .data import MEAN, STD, AugConfig
+
+GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+def decode_images(payloads: list[torch.Tensor], device: str | torch.device
+                  ) -> list[torch.Tensor | None]:
+    """Payloads -> images (3, H, W) uint8 on ``device``; None where one cannot be decoded.
+
+    A payload is either a JPEG file's bytes (1-D uint8, decoded here, all in one
+    ``decode_jpeg`` call: nvjpeg's batched decode on CUDA) or an image the worker already
+    decoded (3, H, W) uint8 (other formats, CMYK JPEGs). If the batched call fails (a
+    corrupt file), each JPEG is decoded alone so that only the bad ones are lost.
+    """
+    out: list[torch.Tensor | None] = [None] * len(payloads)
+    jpeg = [i for i, p in enumerate(payloads) if p.dim() == 1]
+    for i, p in enumerate(payloads):
+        if p.dim() == 3:
+            out[i] = p.to(device, non_blocking=True)
+    if not jpeg:
+        return out
+    try:
+        decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB,
+                              device=device)
+        for i, img in zip(jpeg, decoded):
+            out[i] = img
+    except RuntimeError:
+        for i in jpeg:
+            out[i] = _decode_one(payloads[i], device)
+    return out
+
+
+def _decode_one(data: torch.Tensor, device) -> torch.Tensor | None:
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        try:  # libjpeg on the CPU accepts some files nvjpeg refuses
+            return decode_image(data, mode=ImageReadMode.RGB).to(device)
+        except RuntimeError:
+            return None
+
+
+def gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma (N, 1, H, W) of RGB images (N, 3, H, W)."""
+    r, g, b = x.unbind(1)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * other).clamp_(0, 1)
+
+
+def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_brightness, one factor per image: x (N, 3, H, W), f (N,)."""
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """adjust_contrast: blend with the image's mean luma."""
+    return _blend(x, gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """adjust_saturation: blend with the luma image."""
+    return _blend(x, gray(x), f)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """RGB (N, 3, H, W) in [0, 1] -> HSV with hue in [0, 1)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_div = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """HSV (N, 3, H, W), hue in [0, 1) -> RGB."""
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    table = torch.stack([torch.stack(c, 1) for c in
+                         ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 1)
+    return table.gather(1, i[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+
+
+def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """adjust_hue: shift the hue by f (N,) in [-0.5, 0.5]."""
+    hsv = rgb_to_hsv(x)
+    hsv[:, 0] = torch.remainder(hsv[:, 0] + f.view(-1, 1, 1), 1.0)
+    return hsv_to_rgb(hsv)
+
+
+JITTER = (brightness, contrast, saturation, hue)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma (pixels) per image: x (N, C, H, W), sigma (N,).
+
+    Kernel size 2 * ceil(3 * max sigma) + 1 (at most 2 * min(H, W) - 1), reflect padding:
+    per image, what ``torchvision.transforms.functional.gaussian_blur`` gives with that
+    kernel size. One grouped convolution per direction for the whole batch.
+    """
+    n, c, hgt, wid = x.shape
+    k = min(2 * math.ceil(3 * float(sigma.max())) + 1, 2 * min(hgt, wid) - 1)
+    half = k // 2
+    t = torch.arange(k, device=x.device, dtype=x.dtype) - half
+    w = torch.exp(-0.5 * (t[None] / sigma.to(x.dtype)[:, None]) ** 2)
+    w = (w / w.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N * C, k)
+    y = F.pad(x.reshape(1, n * c, hgt, wid), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, w[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, w[:, None, :, None], groups=n * c)
+    return y.view(n, c, hgt, wid)
+
+
+def resized_crop(img: torch.Tensor, crop: list[int], size: int) -> torch.Tensor:
+    """(3, H, W) uint8 -> the crop (top, left, h, w) resized to (3, size, size), float [0, 1]
+    (bicubic, antialiased, clamped)."""
+    top, left, h, w = crop
+    x = img[None, :, top:top + h, left:left + w].float().div_(255)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True,
+                      align_corners=False)
+    return x[0].clamp_(0, 1)
+
+
+class DeviceAugment:
+    """The views of a batch, made on the images' device from the workers' draws.
+
+    ``__call__(images, params)``: images a list of N (3, H, W) uint8 tensors; params one
+    ViewParams dict per view, each value batched over the N images (default_collate of
+    ``ViewTransform.draw``). Returns one (N, 3, S, S) float tensor per view, normalised.
+    """
+
+    def __init__(self, views: list[AugConfig]):
+        self.views = views
+        self.builds = [v.build() for v in views]
+
+    def __call__(self, images: list[torch.Tensor], params: list[dict[str, torch.Tensor]]
+                 ) -> list[torch.Tensor]:
+        out = []
+        for cfg, build, p in zip(self.views, self.builds, params):
+            crops = p["crop"].tolist()
+            x = torch.stack([resized_crop(img, c, cfg.size) for img, c in zip(images, crops)])
+            ranges = (build.jitter.brightness, build.jitter.contrast,
+                      build.jitter.saturation, build.jitter.hue)
+            x = photometric(x, p, [r is not None for r in ranges])
+            mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+            out.append((x - mean) / std)
+        return out
+
+
+def _where(mask: torch.Tensor, device) -> torch.Tensor | None:
+    """Indices of the true entries (computed on the CPU: no device sync), or None."""
+    idx = mask.nonzero().flatten()
+    return idx.to(device, non_blocking=True) if len(idx) else None
+
+
+def photometric(x: torch.Tensor, p: dict[str, torch.Tensor], active: list[bool]
+                ) -> torch.Tensor:
+    """Flip, jitter, grayscale, blur, solarize of a batch x (N, 3, S, S) in [0, 1] under
+    the draws ``p`` (CPU tensors batched over N); ``active[i]``: jitter op i has a range.
+    """
+    dev = x.device
+    flip = _where(p["flip"], dev)
+    if flip is not None:
+        x[flip] = x[flip].flip(-1)
+    factors = p["factors"].to(dev, non_blocking=True)
+    for pos in range(4):  # each sample applies its ops in its own order
+        for op in range(4):
+            if not active[op]:
+                continue
+            idx = _where(p["jitter"] & (p["order"][:, pos] == op), dev)
+            if idx is not None:
+                x[idx] = JITTER[op](x[idx], factors[idx, op])
+    idx = _where(p["gray"], dev)
+    if idx is not None:
+        x[idx] = gray(x[idx]).expand(-1, 3, -1, -1)
+    blur = p["sigma"] > 0
+    idx = _where(blur, dev)
+    if idx is not None:
+        x[idx] = gaussian_blur(x[idx], p["sigma"][blur].to(dev, non_blocking=True))
+    idx = _where(p["solarize"], dev)
+    if idx is not None:
+        y = x[idx]
+        x[idx] = torch.where(y >= 128 / 255, 1 - y, y)
+    return x
