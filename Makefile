@@ -31,7 +31,7 @@ install:  ## torch (if missing), a working detectron2, the suite (editable) with
 	$(PIP) install -q -e ".[dev]"
 
 test: ensure  ## the whole test suite (CPU)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 lint: ensure  ## ruff
 	$(PYTHON) -m ruff check .

@@ -18,12 +18,18 @@ same draws, and the whole view with the PIL path's.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from .data import MEAN, STD, AugConfig
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec, but they work, and
+# the GPU image's torchvision (0.26) has no TorchCodec: one warning per batch is noise.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
+                        "TorchVision are deprecated", category=DeprecationWarning)
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -44,6 +50,12 @@ def decode_images(payloads: list[torch.Tensor], device: str | torch.device
             out[i] = p.to(device, non_blocking=True)
     if not jpeg:
         return out
+    if torch.device(device).type == "cuda":
+        # nvJPEG's hardware decoder can write its outputs (fresh blocks of the caching
+        # allocator) before work queued on the caller's stream has read them
+        # (pytorch/vision#9606, meta-pytorch/torchcodec#1634). The training loop already
+        # waits for each step's loss, so this wait costs next to nothing.
+        torch.cuda.current_stream(device).synchronize()
     try:
         decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB,
                               device=device)

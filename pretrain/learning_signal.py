@@ -34,11 +34,12 @@ def learning_signal(method: str, out: str | Path, epochs: int = 30, base_lr: flo
         shutil.rmtree(tmp, ignore_errors=True)
         write_silhouettes(tmp, seed, 48, {"train": per_class, "val": 24})
         tmp.rename(data)
-    cfg = PretrainConfig(method=method, arch="resnet18", data=str(data), output=str(out / method),
-                         epochs=epochs, batch_size=32, image_size=32, base_lr=base_lr,
-                         warmup_epochs=0.0, crop_scale=(0.5, 1.0), aug="crop", seed=seed,
-                         workers=workers, knn_every=epochs, save_every=epochs,
-                         log_every=1000, heads=HeadConfig(**SMALL_HEADS), **overrides)
+    settings = dict(method=method, arch="resnet18", data=str(data), output=str(out / method),
+                    epochs=epochs, batch_size=32, image_size=32, base_lr=base_lr,
+                    warmup_epochs=0.0, crop_scale=(0.5, 1.0), aug="crop", seed=seed,
+                    workers=workers, knn_every=epochs, save_every=epochs, log_every=1000,
+                    heads=HeadConfig(**SMALL_HEADS))
+    cfg = PretrainConfig(**{**settings, **overrides})
     trainer = Trainer(cfg)
     trainer.fit()
     knn = [h["knn_top1_k20"] for h in trainer.history
