@@ -468,8 +468,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for key in sorted({k for h in steps for k in h if k.startswith("loss")}):
         a.plot([h["step"] for h in steps], [h[key] for h in steps], label=key)
     a.set_xlabel("step")
-    a.set_yscale("log")
-    a.legend(fontsize=7)
+    losses = [v for h in steps for k, v in h.items() if k.startswith("loss")]
+    if losses and min(losses) > 0:  # SimSiam's negative cosine is negative
+        a.set_yscale("log")
+    if steps:
+        a.legend(fontsize=7)
     for key in sorted({k for h in epochs for k in h if k.startswith("knn")}):
         b.plot([h["epoch"] for h in epochs], [h[key] for h in epochs], marker="o", label=key)
     b.set_xlabel("epoch")
