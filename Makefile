@@ -14,7 +14,7 @@ BATCH ?=
 GPUS ?= 1
 OUT ?= $(METHOD)_$(subst resnet,r,$(ARCH)).pth
 
-.PHONY: install ensure test lint format data tables pretrain demo
+.PHONY: install ensure test test-extended lint format data tables pretrain demo
 
 # Every command below first makes sure the suite is installed (a fresh machine needs nothing
 # else): `make demo` and `make test` work on their own.
@@ -32,6 +32,9 @@ install:  ## torch (if missing), a working detectron2, the suite (editable) with
 
 test: ensure  ## the whole test suite (CPU)
 	$(PYTHON) -m pytest -q --durations=15
+
+test-extended: ensure  ## the learning-signal runs left out of `make test` (about 13 min)
+	$(PYTHON) -m pytest -q --extended -m extended
 
 lint: ensure  ## ruff
 	$(PYTHON) -m ruff check .
