@@ -65,6 +65,10 @@ class ViewTransform:
     def __init__(self, cfg: AugConfig):
         self.cfg = cfg
         self.jitter = T.ColorJitter(*cfg.jitter)  # its checked ranges (None = not applied)
+        j = self.jitter
+        # which of brightness, contrast, saturation, hue have a range (get drawn and applied)
+        self.jitter_active = tuple(r is not None for r in (j.brightness, j.contrast,
+                                                              j.saturation, j.hue))
         self.sigma = cfg.blur_sigma()
         self.normalize = T.Normalize(MEAN, STD)
 
@@ -116,10 +120,8 @@ class ViewTransform:
             out = TF.hflip(out)
         if p["jitter"]:
             f = p["factors"].tolist()
-            ranges = (self.jitter.brightness, self.jitter.contrast, self.jitter.saturation,
-                      self.jitter.hue)
             for i in p["order"].tolist():
-                if ranges[i] is not None:
+                if self.jitter_active[i]:
                     out = JITTER_OPS[i](out, f[i])
         if p["gray"]:
             out = TF.rgb_to_grayscale(out, num_output_channels=3)

@@ -183,19 +183,24 @@ class DeviceAugment:
 
     def __init__(self, views: list[AugConfig]):
         self.views = views
-        self.builds = [v.build() for v in views]
+        self.active = [v.build().jitter_active for v in views]
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """MEAN and STD as (1, 3, 1, 1) tensors on ``device``, made once per device."""
+        if device not in self._norm:
+            self._norm[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+                                  torch.tensor(STD, device=device).view(1, 3, 1, 1))
+        return self._norm[device]
 
     def __call__(self, images: list[torch.Tensor], params: list[dict[str, torch.Tensor]]
                  ) -> list[torch.Tensor]:
         out = []
-        for cfg, build, p in zip(self.views, self.builds, params):
+        for cfg, active, p in zip(self.views, self.active, params):
             crops = p["crop"].tolist()
             x = torch.stack([resized_crop(img, c, cfg.size) for img, c in zip(images, crops)])
-            ranges = (build.jitter.brightness, build.jitter.contrast,
-                      build.jitter.saturation, build.jitter.hue)
-            x = photometric(x, p, [r is not None for r in ranges])
-            mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+            x = photometric(x, p, list(active))
+            mean, std = self._mean_std(x.device)
             out.append((x - mean) / std)
         return out
 
