@@ -32,8 +32,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def training_step(method: str, arch: str, device: str, amp: str):
-    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method."""
+def training_step(method: str, arch: str, device: str, amp: str, compile_mode: str = "none"):
+    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method;
+    ``compile_mode`` other than none: the method's forward (and so its backward) through
+    ``torch.compile`` with that mode."""
     import torch
 
     from pretrain.methods import build_method
@@ -47,12 +49,13 @@ def training_step(method: str, arch: str, device: str, amp: str):
                           weight_decay=1e-4, foreach=True)
     dtype = _amp_dtype(PretrainConfig(amp=amp), "cuda" if cuda else "cpu")
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    forward = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
 
     def step(views, *extra):
         views = [v.to(device, non_blocking=True, memory_format=mf) for v in views]
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype,
                             enabled=dtype is not None):
-            loss = model(views, *extra)["loss"]
+            loss = forward(views, *extra)["loss"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -65,10 +68,10 @@ def training_step(method: str, arch: str, device: str, amp: str):
 
 
 def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp: str,
-                steps: int, warmup: int) -> float:
+                steps: int, warmup: int, compile_mode: str = "none") -> float:
     import torch
 
-    step, mf, sync, needs_boxes = training_step(method, arch, device, amp)
+    step, mf, sync, needs_boxes = training_step(method, arch, device, amp, compile_mode)
     views = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
              for _ in range(2)]
     extra = []
@@ -162,9 +165,10 @@ def data_speed(folder: Path, size: int, batch: int, workers: int, pipeline: str,
 
 
 def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int,
-                     workers: int, pipeline: str, device: str, amp: str) -> float:
+                     workers: int, pipeline: str, device: str, amp: str,
+                     compile_mode: str = "none") -> float:
     """Training images/s from the JPEG files: loader + views + training step (2nd pass)."""
-    step, _, sync, needs_boxes = training_step(method, arch, device, amp)
+    step, _, sync, needs_boxes = training_step(method, arch, device, amp, compile_mode)
     if needs_boxes:
         raise ValueError(f"--end-to-end {method}: MaskCo's boxes come from its own pipeline")
     n_per_epoch = len(list(folder.rglob("*.jpg"))) // batch
@@ -189,6 +193,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128, help="per GPU (paper: 128)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    p.add_argument("--compile", default="none",
+                   choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode of the methods' forward (default: none = eager)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 8, 16],
@@ -215,7 +222,7 @@ def main(args: argparse.Namespace) -> dict:
     pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
     for m in args.methods:
         ips = model_speed(m, args.arch, args.size, args.batch, device, args.amp, args.steps,
-                          args.warmup)
+                          args.warmup, args.compile)
         res["model"][m] = ips
         print(f"model alone  {m:<11} {ips:9.1f} images/s", flush=True)
     folder = write_jpegs(args.data_images, args.data_src_size)
@@ -228,7 +235,7 @@ def main(args: argparse.Namespace) -> dict:
     for m in args.end_to_end:
         w = max(args.workers)
         ips = end_to_end_speed(m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device,
-                               args.amp)
+                               args.amp, args.compile)
         share = ips / res["model"][m] if m in res["model"] else float("nan")
         res["end_to_end"][m] = {"images_per_s": ips, "pipeline": e2e_pipe, "workers": w,
                                 "of_model_alone": share}
