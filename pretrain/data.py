@@ -10,6 +10,7 @@ import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -305,13 +306,41 @@ class LabelledImages(Dataset):
             return None
 
 
+class Payloads(NamedTuple):
+    """A raw batch's images in few tensors, so a worker hands a batch over in one
+    shared-memory transfer instead of one per image: ``flat`` the JPEG files' bytes end to
+    end (uint8), ``sizes`` (N,) each sample's byte count (0: the worker decoded it, see
+    ``decoded``), ``decoded`` the (3, H, W) uint8 images of the other samples, in order."""
+
+    flat: torch.Tensor
+    sizes: torch.Tensor
+    decoded: list[torch.Tensor]
+
+    @classmethod
+    def pack(cls, items: list[torch.Tensor]) -> Payloads:
+        """items: JPEG bytes (1-D uint8) or decoded images (3, H, W) uint8."""
+        jpegs = [t for t in items if t.dim() == 1]
+        flat = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
+        sizes = torch.tensor([t.numel() if t.dim() == 1 else 0 for t in items],
+                             dtype=torch.int64)
+        return cls(flat, sizes, [t for t in items if t.dim() == 3])
+
+    def unpack(self) -> list[torch.Tensor]:
+        """The items again (views into ``flat``, no copies)."""
+        out, start, decoded = [], 0, iter(self.decoded)
+        for n in self.sizes.tolist():
+            out.append(self.flat[start:start + n] if n else next(decoded))
+            start += n
+        return out
+
+
 class BadImageCounter:
     """Drops unreadable samples at collate time and counts them in the main process.
 
     The collate (``__call__``) runs in the loader workers, so it returns
     ``(seen, bad, batch or None)`` and ``take`` adds the counts here and returns the batch.
     With ``raw`` (items of ``ViewsDataset(raw=True)``) the payloads, of different sizes,
-    stay a list.
+    are packed into one ``Payloads``.
     """
 
     def __init__(self, raw: bool = False):
@@ -324,7 +353,8 @@ class BadImageCounter:
         if not good:
             return len(batch), len(batch), None
         if self.raw:
-            out = [b[0] for b in good], *torch.utils.data.default_collate([b[1:] for b in good])
+            out = (Payloads.pack([b[0] for b in good]),
+                   *torch.utils.data.default_collate([b[1:] for b in good]))
         else:
             out = torch.utils.data.default_collate(good)
         return len(batch), len(batch) - len(good), out

@@ -6,7 +6,9 @@ On the device, ``decode_images`` decodes the JPEGs in one call (nvjpeg on CUDA) 
 ``DeviceAugment`` makes each view: a per-image resized crop (bicubic, antialiased), then
 flip, colour jitter (each sample's own order), grayscale, Gaussian blur and solarize on
 the whole batch at once, then normalisation. A 16-core PIL pipeline tops out near
-770 images/s (DESIGN.md s. 7), below what one H100 trains at.
+770 images/s (DESIGN.md s. 7), below what one H100 trains at. On CUDA, ``DevicePrefetcher``
+makes the next batch's views in a background thread on its own stream while the current
+training step runs.
 
 Differences from the PIL path, by design: values stay float between ops (PIL rounds to
 uint8 after each), the crop resize is torch's antialiased bicubic, and the blur is an exact
@@ -17,14 +19,18 @@ same draws, and the whole view with the PIL path's.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
+import threading
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from .data import MEAN, STD, AugConfig
+from .data import MEAN, STD, AugConfig, Payloads
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, but they work, and
 # the GPU image's torchvision (0.26) has no TorchCodec: one warning per batch is noise.
@@ -43,6 +49,8 @@ def decode_images(payloads: list[torch.Tensor], device: str | torch.device
     decoded (3, H, W) uint8 (other formats, CMYK JPEGs). If the batched call fails (a
     corrupt file), each JPEG is decoded alone so that only the bad ones are lost.
     """
+    if isinstance(payloads, Payloads):
+        payloads = payloads.unpack()
     out: list[torch.Tensor | None] = [None] * len(payloads)
     jpeg = [i for i, p in enumerate(payloads) if p.dim() == 1]
     for i, p in enumerate(payloads):
@@ -164,13 +172,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def resized_crop(img: torch.Tensor, crop: list[int], size: int) -> torch.Tensor:
-    """(3, H, W) uint8 -> the crop (top, left, h, w) resized to (3, size, size), float [0, 1]
-    (bicubic, antialiased, clamped)."""
+    """(3, H, W) uint8 or float 0-255 -> the crop (top, left, h, w) resized to (3, size,
+    size), float in 0-255 (bicubic, antialiased; not clamped: bicubic overshoots)."""
     top, left, h, w = crop
-    x = img[None, :, top:top + h, left:left + w].float().div_(255)
-    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True,
-                      align_corners=False)
-    return x[0].clamp_(0, 1)
+    x = img[None, :, top:top + h, left:left + w]
+    x = F.interpolate(x if x.is_floating_point() else x.float(), size=(size, size),
+                      mode="bicubic", antialias=True, align_corners=False)
+    return x[0]
 
 
 class DeviceAugment:
@@ -196,9 +204,11 @@ class DeviceAugment:
     def __call__(self, images: list[torch.Tensor], params: list[dict[str, torch.Tensor]]
                  ) -> list[torch.Tensor]:
         out = []
+        floats = [img.float() for img in images]  # once for all views
         for cfg, active, p in zip(self.views, self.active, params):
             crops = p["crop"].tolist()
-            x = torch.stack([resized_crop(img, c, cfg.size) for img, c in zip(images, crops)])
+            x = torch.stack([resized_crop(img, c, cfg.size) for img, c in zip(floats, crops)])
+            x = x.div_(255).clamp_(0, 1)
             x = photometric(x, p, list(active))
             mean, std = self._mean_std(x.device)
             out.append((x - mean) / std)
@@ -240,3 +250,88 @@ def photometric(x: torch.Tensor, p: dict[str, torch.Tensor], active: list[bool]
         y = x[idx]
         x[idx] = torch.where(y >= 128 / 255, 1 - y, y)
     return x
+
+
+class DevicePrefetcher:
+    """Iterates ``loader`` and yields ``make(item)``, up to ``depth`` batches ahead.
+
+    Threaded (the default on CUDA), a background thread runs ``make`` (decoding,
+    augmentation, host-to-device copies) on its own CUDA stream while the training step of
+    the previous batch runs; each yielded tensor is then recorded on the consumer's stream,
+    so the allocator never reuses it under a running step. Otherwise ``make`` runs inline.
+    Items for which ``make`` returns None are skipped; an exception in ``make`` is raised
+    in the consumer; closing the generator (``contextlib.closing``) stops the thread.
+    """
+
+    def __init__(self, loader: Iterable, make: Callable, device: str | torch.device,
+                 depth: int = 2, threaded: bool | None = None):
+        self.loader, self.make, self.depth = loader, make, depth
+        self.device = torch.device(device)
+        self.threaded = self.device.type == "cuda" if threaded is None else threaded
+
+    def __iter__(self) -> Iterator:
+        if not self.threaded:
+            for item in self.loader:
+                out = self.make(item)
+                if out is not None:
+                    yield out
+            return
+        cuda = self.device.type == "cuda"
+        q: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+        stream = torch.cuda.Stream(self.device) if cuda else None
+
+        def work() -> None:
+            try:
+                with contextlib.ExitStack() as ctx:
+                    if cuda:
+                        ctx.enter_context(torch.cuda.device(self.device))
+                        ctx.enter_context(torch.cuda.stream(stream))
+                    for item in self.loader:
+                        if stop.is_set():
+                            return
+                        out = self.make(item)
+                        if out is None:
+                            continue
+                        done = None
+                        if cuda:
+                            done = torch.cuda.Event()
+                            done.record(stream)
+                        q.put(("item", (out, done)))
+                q.put(("end", None))
+            except BaseException as e:  # handed to the consumer, raised there
+                q.put(("error", e))
+
+        thread = threading.Thread(target=work, name="device-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, payload = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise payload
+                out, done = payload
+                if cuda:
+                    consumer = torch.cuda.current_stream(self.device)
+                    consumer.wait_event(done)
+                    _record(out, consumer)
+                yield out
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a pending put, let the thread see ``stop``
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            thread.join()
+
+
+def _record(obj, stream: torch.cuda.Stream) -> None:
+    """``record_stream`` on every CUDA tensor in a nest of lists / tuples."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_cuda:
+            obj.record_stream(stream)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _record(o, stream)

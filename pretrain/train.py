@@ -8,6 +8,7 @@ and the final ``--out`` checkpoint that ``transfer.convert`` reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from transfer.atomic import atomic_torch_save
 
 from .data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
-from .device_aug import DeviceAugment, decode_images
+from .device_aug import DeviceAugment, DevicePrefetcher, decode_images
 from .knn import knn_accuracy
 from .maskco import MaskedPair
 from .methods import METHODS, HeadConfig, build_method
@@ -313,21 +314,25 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             losses = self.ddp(views, *extra)
         loss = losses["loss"]
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLoss(
-                f"loss is {loss.item()} at epoch {self.epoch}, step {self.global_step} "
-                f"({ {k: float(v.detach()) for k, v in losses.items()} }); stopped before the "
-                "update. "
-                f"The last good checkpoint is kept: {self.out / 'checkpoint.pth'}. Lower "
-                "--base-lr, use --amp bf16 / none, or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.model.update_target(tau)
+        # one host sync per step, after the update is queued (a check before the update
+        # would stall the GPU between forward and backward): a non-finite loss stops the
+        # run here, and the update it made is never saved
+        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()])
+                          .tolist()))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLoss(
+                f"loss is {values['loss']} at epoch {self.epoch}, step {self.global_step} "
+                f"({values}); stopped, and this step's update is not saved. "
+                f"The last good checkpoint is kept: {self.out / 'checkpoint.pth'}. Lower "
+                "--base-lr, use --amp bf16 / none, or check the data.")
         self.global_step += 1
         self.images_seen += views[0].shape[0] * self.world
-        return {"lr": lr, "tau": tau, **{k: float(v.detach()) for k, v in losses.items()}}
+        return {"lr": lr, "tau": tau, **values}
 
     def knn(self) -> dict[str, float]:
         if self.val_dir is None or not self.main:
@@ -363,33 +368,33 @@ class Trainer:
                            disable=not self.main, dynamic_ncols=True)
                 sums: dict[str, float] = {}
                 t0 = time.perf_counter()
-                for item in loader:
-                    batch = counter.take(item)
-                    if batch is not None and self.batch_aug:
-                        batch = self.device_views(batch, counter)
-                    if batch is None:
-                        continue
-                    views, extra = batch[0], batch[3:]
-                    stats = self.train_step(views, *extra)
-                    self.step_in_epoch += 1
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    ips = views[0].shape[0] * self.world / (time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()
-                                     if k.startswith("loss")} | {"lr": f"{stats['lr']:.2e}",
-                                                                  "img/s": f"{ips:.1f}"},
-                                    refresh=False)
-                    bar.update(1)
-                    if self.global_step % cfg.log_every == 0:
-                        self.log({"type": "step", "epoch": self.epoch, "step": self.global_step,
-                                  "images_seen": self.images_seen, "img_per_s": ips, **stats})
-                    if self._should_stop():
-                        bar.close()
-                        self.save()
-                        raise Interrupted(f"stopped at epoch {self.epoch}, step "
-                                          f"{self.global_step}; resumable checkpoint "
-                                          f"{self.out / 'checkpoint.pth'}")
+                # on CUDA the next batch is decoded / augmented / copied on a side stream
+                # while this step runs (DevicePrefetcher); closed on any exit
+                batches = contextlib.closing(iter(DevicePrefetcher(
+                    loader, lambda item, c=counter: self.device_batch(item, c), self.device)))
+                with batches as it:
+                    for batch in it:
+                        views, extra = batch[0], batch[3:]
+                        stats = self.train_step(views, *extra)
+                        self.step_in_epoch += 1
+                        for k, v in stats.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        ips = views[0].shape[0] * self.world / (time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()
+                                         if k.startswith("loss")} | {"lr": f"{stats['lr']:.2e}",
+                                                                      "img/s": f"{ips:.1f}"},
+                                        refresh=False)
+                        bar.update(1)
+                        if self.global_step % cfg.log_every == 0:
+                            self.log({"type": "step", "epoch": self.epoch, "step": self.global_step,
+                                      "images_seen": self.images_seen, "img_per_s": ips, **stats})
+                        if self._should_stop():
+                            bar.close()
+                            self.save()
+                            raise Interrupted(f"stopped at epoch {self.epoch}, step "
+                                              f"{self.global_step}; resumable checkpoint "
+                                              f"{self.out / 'checkpoint.pth'}")
                 bar.close()
                 self._check_bad_images(counter)
                 n = max(1, self.step_in_epoch)
@@ -410,6 +415,23 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
         return self.finish()
+
+    @torch.no_grad()
+    def device_batch(self, item, counter: BadImageCounter):
+        """A loader item -> ``(views, labels, indices, *extra)`` on the device, or None
+        (nothing readable). With ``--batch-aug`` the views are decoded and made here;
+        otherwise the workers' views are copied over (channels_last on CUDA)."""
+        batch = counter.take(item)
+        if batch is None:
+            return None
+        if self.batch_aug:
+            batch = self.device_views(batch, counter)
+            if batch is None:
+                return None
+        mf = torch.channels_last if (self.cfg.channels_last and self.device.startswith("cuda")) \
+            else torch.contiguous_format
+        views = [v.to(self.device, non_blocking=True, memory_format=mf) for v in batch[0]]
+        return (views, *batch[1:3], *[e.to(self.device, non_blocking=True) for e in batch[3:]])
 
     @torch.no_grad()
     def device_views(self, batch, counter: BadImageCounter):

@@ -169,3 +169,22 @@ def test_pretraining_run_on_cuda(tmp_path, shapes_root, method, batch_aug):
     epochs = [h for h in t.history if h.get("type") == "epoch" and "knn_top1_k20" in h]
     assert epochs and 0 <= epochs[-1]["knn_top1_k20"] <= 100
     assert Path(cfg.output, f"{method}_resnet18.pth").is_file()
+
+
+def test_prefetcher_side_stream_results_are_complete_when_consumed():
+    """Batches made on the prefetch thread's stream (long kernels) are read on the default
+    stream right away: without the event wait / record_stream they would be read early or
+    their memory reused under the reader."""
+    import contextlib
+
+    from pretrain.device_aug import DevicePrefetcher
+
+    def make(i):
+        x = torch.full((2048, 2048), float(i), device="cuda")
+        for _ in range(20):  # slow enough that an unsynchronised read sees the old values
+            x = x @ torch.eye(2048, device="cuda")
+        return [x + 1]
+
+    with contextlib.closing(iter(DevicePrefetcher(range(12), make, "cuda"))) as it:
+        sums = [float(batch[0].mean()) for batch in it]
+    assert sums == [i + 1.0 for i in range(12)]

@@ -213,3 +213,30 @@ def test_batch_aug_refuses_maskco():
 
     with pytest.raises(ValueError, match="--batch-aug off"):
         PretrainConfig(method="maskco", batch_aug="on")
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_prefetcher_order_skips_errors_and_close(threaded):
+    """Same items in the same order as a plain loop (None skipped); an error in ``make``
+    reaches the consumer; closing mid-way stops the thread."""
+    import contextlib
+    import threading
+
+    items = list(range(10))
+    make = lambda i: None if i % 4 == 3 else torch.tensor([i, i * i])  # noqa: E731
+    got = list(D.DevicePrefetcher(items, make, "cpu", threaded=threaded))
+    assert [int(t[0]) for t in got] == [i for i in items if i % 4 != 3]
+    assert all(int(t[1]) == int(t[0]) ** 2 for t in got)
+
+    def bad(i):
+        if i == 5:
+            raise ValueError("unreadable batch 5")
+        return i
+
+    with pytest.raises(ValueError, match="unreadable batch 5"):
+        list(D.DevicePrefetcher(items, bad, "cpu", threaded=threaded))
+    before = threading.active_count()
+    with contextlib.closing(iter(D.DevicePrefetcher(range(10**6), lambda i: i, "cpu",
+                                                    threaded=threaded))) as it:
+        assert [next(it) for _ in range(3)] == [0, 1, 2]
+    assert threading.active_count() == before  # the worker thread has ended

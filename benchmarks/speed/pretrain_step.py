@@ -32,10 +32,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def training_step(method: str, arch: str, device: str, amp: str, compile_mode: str = "none"):
-    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method;
-    ``compile_mode`` other than none: the method's forward (and so its backward) through
-    ``torch.compile`` with that mode."""
+def training_step(method: str, arch: str, device: str, amp: str):
+    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method."""
     import torch
 
     from pretrain.methods import build_method
@@ -49,13 +47,12 @@ def training_step(method: str, arch: str, device: str, amp: str, compile_mode: s
                           weight_decay=1e-4, foreach=True)
     dtype = _amp_dtype(PretrainConfig(amp=amp), "cuda" if cuda else "cpu")
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    forward = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
 
     def step(views, *extra):
         views = [v.to(device, non_blocking=True, memory_format=mf) for v in views]
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype,
                             enabled=dtype is not None):
-            loss = forward(views, *extra)["loss"]
+            loss = model(views, *extra)["loss"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -68,10 +65,10 @@ def training_step(method: str, arch: str, device: str, amp: str, compile_mode: s
 
 
 def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp: str,
-                steps: int, warmup: int, compile_mode: str = "none") -> float:
+                steps: int, warmup: int) -> float:
     import torch
 
-    step, mf, sync, needs_boxes = training_step(method, arch, device, amp, compile_mode)
+    step, mf, sync, needs_boxes = training_step(method, arch, device, amp)
     views = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
              for _ in range(2)]
     extra = []
@@ -165,23 +162,29 @@ def data_speed(folder: Path, size: int, batch: int, workers: int, pipeline: str,
 
 
 def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int,
-                     workers: int, pipeline: str, device: str, amp: str,
-                     compile_mode: str = "none") -> float:
-    """Training images/s from the JPEG files: loader + views + training step (2nd pass)."""
-    step, _, sync, needs_boxes = training_step(method, arch, device, amp, compile_mode)
-    if needs_boxes:
-        raise ValueError(f"--end-to-end {method}: MaskCo's boxes come from its own pipeline")
-    n_per_epoch = len(list(folder.rglob("*.jpg"))) // batch
-    n, t0 = 0, None
-    for i, views in enumerate(view_batches(folder, size, batch, workers, pipeline, device, 2)):
-        if i == n_per_epoch:
-            sync()
-            t0 = time.perf_counter()
-        step(views)
-        if t0 is not None and i > n_per_epoch:
-            n += views[0].shape[0]
-    sync()
-    return n / (time.perf_counter() - t0)
+                     workers: int, pipeline: str, device: str, amp: str) -> float:
+    """Training images/s of the real training loop (``pretrain.train.Trainer``, two epochs
+    on the JPEG files, the second one timed): loader, views (``pipeline``), the step with
+    its host sync and logging, as a user's run does it."""
+    import tempfile
+
+    from pretrain.methods import METHODS
+    from pretrain.train import PretrainConfig, Trainer
+
+    on = pipeline == "device" and not METHODS[method].needs_boxes
+    with tempfile.TemporaryDirectory() as out:
+        cfg = PretrainConfig(method=method, arch=arch, data=str(folder.parent), output=out,
+                             epochs=2, batch_size=batch, image_size=size, workers=workers,
+                             amp=amp, batch_aug="on" if on else "off",
+                             knn_every=0, save_every=100, log_every=1, warmup_epochs=0.0)
+        trainer = Trainer(cfg)
+        if not trainer.device.startswith(device.split(":")[0]):
+            raise ValueError(f"--end-to-end runs the Trainer, which picks {trainer.device}; "
+                             f"asked for {device}")
+        trainer.fit()
+    steps = [h for h in trainer.history if h.get("type") == "step" and h["epoch"] == 1]
+    seconds = sum(batch / h["img_per_s"] for h in steps)
+    return len(steps) * batch / seconds
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -193,9 +196,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128, help="per GPU (paper: 128)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
-    p.add_argument("--compile", default="none",
-                   choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                   help="torch.compile mode of the methods' forward (default: none = eager)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 8, 16],
@@ -222,7 +222,7 @@ def main(args: argparse.Namespace) -> dict:
     pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
     for m in args.methods:
         ips = model_speed(m, args.arch, args.size, args.batch, device, args.amp, args.steps,
-                          args.warmup, args.compile)
+                          args.warmup)
         res["model"][m] = ips
         print(f"model alone  {m:<11} {ips:9.1f} images/s", flush=True)
     folder = write_jpegs(args.data_images, args.data_src_size)
@@ -235,7 +235,7 @@ def main(args: argparse.Namespace) -> dict:
     for m in args.end_to_end:
         w = max(args.workers)
         ips = end_to_end_speed(m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device,
-                               args.amp, args.compile)
+                               args.amp)
         share = ips / res["model"][m] if m in res["model"] else float("nan")
         res["end_to_end"][m] = {"images_per_s": ips, "pipeline": e2e_pipe, "workers": w,
                                 "of_model_alone": share}
