@@ -369,9 +369,12 @@ class Trainer:
                 sums: dict[str, float] = {}
                 t0 = time.perf_counter()
                 # on CUDA the next batch is decoded / augmented / copied on a side stream
-                # while this step runs (DevicePrefetcher); closed on any exit
+                # while this step runs (DevicePrefetcher); closed on any exit. Not with
+                # --workers 0: the dataset would then draw views in that thread, from the
+                # global RNG that the methods draw from in this one (GSG, MaskCo)
                 batches = contextlib.closing(iter(DevicePrefetcher(
-                    loader, lambda item, c=counter: self.device_batch(item, c), self.device)))
+                    loader, lambda item, c=counter: self.device_batch(item, c), self.device,
+                    threaded=self.device.startswith("cuda") and cfg.workers > 0)))
                 with batches as it:
                     for batch in it:
                         views, extra = batch[0], batch[3:]

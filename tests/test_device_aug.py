@@ -172,12 +172,15 @@ def test_decode_keeps_good_files_and_drops_corrupt_ones(tmp_path):
     assert items[0][0].dim() == 1 and items[1][0].dim() == 3  # JPEG bytes vs decoded PNG
     counter = BadImageCounter(raw=True)
     payloads, *_ = counter.take(counter(items))
-    assert (counter.seen, counter.bad) == (4, 1)
-    good, png, corrupt = D.decode_images(payloads, "cpu")
+    decoded = D.decode_images(payloads, "cpu")
+    # the corrupt JPEG: this machine's Pillow opens it lazily and the decoder drops it; the
+    # GPU image's Pillow refuses it in the worker already. Either way it is counted once.
+    assert counter.seen == 4 and counter.bad == 1 + (items[2] is None)
+    good, png = decoded[:2]
+    assert items[2] is None or decoded[2] is None
     ref = torch.from_numpy(np.asarray(Image.open(tmp_path / "a" / "good.jpg").convert("RGB")))
     assert (good.permute(1, 2, 0).int() - ref.int()).abs().max() <= 2  # libjpeg vs PIL's
     assert torch.equal(png.permute(1, 2, 0), torch.from_numpy(np.asarray(img)))
-    assert corrupt is None
 
 
 def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):

@@ -91,6 +91,15 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process; its GPU memory is freed when it exits."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def runner_job(protocol: str, smoke: bool, iters: int, ims: int | None, weights: str,
                shapes_root: str, amp: bool, num_gpus: int) -> float:
     """Images/s of a short real runner job (detectron2's own timing, warm-up excluded)."""
@@ -164,11 +173,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows = []
     for protocol in args.protocols:
         row = {"protocol": protocol, "device": gpu, "smoke": args.smoke}
-        row["bare_fp32"] = bare_step(protocol, args.smoke, device, False, args.iters,
-                                     args.warmup, args.ims_per_batch, shapes)
+        # each bare measurement in its own process: the full protocols' steps hold ~60 GB,
+        # which must be free for the next one and for the runner job
+        row["bare_fp32"] = in_child(bare_step, protocol, args.smoke, device, False,
+                                    args.iters, args.warmup, args.ims_per_batch, shapes)
         if device == "cuda":
-            row["bare_amp"] = bare_step(protocol, args.smoke, device, True, args.iters,
-                                        args.warmup, args.ims_per_batch, shapes)
+            row["bare_amp"] = in_child(bare_step, protocol, args.smoke, device, True,
+                                       args.iters, args.warmup, args.ims_per_batch, shapes)
         if args.runner_iters:
             row["runner_fp32"] = runner_job(protocol, args.smoke, args.runner_iters,
                                             args.ims_per_batch, str(weights), shapes, False,
