@@ -223,7 +223,9 @@ class Trainer:
 
         model = build_method(cfg.method, cfg.arch, cfg.heads).to(self.device)
         cuda = self.device.startswith("cuda")
-        if cuda and cfg.channels_last:
+        self.memory_format = torch.channels_last if (cuda and cfg.channels_last) \
+            else torch.contiguous_format  # of the model and its input views
+        if self.memory_format == torch.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.world > 1 and cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -306,9 +308,8 @@ class Trainer:
                if cfg.tau_schedule == "cosine" else cfg.base_tau)
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr if g.get("fixed_lr") else lr
-        mf = torch.channels_last if (cfg.channels_last and self.device.startswith("cuda")) \
-            else torch.contiguous_format
-        views = [v.to(self.device, non_blocking=True, memory_format=mf) for v in views]
+        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                 for v in views]
         extra = [e.to(self.device, non_blocking=True) for e in extra]
         with torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp_dtype,
                             enabled=self.amp_dtype is not None):
@@ -431,9 +432,8 @@ class Trainer:
             batch = self.device_views(batch, counter)
             if batch is None:
                 return None
-        mf = torch.channels_last if (self.cfg.channels_last and self.device.startswith("cuda")) \
-            else torch.contiguous_format
-        views = [v.to(self.device, non_blocking=True, memory_format=mf) for v in batch[0]]
+        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                 for v in batch[0]]
         return (views, *batch[1:3], *[e.to(self.device, non_blocking=True) for e in batch[3:]])
 
     @torch.no_grad()
