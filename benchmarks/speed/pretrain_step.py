@@ -13,8 +13,9 @@ after warm-up with the device synchronised. MaskCo's paper batch is 32 per GPU
 DataLoader with ``--workers`` processes: ``pil`` = decode + BYOL's two views in the workers
 (the CPU path); ``device`` = the workers read bytes and draw, decoding (nvjpeg on CUDA) and
 augmentation run batched on the device (``--batch-aug``, pretrain/device_aug.py). End to
-end: the ``--end-to-end`` methods trained from those files through the device pipeline
-(or ``pil`` on CPU). Targets on one H100 (DESIGN.md s. 7): CARE >= 1100 images/s model
+end: the ``--end-to-end`` methods trained from those files by the real training loop
+(``pretrain.train.Trainer``, two epochs, the second timed), through the device pipeline (or
+``pil`` on CPU). Targets on one H100 (DESIGN.md s. 7): CARE >= 1100 images/s model
 alone, end to end >= 90% of that.
 """
 

@@ -73,22 +73,7 @@ def bare_step(protocol: str, smoke: bool, device: str, amp: bool, iters: int, wa
             scaler.step(opt)
             scaler.update()
         sync()
-    ips = iters * cfg.SOLVER.IMS_PER_BATCH / (time.perf_counter() - t0)
-    del model, opt, batches, it
-    release_memory()
-    return ips
-
-
-def release_memory() -> None:
-    """Give the GPU memory this process cached back, so the runner job (a child process)
-    has the whole GPU: the full protocols' bare steps cache ~70 GB on an 80 GB H100."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return iters * cfg.SOLVER.IMS_PER_BATCH / (time.perf_counter() - t0)
 
 
 def in_child(fn, *args):
