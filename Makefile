@@ -33,7 +33,7 @@ install:  ## torch (if missing), a working detectron2, the suite (editable) with
 test: ensure  ## the whole test suite (CPU)
 	$(PYTHON) -m pytest -q --durations=15
 
-test-extended: ensure  ## the learning-signal runs left out of `make test` (about 26 min)
+test-extended: ensure  ## the learning-signal runs left out of `make test` (~25 min, its runs timed one by one)
 	$(PYTHON) -m pytest -q --extended -m extended
 
 lint: ensure  ## ruff
