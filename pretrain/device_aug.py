@@ -61,8 +61,9 @@ def decode_images(payloads: list[torch.Tensor], device: str | torch.device
     if torch.device(device).type == "cuda":
         # nvJPEG's hardware decoder can write its outputs (fresh blocks of the caching
         # allocator) before work queued on the caller's stream has read them
-        # (pytorch/vision#9606, meta-pytorch/torchcodec#1634). The training loop already
-        # waits for each step's loss, so this wait costs next to nothing.
+        # (pytorch/vision#9606, meta-pytorch/torchcodec#1634). Under DevicePrefetcher the
+        # current stream is the prefetch thread's own, so this waits only for the previous
+        # batch's augmentation, not for the training step.
         torch.cuda.current_stream(device).synchronize()
     try:
         decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB,
