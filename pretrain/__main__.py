@@ -17,12 +17,17 @@ Re-running with the same --output resumes from <output>/checkpoint.pth.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
-from .methods import METHODS, HeadConfig
-from .models import ARCHS
-from .train import INTERRUPTED_EXIT_CODE, Interrupted, NonFiniteLoss, PretrainConfig, run
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+
+from pretrain.methods import METHODS, HeadConfig
+from pretrain.models import ARCHS
+from pretrain.train import INTERRUPTED_EXIT_CODE, Interrupted, NonFiniteLoss, PretrainConfig, run
 
 
 def get_args_parser() -> argparse.ArgumentParser:

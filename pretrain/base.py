@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-from .models import ResNetTrunk
+from pretrain.models import ResNetTrunk
 
 
 @dataclass

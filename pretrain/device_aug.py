@@ -23,19 +23,13 @@ import contextlib
 import math
 import queue
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from .data import MEAN, STD, AugConfig, Payloads
-
-# torchvision 0.29 deprecates its image codecs in favour of TorchCodec, but they work, and
-# the GPU image's torchvision (0.26) has no TorchCodec: one warning per batch is noise.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
-                        "TorchVision are deprecated", category=DeprecationWarning)
+from pretrain.data import MEAN, STD, AugConfig, Payloads
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import BadImageCounter, LabelledImages
+from pretrain.data import BadImageCounter, LabelledImages
 
 
 def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,

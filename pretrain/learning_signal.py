@@ -15,15 +15,19 @@ random network for most of so short a run, and BYOL did not gain (42.4 -> 38.2 /
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import shutil
-from pathlib import Path
 
+from pretrain.base import HeadConfig
+from pretrain.train import PretrainConfig, Trainer
 from synthetic import write_silhouettes
-
-from .base import HeadConfig
-from .train import PretrainConfig, Trainer
 
 SMALL_HEADS = dict(proj_hidden=512, proj_dim=128, pred_hidden=512, mid_dim=128, n_blocks=2,
                    mph_dim=128)

@@ -23,10 +23,10 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import roi_align
 
-from .base import HeadConfig, Method
-from .data import ViewTransform, map_boxes
-from .losses import info_nce
-from .models import MLP
+from pretrain.base import HeadConfig, Method
+from pretrain.data import ViewTransform, map_boxes
+from pretrain.losses import info_nce
+from pretrain.models import MLP
 
 
 def crop_xyxy(crop: tuple[int, int, int, int]) -> tuple[float, float, float, float]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import HeadConfig, Method, pool
-from .losses import attention_loss, negative_cosine, symmetric_byol_loss
-from .maskco import MaskCo
-from .models import MLP, TStream
+from pretrain.base import HeadConfig, Method, pool
+from pretrain.losses import attention_loss, negative_cosine, symmetric_byol_loss
+from pretrain.maskco import MaskCo
+from pretrain.models import MLP, TStream
 
 __all__ = ["BYOL", "CARE", "METHODS", "BYOLGSG", "HeadConfig", "MaskCo", "Method", "SimSiam",
            "SimSiamGSG", "build_method", "derangement", "gsg_loss"]

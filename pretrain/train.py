@@ -22,14 +22,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from transfer.atomic import atomic_torch_save
-
-from .data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
-from .device_aug import DeviceAugment, DevicePrefetcher, decode_images
-from .knn import knn_accuracy
-from .maskco import MaskedPair
-from .methods import METHODS, HeadConfig, build_method
-from .schedules import lr_at, momentum_at
+from common.atomic import atomic_torch_save
+from pretrain.data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
+from pretrain.device_aug import DeviceAugment, DevicePrefetcher, decode_images
+from pretrain.knn import knn_accuracy
+from pretrain.maskco import MaskedPair
+from pretrain.methods import METHODS, HeadConfig, build_method
+from pretrain.schedules import lr_at, momentum_at
 
 SUITE_FORMAT = "care-suite/pretrain"  # read by transfer.convert
 INTERRUPTED_EXIT_CODE = 130
@@ -148,7 +147,7 @@ def resolve_data(cfg: PretrainConfig) -> tuple[Path, Path | None]:
         root = Path(cfg.data)
     train_dir = root / "train"
     if not train_dir.is_dir():
-        from .data import LAYOUT_HELP
+        from pretrain.data import LAYOUT_HELP
 
         raise FileNotFoundError(f"{train_dir} not found; {LAYOUT_HELP}")
     val = root / "val"

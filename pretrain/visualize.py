@@ -11,16 +11,21 @@ they can be compared. Any checkpoint ``transfer.convert`` accepts works.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
+
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import eval_transform
-from .models import ResNetTrunk
+from pretrain.data import eval_transform
+from pretrain.models import ResNetTrunk
 
 
 def load_trunk(path: str | Path, allow_pickle: bool = False) -> tuple[ResNetTrunk, str]:
@@ -76,7 +81,7 @@ def draw(images: list[Path], names: list[str], maps: list[torch.Tensor],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import MEAN, STD
+    from pretrain.data import MEAN, STD
 
     n, k = len(images), len(maps)
     fig, axes = plt.subplots(n, k + 1, figsize=(2.2 * (k + 1), 2.2 * n), squeeze=False)

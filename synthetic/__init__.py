@@ -18,8 +18,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .render import CLASSES, Scene, SceneObject, render_scene
-from .writers import write_coco, write_imagefolder, write_silhouettes, write_voc
+from synthetic.render import CLASSES, Scene, SceneObject, render_scene
+from synthetic.writers import write_coco, write_imagefolder, write_silhouettes, write_voc
 
 __all__ = ["CLASSES", "Scene", "SceneObject", "ShapesSpec", "generate", "render_scene",
            "write_silhouettes"]

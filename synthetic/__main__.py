@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import time
+import sys
 from pathlib import Path
 
-from . import ShapesSpec, generate
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import time
+
+from synthetic import ShapesSpec, generate
 
 
 def get_args_parser() -> argparse.ArgumentParser:

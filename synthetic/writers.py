@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from shapely.geometry import box
 
-from .render import CLASSES, Scene, place_shape, render_scene
+from synthetic.render import CLASSES, Scene, place_shape, render_scene
 
 JPEG_QUALITY = 92
 # VOC's `difficult` flag: objects that are small or mostly hidden (as annotators marked them).

@@ -12,15 +12,19 @@ and failed seeds).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from .aggregate import MIN_SEEDS, TablesError, collect
-from .layout import TABLES, build_table, known_sources, table_for
-from .plot import plot_protocol
-from .render import to_csv, to_latex, to_markdown
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+
+from tables.aggregate import MIN_SEEDS, TablesError, collect
+from tables.layout import TABLES, build_table, known_sources, table_for
+from tables.plot import plot_protocol
+from tables.render import to_csv, to_latex, to_markdown
 
 
 def get_args_parser() -> argparse.ArgumentParser:

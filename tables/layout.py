@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .aggregate import Group, Stat, TablesError, welch
+from tables.aggregate import Group, Stat, TablesError, welch
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .aggregate import Group
-from .layout import TableSpec, read_reference
+from tables.aggregate import Group
+from tables.layout import TableSpec, read_reference
 
 
 def plot_protocol(spec: TableSpec, groups: list[Group], protocol: str, out: Path,

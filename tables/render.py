@@ -12,8 +12,8 @@ import csv
 import io
 import math
 
-from .aggregate import Stat
-from .layout import Column, Row, TableSpec
+from tables.aggregate import Stat
+from tables.layout import Column, Row, TableSpec
 
 SIGNIFICANT = 0.05
 

@@ -1,1 +1,5 @@
-"""Checkpoint conversion and Detectron2 transfer runners (VOC07+12, COCO)."""
+"""Checkpoint conversion and the transfer protocols (Detectron2 detection runners)."""
+
+from common.quiet import silence_known_warnings
+
+silence_known_warnings()

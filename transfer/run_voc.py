@@ -10,16 +10,15 @@ detectron2's PascalVOCDetectionEvaluator, 2007 metric). See transfer/runner.py f
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    _repo = Path(__file__).resolve().parents[1]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _repo / "transfer"]
-    sys.path.insert(0, str(_repo))
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from transfer.runner import add_common_args, cli_main, run_protocol  # noqa: E402
+import argparse
+
+from transfer.runner import add_common_args, cli_main, run_protocol
 
 PROTOCOL = "voc_c4_24k"
 

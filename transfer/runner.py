@@ -15,20 +15,24 @@ launcher) or Slurm job (submitit), so a failing seed never takes the others down
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 
-from .atomic import atomic_write_json
-from .config import PROTOCOLS, build_config
-from .trainer import INTERRUPTED_EXIT_CODE
+from common.atomic import atomic_write_json
+from transfer.config import PROTOCOLS, build_config
+from transfer.trainer import INTERRUPTED_EXIT_CODE
 
 SEED_BASE = 1000
 RANDOM_INIT = ("none", "random")
@@ -83,7 +87,7 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
 
     Returns {"path": pkl or "", "stem", "source", "sha256", "meta"}.
     """
-    from .convert import convert_file, file_sha256, summarise
+    from transfer.convert import convert_file, file_sha256, summarise
 
     if weights.lower() in RANDOM_INIT:
         return {"path": "", "stem": "random_init", "source": None, "sha256": None,
@@ -138,7 +142,7 @@ def run_seed_process(spec: dict) -> int:
     """Entry of one seed's process: detectron2 ``launch`` over its GPUs."""
     from detectron2.engine import launch
 
-    from .trainer import TrainingInterrupted, train_seed
+    from transfer.trainer import TrainingInterrupted, train_seed
 
     seed_dir = Path(spec["seed_dir"])
     try:
@@ -216,7 +220,7 @@ def run_protocol(args: argparse.Namespace, protocol: str) -> int:
     """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
     import torch
 
-    from .datasets import check_real
+    from transfer.datasets import check_real
 
     smoke = args.dataset == "synthetic"
     num_gpus = torch.cuda.device_count() if args.num_gpus is None else args.num_gpus

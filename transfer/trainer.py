@@ -27,8 +27,8 @@ from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-from .atomic import atomic_write_json
-from .environment import detectron2_info, environment_record
+from common.atomic import atomic_write_json
+from transfer.environment import detectron2_info, environment_record
 
 INTERRUPTED_EXIT_CODE = 130
 
@@ -227,8 +227,8 @@ def train_seed(spec: dict) -> dict | None:
     """
     import argparse
 
-    from .config import build_config
-    from .datasets import register_shapes
+    from transfer.config import build_config
+    from transfer.datasets import register_shapes
 
     if spec["dataset"] == "synthetic":
         register_shapes(spec["shapes_root"])

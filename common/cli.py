@@ -1,0 +1,55 @@
+"""Exit codes and the one error wrapper of every command of the suite.
+
+A user error (a missing file, a bad flag value, a checkpoint of the wrong kind) is a
+``UserError``: the command prints one line that names the problem and the fix and exits 2.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work ran and failed (a seed failed, a demo step failed)
+EXIT_USAGE = 2  # a user error: bad input, named in one line
+EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM: a resumable state was written
+
+
+class UserError(Exception):
+    """Bad input: the message names the thing and the fix (printed as one line)."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid setting (a flag value, a config key)."""
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """A file or folder the command needs is missing."""
+
+
+class Interrupted(UserError):
+    """SIGINT / SIGTERM: the run stopped after writing a resumable state."""
+
+
+def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
+            argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, call ``main(args)``; returns the process exit code.
+
+    ``main`` may return an int (its exit code) or anything else (0). A ``UserError`` prints
+    ``error: <message>`` (``interrupted: ...`` for an ``Interrupted``) and returns 2 (130).
+    """
+    from common.quiet import silence_known_warnings
+
+    silence_known_warnings()
+    args = parser.parse_args(argv)
+    try:
+        code = main(args)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return code if isinstance(code, int) else EXIT_OK

@@ -1,0 +1,21 @@
+"""Known third-party deprecation noise, silenced in one place (not our warnings)."""
+
+from __future__ import annotations
+
+import warnings
+
+KNOWN = (
+    # detectron2 v0.6 scripts a few helpers with torch.jit.script at import
+    ("ignore", r"`torch.jit.script` is deprecated", FutureWarning, ""),
+    ("ignore", "", DeprecationWarning, r"(detectron2|fvcore|iopath|pycocotools)(\..*)?"),
+    # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; they work, and
+    # torchvision 0.26 has no TorchCodec to move to: one warning per decoded batch is noise
+    ("ignore", "The image decoding and encoding capabilities of TorchVision are deprecated",
+     DeprecationWarning, ""),
+)
+
+
+def silence_known_warnings() -> None:
+    """Install filters for ``KNOWN``; idempotent."""
+    for action, message, category, module in KNOWN:
+        warnings.filterwarnings(action, message=message, category=category, module=module)
