@@ -78,9 +78,9 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 
 def _not_readable(path: Path, e: Exception) -> CheckpointError:
+    detail = (str(e).splitlines() or [""])[0][:120]
     return CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated? "
-                           f"{type(e).__name__}: {str(e).splitlines()[0][:120]}); copy or "
-                           "download it again")
+                           f"{type(e).__name__}: {detail}); copy or download it again")
 
 
 def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
@@ -108,7 +108,7 @@ def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
             if not allow_pickle:
                 raise CheckpointError(
                     f"{path} holds Python objects that safe (weights_only) loading refuses: "
-                    f"{str(e).splitlines()[0][:120]}. If you trust the file, pass "
+                    f"{(str(e).splitlines() or [''])[0][:120]}. If you trust the file, pass "
                     "--allow-pickle") from e
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError, ValueError) as e:

@@ -1,6 +1,7 @@
-"""The base of every method: ``HeadConfig`` (head sizes and method options) and ``Method``
-(online backbone + heads, EMA target copies, optimiser groups), with three named hooks:
-``build_heads()``, ``momentum_modules`` and ``compute_loss(views)``.
+"""The base of every method: ``HeadSizes`` (the options every method has) and ``Method``
+(online backbone + heads, EMA target copies, optimiser groups), with named hooks:
+``build_heads()``, ``momentum_modules``, ``compute_loss(views)`` and, for a method whose
+views need more than the standard augmentations, ``data_hook(options)``.
 """
 
 from __future__ import annotations
@@ -12,44 +13,23 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+from common.flags import opt
 from pretrain.models import ResNetTrunk
 
 
 @dataclass
-class HeadConfig:
-    """Head sizes and method options (paper defaults; every one is a CLI flag).
+class HeadSizes:
+    """Head sizes shared by every method; ``None`` = the method's paper value
+    (``Method.head_defaults``). Each method's options extend this with its own fields."""
 
-    ``None`` means "the method's default" (``Method.head_defaults``).
-    """
+    proj_hidden: int | None = opt(None, "projector hidden width (per method: 4096 BYOL / "
+                                  "CARE, 2048 SimSiam family, 2048 MaskCo)")
+    proj_dim: int | None = opt(None, "projection width (per method: 256 BYOL / CARE, 2048 "
+                               "SimSiam family, 128 MaskCo)")
+    pred_hidden: int | None = opt(None, "predictor hidden width (per method: 4096 BYOL / "
+                                  "CARE, 512 SimSiam family)")
 
-    proj_hidden: int | None = None
-    proj_dim: int | None = None
-    pred_hidden: int | None = None
-    # CARE (DESIGN.md s. 4)
-    n_blocks: int = 5
-    heads: int = 4
-    mid_dim: int = 512
-    pos_enc: str = "abs"
-    lambda_att: float = 100.0
-    att_loss: str = "code"
-    t_detach: bool = False  # the paper's text: T-stream loss trains only T-stream modules
-    nominal_res4: int = 14  # res4 side at 224 px, for the T-stream's position tables
-    # GSG (DESIGN.md s. 5)
-    gsg_distance: str = "normalized"  # ours: Euclidean distance of L2-normalised projections
-    # MaskCo (DESIGN.md s. 6): every value below is ours (the supplement does not give them)
-    mph_layers: int = 2  # mask prediction head: 3x3 conv-BN-ReLU layers on res5
-    mph_dim: int = 512
-    roi_size: int = 3  # RoIAlign bins per side on res5, then averaged
-    temperature: float = 0.2  # MoCo v2
-    n_neg_boxes: int = 16  # boxes per image (paper: 16)
-    intra_negatives: bool = False  # MaskCo(+in)
-    intra_max_iou: float = 0.3  # an intra-image negative overlaps the positive less than this
-    neg_box_scale: tuple[float, float] = (0.2, 0.6)  # negative box sides / view side
-    box_scale: tuple[float, float] = (0.3, 0.6)  # masked box sides / the views' overlap sides
-    min_overlap: float = 0.3  # key crop must cover this fraction of the query crop
-    mask_fill: str = "mean"  # mean (0 after normalisation) | noise
-
-    def with_defaults(self, defaults: dict) -> HeadConfig:
+    def with_defaults(self, defaults: dict):
         """A copy with every ``None`` field taken from ``defaults``."""
         return replace(self, **{f.name: defaults[f.name] for f in fields(self)
                                 if getattr(self, f.name) is None and f.name in defaults})
@@ -73,10 +53,15 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
                             "tau_schedule": "cosine", "crop_scale": (0.08, 1.0), "aug": "byol",
                             "fix_pred_lr": False}
     head_defaults: dict = {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
+    Options: type[HeadSizes] = HeadSizes  # the method's options (a subclass adds its own)
 
-    def __init__(self, arch: str = "resnet50", cfg: HeadConfig | None = None):
+    def __init__(self, arch: str = "resnet50", cfg: HeadSizes | None = None):
         super().__init__()
-        self.cfg = (cfg or HeadConfig()).with_defaults(self.head_defaults)
+        cfg = cfg if cfg is not None else self.Options()
+        if not isinstance(cfg, self.Options):
+            raise TypeError(f"{self.name} takes {self.Options.__name__}, got "
+                            f"{type(cfg).__name__}")
+        self.cfg = cfg.with_defaults(self.head_defaults)
         self.backbone = ResNetTrunk(arch)
         self.build_heads()
         self.target = nn.ModuleDict(
@@ -86,6 +71,13 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def build_heads(self) -> None:
         """Create the method's heads as attributes (called before the target copy)."""
+
+    @classmethod
+    def data_hook(cls, options: HeadSizes):
+        """What the data side needs beyond the standard views: None, or a callable
+        ``(image, view_transforms) -> (views, *extra)`` run in the loader workers (MaskCo's
+        masked pair with its boxes). ``extra`` reaches ``compute_loss`` after the views."""
+        return None
 
     @abc.abstractmethod
     def compute_loss(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:

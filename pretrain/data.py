@@ -213,7 +213,8 @@ def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
 
 class ViewsDataset(Dataset):
     """Images of a folder as ``(views, label, index)``, views a list of (3, S, S) tensors;
-    with ``pair`` (MaskCo) ``(views, label, index, boxes)``. Unreadable images give
+    with a method's ``hook`` (``Method.data_hook``; MaskCo's masked pair) the hook makes the
+    views and more: ``(views, label, index, *extra)``. Unreadable images give
     ``None`` (the collate function drops and counts them).
 
     With ``raw`` (``--batch-aug``: the views are made on the device by
@@ -224,13 +225,13 @@ class ViewsDataset(Dataset):
     """
 
     def __init__(self, folder: str | Path, views: list[AugConfig], seed: int = 0,
-                 pair=None, raw: bool = False):
+                 hook=None, raw: bool = False):
         self.samples, self.classes = list_images(Path(folder))
         self.transforms = [v.build() for v in views]
         self.seed, self.epoch = seed, 0
-        self.pair = pair  # e.g. maskco.MaskedPair: makes the views and their boxes
-        if raw and pair is not None:
-            raise ValueError("raw items (--batch-aug) cannot carry MaskCo's boxes")
+        self.hook = hook  # (image, transforms) -> (views, *extra), e.g. MaskCo's boxes
+        if raw and hook is not None:
+            raise ValueError("raw items (--batch-aug) cannot carry a method's data hook")
         self.raw = raw
 
     def set_epoch(self, epoch: int) -> None:
@@ -254,9 +255,9 @@ class ViewsDataset(Dataset):
         torch.manual_seed(seed)
         random.seed(seed)
         try:
-            if self.pair is not None:
-                views, boxes = self.pair(img, self.transforms)
-                return views, label, idx, boxes
+            if self.hook is not None:
+                views, *extra = self.hook(img, self.transforms)
+                return (views, label, idx, *extra)
             return [t(img)[0] for t in self.transforms], label, idx
         finally:
             torch.set_rng_state(state)

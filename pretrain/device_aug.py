@@ -254,50 +254,54 @@ class DevicePrefetcher:
     augmentation, host-to-device copies) on its own CUDA stream while the training step of
     the previous batch runs; each yielded tensor is then recorded on the consumer's stream,
     so the allocator never reuses it under a running step. Otherwise ``make`` runs inline.
-    Items for which ``make`` returns None are skipped; an exception in ``make`` is raised
-    in the consumer; closing the generator (``contextlib.closing``) stops the thread.
+    Items for which ``make`` returns None are skipped (yielded as None with ``skip_none``
+    False: the consumer decides, e.g. with the other ranks); an exception in ``make`` is
+    raised in the consumer; closing the generator (``contextlib.closing``) stops the thread.
     """
 
     def __init__(self, loader: Iterable, make: Callable, device: str | torch.device,
-                 depth: int = 2, threaded: bool | None = None):
-        self.loader, self.make, self.depth = loader, make, depth
+                 depth: int = 2, threaded: bool | None = None, skip_none: bool = True):
+        self.loader, self.make, self.depth, self.skip_none = loader, make, depth, skip_none
         self.device = torch.device(device)
         self.threaded = self.device.type == "cuda" if threaded is None else threaded
 
     def __iter__(self) -> Iterator:
-        if not self.threaded:
-            for item in self.loader:
-                out = self.make(item)
-                if out is not None:
-                    yield out
-            return
-        cuda = self.device.type == "cuda"
+        return self._threaded() if self.threaded else self._inline()
+
+    def _inline(self) -> Iterator:
+        for item in self.loader:
+            out = self.make(item)
+            if out is not None or not self.skip_none:
+                yield out
+
+    def _work(self, q: queue.Queue, stop: threading.Event, stream) -> None:
+        """The thread: make each item on ``stream``, hand it over with its ready event."""
+        try:
+            with contextlib.ExitStack() as ctx:
+                if stream is not None:
+                    ctx.enter_context(torch.cuda.device(self.device))
+                    ctx.enter_context(torch.cuda.stream(stream))
+                for item in self.loader:
+                    if stop.is_set():
+                        return
+                    out = self.make(item)
+                    if out is None and self.skip_none:
+                        continue
+                    done = None
+                    if stream is not None and out is not None:
+                        done = torch.cuda.Event()
+                        done.record(stream)
+                    q.put(("item", (out, done)))
+            q.put(("end", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(("error", e))
+
+    def _threaded(self) -> Iterator:
         q: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
-        stream = torch.cuda.Stream(self.device) if cuda else None
-
-        def work() -> None:
-            try:
-                with contextlib.ExitStack() as ctx:
-                    if cuda:
-                        ctx.enter_context(torch.cuda.device(self.device))
-                        ctx.enter_context(torch.cuda.stream(stream))
-                    for item in self.loader:
-                        if stop.is_set():
-                            return
-                        out = self.make(item)
-                        if out is None:
-                            continue
-                        done = None
-                        if cuda:
-                            done = torch.cuda.Event()
-                            done.record(stream)
-                        q.put(("item", (out, done)))
-                q.put(("end", None))
-            except BaseException as e:  # handed to the consumer, raised there
-                q.put(("error", e))
-
-        thread = threading.Thread(target=work, name="device-prefetch", daemon=True)
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        thread = threading.Thread(target=self._work, args=(q, stop, stream),
+                                  name="device-prefetch", daemon=True)
         thread.start()
         try:
             while True:
@@ -307,7 +311,7 @@ class DevicePrefetcher:
                 if kind == "error":
                     raise payload
                 out, done = payload
-                if cuda:
+                if done is not None:
                     consumer = torch.cuda.current_stream(self.device)
                     consumer.wait_event(done)
                     _record(out, consumer)

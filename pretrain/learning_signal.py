@@ -2,9 +2,9 @@
 
 ``python -m pretrain.learning_signal --method simsiam`` writes the synthetic silhouettes
 (``synthetic.write_silhouettes``: the shape is the only cue that survives crops), pretrains
-a ResNet-18 on 32 px crops with ``--aug crop`` and prints the kNN top-1 (k = 20) of the
-random initialisation and of the trained network. The test suite runs it for SimSiam and
-BYOL.
+with the ``learning-signal`` recipe (``pretrain.recipes``: a ResNet-18 on 32 px crops with
+``--aug crop``) and prints the kNN top-1 (k = 20) of the random initialisation and of the
+trained network. The test suite runs it for every method (docs/learning-signal.md).
 
 The EMA target's momentum is 0.9 here (``base_tau``, cosine to 1 as in BYOL), not the
 paper's 0.99: its time constant, 1 / (1 - tau) = 10 steps, is short as the run is (360
@@ -25,22 +25,19 @@ import argparse
 import json
 import shutil
 
-from pretrain.base import HeadConfig
-from pretrain.train import PretrainConfig, Trainer
+from pretrain.recipes import RECIPES, recipe_config
+from pretrain.trainer import Trainer
 from synthetic import write_silhouettes
 
-SMALL_HEADS = dict(proj_hidden=512, proj_dim=128, pred_hidden=512, mid_dim=128, n_blocks=2,
-                   mph_dim=128)
 
-
-def learning_signal(method: str, out: str | Path, epochs: int = 30, base_lr: float = 0.5,
-                    seed: int = 0, per_class: int = 64, workers: int = 0, base_tau: float = 0.9,
-                    **overrides) -> dict:
-    """Pretrain ``method`` on silhouettes under ``out``; returns the kNN top-1 (%) at
-    random init (``init``) and at the end (``final``), with the run's settings.
-    ``overrides``: further ``PretrainConfig`` fields (e.g. ``image_size=64``). ``workers``
-    0: the 48 px images load faster in the training process than worker processes hand them
-    over on 2 cores (170 s against 212 s for SimSiam, the same figures)."""
+def learning_signal(method: str, out: str | Path, seed: int = 0, per_class: int = 64,
+                    options: dict | None = None, **overrides) -> dict:
+    """Pretrain ``method`` on silhouettes under ``out`` with the ``learning-signal`` recipe;
+    returns the kNN top-1 (%) at random init (``init``) and at the end (``final``), with
+    the run's settings. ``overrides``: further ``PretrainConfig`` fields (e.g.
+    ``image_size=64``); ``options``: method options (e.g. ``{"mask_fill": "noise"}``).
+    The recipe's ``workers`` 0: the 48 px images load faster in the training process than
+    worker processes hand them over on 2 cores (170 s against 212 s for SimSiam)."""
     out = Path(out)
     data = out / "silhouettes"
     if not data.is_dir():  # written under a temporary name, so a partial tree is never used
@@ -48,36 +45,31 @@ def learning_signal(method: str, out: str | Path, epochs: int = 30, base_lr: flo
         shutil.rmtree(tmp, ignore_errors=True)
         write_silhouettes(tmp, seed, 48, {"train": per_class, "val": 24})
         tmp.rename(data)
-    settings = dict(method=method, arch="resnet18", data=str(data), output=str(out / method),
-                    epochs=epochs, batch_size=32, image_size=32, base_lr=base_lr,
-                    warmup_epochs=0.0, crop_scale=(0.5, 1.0), aug="crop", seed=seed,
-                    base_tau=base_tau,
-                    workers=workers, knn_every=epochs, save_every=epochs, log_every=1000,
-                    heads=HeadConfig(**SMALL_HEADS))
-    cfg = PretrainConfig(**{**settings, **overrides})
+    cfg = recipe_config("learning-signal", method=method, options=options, data=str(data),
+                        output=str(out / method), seed=seed, **overrides)
     trainer = Trainer(cfg)
     trainer.fit()
     knn = [h["knn_top1_k20"] for h in trainer.history
            if h.get("type") == "epoch" and "knn_top1_k20" in h]
-    return {"method": method, "epochs": epochs, "steps": trainer.global_step,
-            "base_tau": base_tau, **overrides, "init": knn[0], "final": knn[-1]}
+    return {"method": method, "epochs": cfg.epochs, "steps": trainer.global_step,
+            "base_tau": cfg.base_tau, **overrides, **(options or {}), "init": knn[0],
+            "final": knn[-1]}
 
 
 def main(argv: list[str] | None = None) -> None:
+    recipe = RECIPES["learning-signal"]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", default="simsiam")
-    p.add_argument("--out", default="runs/learning_signal")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--base-lr", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-tau", type=float, default=0.9,
-                   help="EMA momentum of the target network, cosine to 1 (0.9 for so short "
-                   "a run; the papers' 0.99 / 0.999 are for 100k+ steps)")
-    p.add_argument("--image-size", type=int, default=32, help="view side in pixels (32)")
-    args = p.parse_args(argv)
-    res = learning_signal(args.method, args.out, args.epochs, args.base_lr, args.seed,
-                          base_tau=args.base_tau, image_size=args.image_size)
-    print(json.dumps(res))
+    p.add_argument("--method", default="simsiam", help="method (default: %(default)s)")
+    p.add_argument("--out", default="runs/learning_signal", help="run folder (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and run (0)")
+    for name, kind, what in (("epochs", int, "epochs"), ("base_lr", float, "base lr"),
+                             ("base_tau", float, "EMA momentum of the target at step 0, "
+                              "cosine to 1"), ("image_size", int, "view side in pixels")):
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=argparse.SUPPRESS,
+                       dest=name, help=f"{what} (recipe: {recipe[name]})")
+    args = vars(p.parse_args(argv))
+    method, out, seed = args.pop("method"), args.pop("out"), args.pop("seed")
+    print(json.dumps(learning_signal(method, out, seed, **args)))
 
 
 if __name__ == "__main__":

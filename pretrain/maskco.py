@@ -18,12 +18,15 @@ both views see; the masked pixels are set to the dataset mean (``mask_fill``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.ops import roi_align
 
-from pretrain.base import HeadConfig, Method
+from common.flags import opt
+from pretrain.base import HeadSizes, Method
 from pretrain.data import ViewTransform, map_boxes
 from pretrain.losses import info_nce
 from pretrain.models import MLP
@@ -45,6 +48,28 @@ def _area(b) -> float:
     return (b[2] - b[0]) * (b[3] - b[1])
 
 
+@dataclass
+class MaskCoOptions(HeadSizes):
+    """MaskCo's options; every value is ours (the supplement does not give them)."""
+
+    mph_layers: int = opt(2, "mask prediction head: 3x3 conv-BN-ReLU layers on res5")
+    mph_dim: int = opt(512, "mask prediction head width")
+    roi_size: int = opt(3, "RoIAlign bins per side on res5, then averaged")
+    temperature: float = opt(0.2, "InfoNCE temperature (MoCo v2)")
+    n_neg_boxes: int = opt(16, "negative boxes per image (paper: 16)")
+    intra_negatives: bool = opt(False, "MaskCo(+in): also n-neg-boxes boxes of the same image")
+    intra_max_iou: float = opt(0.3, "an intra-image negative overlaps the positive box by "
+                               "less than this")
+    neg_box_scale: tuple[float, float] = opt((0.2, 0.6), "negative box sides / view side",
+                                             metavar=("MIN", "MAX"))
+    box_scale: tuple[float, float] = opt((0.3, 0.6), "masked box sides / sides of the region "
+                                         "both views see", metavar=("MIN", "MAX"))
+    min_overlap: float = opt(0.3, "the key crop covers at least this fraction of the query "
+                             "crop")
+    mask_fill: str = opt("mean", "masked pixels: the dataset mean or Gaussian noise",
+                         choices=("mean", "noise"))
+
+
 class MaskedPair:
     """The query / key views of one image with the masked box (runs in the data workers).
 
@@ -55,7 +80,7 @@ class MaskedPair:
     that, the key uses the query's crop (its own flip and colours).
     """
 
-    def __init__(self, cfg: HeadConfig, tries: int = 10):
+    def __init__(self, cfg: MaskCoOptions, tries: int = 10):
         self.cfg, self.tries = cfg, tries
         if cfg.mask_fill not in ("mean", "noise"):
             raise ValueError(f"mask fill {cfg.mask_fill!r}: mean or noise")
@@ -177,6 +202,12 @@ class MaskCo(Method):
                       "tau_schedule": "constant", "crop_scale": (0.2, 1.0), "aug": "simsiam",
                       "fix_pred_lr": False}
     head_defaults = {"proj_hidden": 2048, "proj_dim": 128, "pred_hidden": 0}
+    Options = MaskCoOptions
+
+    @classmethod
+    def data_hook(cls, options: MaskCoOptions) -> MaskedPair:
+        """The masked query / key pair with its boxes, made in the loader workers."""
+        return MaskedPair(options)
 
     def build_heads(self) -> None:
         c, dim = self.cfg, self.backbone.dim

@@ -9,16 +9,21 @@ head sizes (``head_defaults``); a value given explicitly always wins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 import torch.nn.functional as F
 
-from pretrain.base import HeadConfig, Method, pool
+from common.cli import ConfigError
+from common.flags import opt
+from pretrain.base import HeadSizes, Method, pool
 from pretrain.losses import attention_loss, negative_cosine, symmetric_byol_loss
-from pretrain.maskco import MaskCo
+from pretrain.maskco import MaskCo, MaskCoOptions
 from pretrain.models import MLP, TStream
 
-__all__ = ["BYOL", "CARE", "METHODS", "BYOLGSG", "HeadConfig", "MaskCo", "Method", "SimSiam",
-           "SimSiamGSG", "build_method", "derangement", "gsg_loss"]
+__all__ = ["BYOL", "BYOLGSG", "CARE", "CAREOptions", "GSGOptions", "METHODS", "HeadSizes",
+           "MaskCo", "MaskCoOptions", "Method", "SimSiam", "SimSiamGSG", "build_method",
+           "derangement", "gsg_loss", "method_options"]
 
 
 class BYOL(Method):
@@ -52,6 +57,23 @@ class BYOL(Method):
         return {"loss": loss_c, "loss_c": loss_c.detach()}
 
 
+@dataclass
+class CAREOptions(HeadSizes):
+    """CARE's T-stream and loss options (official code's values)."""
+
+    n_blocks: int = opt(5, "transformer blocks n")
+    heads: int = opt(4, "attention heads (of 128 dims at mid-dim 512)")
+    mid_dim: int = opt(512, "T-stream block width")
+    pos_enc: str = opt("abs", "position encoding: abs (official code), rel (paper), none",
+                       choices=("abs", "rel", "none"))
+    lambda_att: float = opt(100.0, "weight lambda of the attention loss L_att")
+    att_loss: str = opt("code", "L_att as in the official code (MSE) or the paper's Eq. 4",
+                        choices=("code", "eq4"))
+    t_detach: bool = opt(False, "the paper's text: L_t trains only the T-stream (official "
+                         "code: also res2-res4)")
+    nominal_res4: int = opt(14, "res4 side at 224 px: the size of the position tables")
+
+
 class CARE(BYOL):
     """CARE: BYOL's C-stream plus a transformer stream on res4 that supervises it.
 
@@ -61,6 +83,7 @@ class CARE(BYOL):
 
     name = "care"
     momentum_modules = ("backbone", "projector", "tstream", "t_projector")
+    Options = CAREOptions
 
     def build_heads(self) -> None:
         super().build_heads()
@@ -172,11 +195,21 @@ def gsg_loss(p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor,
     return 0.5 * (negative_cosine(p1, t1) + negative_cosine(p2, t2)), choice
 
 
+@dataclass
+class GSGOptions(HeadSizes):
+    """Guided stop-gradient's options."""
+
+    gsg_distance: str = opt("normalized", "distance that picks the closest cross-image pair: "
+                            "Euclidean between L2-normalised (ours) or raw projections",
+                            choices=("normalized", "raw"))
+
+
 class SimSiamGSG(SimSiam):
     """SimSiam with guided stop-gradient: images paired within the (per-GPU) batch."""
 
     name = "simsiam_gsg"
     min_batch = 2
+    Options = GSGOptions
 
     def targets(self, views, z) -> list[torch.Tensor]:
         return z
@@ -208,7 +241,39 @@ METHODS: dict[str, type[Method]] = {"byol": BYOL, "care": CARE, "simsiam": SimSi
                                     "maskco": MaskCo}
 
 
-def build_method(name: str, arch: str, cfg: HeadConfig | None = None) -> Method:
+def method_class(name: str) -> type[Method]:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
-    return METHODS[name](arch, cfg)
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def method_options(name: str, values: dict | None = None, strict: bool = True) -> HeadSizes:
+    """The options of method ``name`` from ``values`` (field -> value).
+
+    ``strict``: a value the method has no option for is an error naming the method (a flag
+    of another method); otherwise it is ignored (recipes share sizes across methods).
+    """
+    cls = method_class(name).Options
+    known = {f.name for f in fields(cls)}
+    values = dict(values or {})
+    foreign = sorted(set(values) - known)
+    if foreign and strict:
+        raise ConfigError(f"--method {name} has no option {', '.join(foreign)} (its options: "
+                          f"{', '.join(sorted(known))})")
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def all_option_classes() -> list[type[HeadSizes]]:
+    """Every method's options class, each once, base class first."""
+    seen: list[type[HeadSizes]] = [HeadSizes]
+    for m in METHODS.values():
+        if m.Options not in seen:
+            seen.append(m.Options)
+    return seen
+
+
+def build_method(name: str, arch: str, options: HeadSizes | dict | None = None) -> Method:
+    """An instance of method ``name``; ``options`` as its ``Options`` or a dict of values."""
+    if options is None or isinstance(options, dict):
+        options = method_options(name, options)
+    return method_class(name)(arch, options)

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-ARCHS = {"resnet18": "resnet18", "resnet50": "resnet50", "resnet101": "resnet101",
-         "resnet152": "resnet152", "resnet50x2": "wide_resnet50_2"}
+from common.archs import get_arch
 
 
 class ResNetTrunk(nn.Module):
@@ -26,9 +25,7 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch: str = "resnet50"):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)}")
-        net = getattr(torchvision.models, ARCHS[arch])(weights=None)
+        net = getattr(torchvision.models, get_arch(arch).torchvision)(weights=None)
         self.arch = arch
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (net.layer1, net.layer2, net.layer3,

@@ -6,7 +6,7 @@ A self-supervised backbone has no classifier, so the Grad-CAM target is the squa
 the pooled res5 feature, s = ||GAP(A)||^2 / 2: its gradient gives channel weights
 alpha_k = mean_ij ds/dA_kij = GAP(A)_k / HW, and the map is ReLU(sum_k alpha_k A_k),
 upsampled to the image. Each image's maps share one colour scale across checkpoints, so
-they can be compared. Any checkpoint ``transfer.convert`` accepts works.
+they can be compared. Any checkpoint ``common.checkpoints`` reads works.
 """
 
 from __future__ import annotations
@@ -19,37 +19,26 @@ if not __package__:  # run as a file path: import the suite from the repository 
 
 import argparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.checkpoints import CheckpointError, read_backbone
+from common.cli import InputNotFound, run_cli
 from pretrain.data import eval_transform
 from pretrain.models import ResNetTrunk
 
 
 def load_trunk(path: str | Path, allow_pickle: bool = False) -> tuple[ResNetTrunk, str]:
-    """A ResNetTrunk with the checkpoint's backbone (any format the converter accepts)."""
-    from transfer import convert as cv
-
-    obj = cv.load_any(path, allow_pickle=allow_pickle)
-    if cv.is_detectron2_pickle(obj):
-        body = {cv.d2_to_torchvision_name(k): torch.from_numpy(np.asarray(v))
-                for k, v in obj["model"].items() if k.split(".")[0] in
-                ("stem", "res2", "res3", "res4", "res5")}
-    else:
-        body = cv.extract_body(obj).tensors
-    spec = cv.infer_spec(body)
-    arch = {18: "resnet18", 50: "resnet50", 101: "resnet101", 152: "resnet152"}[spec.depth]
-    if spec.width_per_group == 128:
-        arch = "resnet50x2"
-    trunk = ResNetTrunk(arch)
-    missing, unexpected = trunk.load_state_dict(body, strict=False)
+    """A ResNetTrunk with the checkpoint's backbone (any format ``common.checkpoints`` reads)."""
+    body = read_backbone(path, allow_pickle=allow_pickle)
+    trunk = ResNetTrunk(body.arch.key)
+    missing, unexpected = trunk.load_state_dict(body.tensors, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path}: backbone incomplete: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return trunk.eval(), spec.name
+        raise CheckpointError(f"{path}: backbone incomplete: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return trunk.eval(), body.arch.name
 
 
 def gradcam(trunk: ResNetTrunk, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +57,7 @@ def list_images(folder: Path, limit: int) -> list[Path]:
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
     if not files:
-        raise FileNotFoundError(f"no images (.jpg/.png/...) under {folder}")
+        raise InputNotFound(f"no images (.jpg/.png/...) under {folder}")
     step = max(1, len(files) // limit)
     return files[::step][:limit]
 
@@ -133,5 +122,9 @@ def main(args: argparse.Namespace) -> Path:
     return out
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, get_args_parser(), argv)
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(cli())

@@ -11,6 +11,7 @@ if not __package__:  # run as a file path: import the suite from the repository 
 import argparse
 import time
 
+from common.cli import run_cli
 from synthetic import ShapesSpec, generate
 
 
@@ -43,9 +44,9 @@ def main(args: argparse.Namespace) -> Path:
     return root
 
 
-def cli() -> None:
-    main(get_args_parser().parse_args())
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, get_args_parser(), argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

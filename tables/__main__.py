@@ -21,6 +21,7 @@ if not __package__:  # run as a file path: import the suite from the repository 
 import argparse
 import json
 
+from common.cli import run_cli
 from tables.aggregate import MIN_SEEDS, TablesError, collect
 from tables.layout import TABLES, build_table, known_sources, table_for
 from tables.plot import plot_protocol
@@ -109,8 +110,9 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     return written
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, get_args_parser(), argv)
+
+
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except TablesError as e:
-        sys.exit(f"tables: {e}")
+    sys.exit(cli())

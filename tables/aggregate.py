@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from common.cli import UserError
+
 MIN_SEEDS = 5  # the protocol's number of trials; fewer is marked
 IGNORED_CONFIG_KEYS = {"SEED", "OUTPUT_DIR", "MODEL.WEIGHTS"}
 
 
-class TablesError(ValueError):
+class TablesError(UserError, ValueError):
     """Bad or inconsistent results; the message names the file or key."""
 
 
@@ -142,38 +144,41 @@ def check_same_config(group: Group) -> None:
                     f"{key} differs ({a!r} in {ref.path} vs {b!r} in {s.path})")
 
 
+def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple[str, str, int], Path]) -> None:
+    """Record one seed folder in its group: finished, failed or unfinished."""
+    if (seed_dir / "metrics.json").exists():
+        m = _read_json(seed_dir / "metrics.json")
+        for key in ("protocol", "seed", "bbox"):
+            if key not in m:
+                raise TablesError(f"{seed_dir / 'metrics.json'} lacks '{key}': not a metrics "
+                                  "file written by transfer/run_*.py")
+        key = (group.protocol, group.weights, m["seed"])
+        if key in seen:
+            raise TablesError(f"seed value {m['seed']} of {group.protocol}/{group.weights} "
+                              f"appears twice: {seen[key]} and {seed_dir}")
+        seen[key] = seed_dir
+        group.seeds.append(SeedResult(seed_dir, m, _read_config(seed_dir)))
+    elif (seed_dir / "failed.json").exists():
+        err = _read_json(seed_dir / "failed.json").get("error", "unknown error")
+        group.failed.append((seed_dir, err))
+    else:
+        group.unfinished.append(seed_dir)
+
+
 def collect(roots: list[str | Path]) -> list[Group]:
     """Every seed folder ``<root>/<protocol>/<weights>/seed<k>/`` under the roots."""
     groups: dict[tuple[str, str], Group] = {}
-    seen_seeds: dict[tuple[str, str, int], Path] = {}
-    found_any = False
+    seen: dict[tuple[str, str, int], Path] = {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise TablesError(f"results root {root} does not exist")
         for seed_dir in sorted(root.glob("*/*/seed*")):
             if not seed_dir.is_dir() or not seed_dir.name[4:].isdigit():
                 continue
-            found_any = True
             protocol, weights = seed_dir.parent.parent.name, seed_dir.parent.name
             group = groups.setdefault((protocol, weights), Group(protocol, weights))
-            if (seed_dir / "metrics.json").exists():
-                m = _read_json(seed_dir / "metrics.json")
-                for key in ("protocol", "seed", "bbox"):
-                    if key not in m:
-                        raise TablesError(f"{seed_dir / 'metrics.json'} lacks '{key}': not a "
-                                          "metrics file written by transfer/run_*.py")
-                dup = seen_seeds.get((protocol, weights, m["seed"]))
-                if dup is not None:
-                    raise TablesError(f"seed value {m['seed']} of {protocol}/{weights} appears "
-                                      f"twice: {dup} and {seed_dir}")
-                seen_seeds[(protocol, weights, m["seed"])] = seed_dir
-                group.seeds.append(SeedResult(seed_dir, m, _read_config(seed_dir)))
-            elif (seed_dir / "failed.json").exists():
-                err = _read_json(seed_dir / "failed.json").get("error", "unknown error")
-                group.failed.append((seed_dir, err))
-            else:
-                group.unfinished.append(seed_dir)
-    if not found_any:
+            _add_seed(group, seed_dir, seen)
+    if not groups:
         raise TablesError(
             f"no seed folders (<protocol>/<weights>/seed<k>/) under {', '.join(map(str, roots))}; "
             "run transfer/run_voc.py or transfer/run_coco.py first")

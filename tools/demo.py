@@ -24,12 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SIZES = {  # pretraining epochs / image px, transfer iterations / seeds, data counts
-    "small": dict(arch="resnet50", epochs=3, image=64, batch=16, iters=12, seeds=2,
+SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds, data counts
+    "small": dict(recipe="demo", iters=12, seeds=2,
                   shapes=dict(size=96, imagefolder={"train": 16, "val": 8},
                               voc2007={"trainval": 16, "test": 8}, voc2012={"trainval": 8},
                               coco={"train2017": 16, "val2017": 8})),
-    "tiny": dict(arch="resnet50", epochs=1, image=32, batch=8, iters=2, seeds=1,
+    "tiny": dict(recipe="demo-tiny", iters=2, seeds=1,
                  shapes=dict(size=64, imagefolder={"train": 4, "val": 2},
                              voc2007={"trainval": 4, "test": 3}, voc2012={"trainval": 2},
                              coco={"train2017": 4, "val2017": 3})),
@@ -41,19 +41,17 @@ def step(title: str) -> float:
     return time.time()
 
 
-def pretrain(method: str, size: dict, data: Path, out: Path) -> Path:
-    from pretrain.train import PretrainConfig, run
+def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
+    from pretrain.recipes import recipe_config
+    from pretrain.trainer import run
 
-    short = size["arch"].replace("resnet", "r")
-    final = out / "weights" / f"{method}_{short}.pth"
+    cfg = recipe_config(recipe, method=method, data=str(data),
+                        output=str(out / "pretrain" / method))
+    final = out / "weights" / f"{method}_{cfg.arch.replace('resnet', 'r')}.pth"
     if final.exists():
         print(f"{final}: done earlier, reused")
         return final
-    cfg = PretrainConfig(method=method, arch=size["arch"], data=str(data),
-                         output=str(out / "pretrain" / method), out=str(final),
-                         epochs=size["epochs"], batch_size=size["batch"],
-                         image_size=size["image"], crop_scale=(0.3, 1.0), warmup_epochs=0.5,
-                         workers=0, knn_every=size["epochs"], save_every=1, log_every=5)
+    cfg.out = str(final)
     return run(cfg)
 
 
@@ -76,18 +74,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Path]:
+    from pretrain.recipes import RECIPES
     from synthetic import ShapesSpec, generate
     from tables import __main__ as tables_cli
 
     size = SIZES["tiny" if args.tiny else "small"]
+    recipe = RECIPES[size["recipe"]]
     out = args.out.resolve()
     t_all = step("1/6 synthetic shapes")
     shapes = generate(out / "datasets" / "shapes", ShapesSpec(**size["shapes"]))
     print(f"written under {shapes}")
 
-    step(f"2/6 pretraining CARE and BYOL ({size['arch']}, {size['epochs']} epochs, "
-         f"{size['image']} px)")
-    weights = {m: pretrain(m, size, shapes / "imagefolder", out) for m in ("care", "byol")}
+    step(f"2/6 pretraining CARE and BYOL (recipe {size['recipe']}: {recipe['arch']}, "
+         f"{recipe['epochs']} epochs, {recipe['image_size']} px)")
+    weights = {m: pretrain(m, size["recipe"], shapes / "imagefolder", out)
+               for m in ("care", "byol")}
 
     step("3-4/6 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
          f"{size['seeds']} seed(s) each")
@@ -98,7 +99,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
                 failures.append(f"{script[0]} --weights {w}")
 
     step("5/6 tables and plots")
-    short = size["arch"].replace("resnet", "r")
+    short = recipe["arch"].replace("resnet", "r")
     written = tables_cli.main(tables_cli.get_args_parser().parse_args(
         ["--runs", str(out / "runs"), "--out", str(out / "tables"), "--compare",
          f"byol_{short}", f"care_{short}", "--label", "random_init=Rand Init", "--decimals",
@@ -110,7 +111,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     maps = visualize.main(visualize.get_args_parser().parse_args(
         ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
          str(shapes / "imagefolder" / "val"), "--out", str(out / "attention_maps.png"),
-         "--size", str(size["image"] * 2), "--max-images", "6"]))
+         "--size", str(recipe["image_size"] * 2), "--max-images", "6"]))
     written["attention_maps.png"] = maps
 
     print(f"\n=== done in {time.time() - t_all:.0f} s. Results:")

@@ -1,8 +1,10 @@
-"""The standard detection protocols as Detectron2 configs (``benchmarks/configs``).
+"""The standard detection protocols as Detectron2 configs (``transfer/configs``).
 
 A protocol name (``voc_c4_24k``, ``coco_c4_1x``, ``coco_c4_2x``, ``coco_fpn_1x``) is what
-results and tables refer to; ``smoke=True`` picks its ``*_smoke.yaml`` variant (synthetic
-shapes data, small images, a few iterations) that runs the same code paths on a CPU.
+results and tables refer to. The files chain by ``_BASE_`` (``Base-RCNN-SSL`` -> C4 / FPN
+bases -> protocols). ``smoke=True`` merges ``smoke.yaml`` after the protocol's file and
+swaps each dataset for its synthetic twin (``shapes_<name>``): the same code paths on a
+CPU in seconds.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import benchmarks
+from common.cli import ConfigError
 
-CONFIG_DIR = Path(benchmarks.__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SMOKE_OVERLAY = CONFIG_DIR / "smoke.yaml"
+SYNTHETIC_PREFIX = "shapes_"  # transfer.datasets.register_shapes registers these names
 
 PROTOCOLS: dict[str, str] = {
     "voc_c4_24k": "VOC07+12 Faster R-CNN R50-C4, 24k iterations",
@@ -22,16 +26,21 @@ PROTOCOLS: dict[str, str] = {
 }
 
 
-def config_path(protocol: str, smoke: bool = False) -> Path:
-    """Path of the protocol's YAML (or of its smoke variant)."""
+def config_path(protocol: str) -> Path:
+    """Path of the protocol's YAML."""
     if protocol not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    return CONFIG_DIR / f"{protocol}{'_smoke' if smoke else ''}.yaml"
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return CONFIG_DIR / f"{protocol}.yaml"
+
+
+def smoke_datasets(names: Sequence[str]) -> tuple[str, ...]:
+    """The synthetic twins of real dataset names: ``voc_2007_test`` -> ``shapes_voc_2007_test``."""
+    return tuple(SYNTHETIC_PREFIX + n for n in names)
 
 
 def build_config(protocol: str, smoke: bool = False, weights: str = "",
                  opts: Sequence[str] = (), device: str | None = None, freeze: bool = True):
-    """``get_cfg() -> merge_from_file -> merge_from_list(opts) -> freeze()``.
+    """``get_cfg() -> merge_from_file [-> smoke overlay] -> merge_from_list(opts) -> freeze()``.
 
     Args:
         weights: a Detectron2 ``.pkl`` for MODEL.WEIGHTS ("" = random initialisation).
@@ -44,10 +53,17 @@ def build_config(protocol: str, smoke: bool = False, weights: str = "",
     import transfer.modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 
     cfg = get_cfg()
-    cfg.merge_from_file(str(config_path(protocol, smoke)))
+    cfg.merge_from_file(str(config_path(protocol)))
+    if smoke:
+        cfg.merge_from_file(str(SMOKE_OVERLAY))
+        cfg.DATASETS.TRAIN = smoke_datasets(cfg.DATASETS.TRAIN)
+        cfg.DATASETS.TEST = smoke_datasets(cfg.DATASETS.TEST)
     cfg.MODEL.WEIGHTS = str(weights)
     cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"config overrides {list(opts)}: {e}") from e
     if freeze:
         cfg.freeze()
     return cfg

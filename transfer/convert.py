@@ -53,7 +53,7 @@ from common.checkpoints import (
     load_any,
     torchvision_to_d2_name,
 )
-from common.cli import run_cli
+from common.cli import UserError, run_cli
 
 __all__ = ["AUTHOR", "SUITE_FORMAT", "ConversionError", "Conversion", "convert_file",
            "convert_state", "d2_to_torchvision_name", "extract_body", "file_sha256",
@@ -246,8 +246,8 @@ def main(args: argparse.Namespace) -> dict:
     try:
         report = convert_file(args.src, args.dst, prefix=args.prefix,
                               allow_pickle=args.allow_pickle, verify=not args.no_verify)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} (nothing was written)") from e
+    except UserError as e:
+        raise type(e)(f"{e}; nothing was written") from e
     print(summarise(report))
     return report
 

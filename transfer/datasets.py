@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 
+from common.cli import InputNotFound
 from synthetic import CLASSES
 
 # name -> (kind, path parts under the root, VOC split / COCO annotation file)
@@ -65,13 +66,13 @@ def register_shapes(root: str | Path) -> list[str]:
 
 
 def check_real(names: list[str], root: str | Path | None = None) -> None:
-    """Raise FileNotFoundError naming every missing path (and the synthetic alternative)."""
+    """Raise ``InputNotFound`` naming every missing path (and the synthetic alternative)."""
     root = Path(root) if root is not None else datasets_root()
     missing = [str(root / rel) for n in names for rel in REAL_REQUIREMENTS.get(n, [])
                if not (root / rel).exists()]
     if missing:
         lines = "\n  ".join(dict.fromkeys(missing))
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"real dataset(s) {', '.join(names)} not found under DETECTRON2_DATASETS={root}. "
             f"Missing:\n  {lines}\nSet DETECTRON2_DATASETS to the folder holding VOC2007/, "
             "VOC2012/ and coco/, or run on the built-in data with --dataset synthetic."

@@ -44,5 +44,9 @@ def main(args: argparse.Namespace) -> int:
     return run_protocol(args, protocol_for(args.arch, args.schedule))
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return cli_main(main, get_args_parser(), argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli_main(main, get_args_parser()))
+    sys.exit(cli())

@@ -34,5 +34,9 @@ def main(args: argparse.Namespace) -> int:
     return run_protocol(args, PROTOCOL)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return cli_main(main, get_args_parser(), argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli_main(main, get_args_parser()))
+    sys.exit(cli())

@@ -9,30 +9,27 @@ Layout of the results (what ``tables`` reads)::
         failed.json                                         when the seed failed (NaN, ...)
 
 Seed ``k`` uses the recorded seed value ``SEED_BASE + k``. A finished seed is skipped; an
-unfinished one resumes from its last checkpoint. Each seed runs in its own process (local
-launcher) or Slurm job (submitit), so a failing seed never takes the others down.
+unfinished one resumes from its last checkpoint. ``plan`` checks the inputs and lists the
+seeds (``transfer.spec.SeedSpec``); each runs in its own process (``launch_local``) or
+Slurm job (``launch_slurm``; ``transfer.launch``), so a failing seed never takes the
+others down.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if not __package__:  # run as a file path: import the suite from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import json
-import os
 import signal
-import subprocess
-import tempfile
-import time
-import traceback
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from common.archs import arch_by_name
 from common.atomic import atomic_write_json
+from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, InputNotFound, run_cli
+from common.slurm import add_slurm_args
 from transfer.config import PROTOCOLS, build_config
-from transfer.trainer import INTERRUPTED_EXIT_CODE
+from transfer.spec import SeedSpec
 
 SEED_BASE = 1000
 RANDOM_INIT = ("none", "random")
@@ -67,16 +64,9 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "single machine)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision (off by default: the protocol is fp32; CUDA only)")
-    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
-                   help="local: seeds one after another here; slurm: one job per seed "
-                        "(needs the 'slurm' extra: pip install submitit)")
-    p.add_argument("--slurm-partition", default=None, help="Slurm partition")
-    p.add_argument("--slurm-time", type=int, default=24 * 60, help="job time limit, minutes")
-    p.add_argument("--slurm-cluster", default=None, choices=[None, "slurm", "local", "debug"],
-                   help="submitit cluster (default: auto; 'local' runs the jobs here, for "
-                        "testing the Slurm path)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow weights files holding Python objects (trusted files only)")
+    add_slurm_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="trailing KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 100")
     return p
@@ -94,7 +84,7 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
                 "meta": {"method": "Rand Init"}}
     src = Path(weights)
     if not src.is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file (or pass 'none' for "
+        raise InputNotFound(f"--weights {weights}: no such file (or pass 'none' for "
                                 "random initialisation)")
     sha = file_sha256(src)
     stem = src.stem
@@ -111,21 +101,22 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
             "sha256": sha, "meta": report.get("meta", {}), "arch": report.get("arch")}
 
 
-# The detector's ResNet must match the weights: depth / width overrides per converted arch.
-ARCH_OPTS = {"ResNet-50": [], "ResNet-101": ["MODEL.RESNETS.DEPTH", "101"],
-             "ResNet-152": ["MODEL.RESNETS.DEPTH", "152"],
-             "ResNet-50 x2": ["MODEL.RESNETS.WIDTH_PER_GROUP", "128"]}
-
-
 def arch_opts(arch: str | None) -> list[str]:
-    """Config overrides that build the detector's backbone as the weights' ResNet."""
+    """Config overrides that build the detector's backbone as the weights' ResNet
+    (``arch``: the display name a conversion records, e.g. ``ResNet-101``)."""
     if arch is None:  # random init or a .pkl without metadata: the protocol's ResNet-50
         return []
-    if arch not in ARCH_OPTS:
-        raise ValueError(f"the weights are a {arch}; the detection protocols need a bottleneck "
-                         f"ResNet ({', '.join(ARCH_OPTS)}): Detectron2's C4 head is a "
-                         "bottleneck res5")
-    return list(ARCH_OPTS[arch])
+    a = arch_by_name(arch)
+    if not a.bottleneck:
+        raise ConfigError(f"the weights are a {arch}; the detection protocols need a "
+                          "bottleneck ResNet (ResNet-50 / 101 / 152 / 50 x2): Detectron2's C4 "
+                          "head is a bottleneck res5")
+    opts = []
+    if a.depth != 50:
+        opts += ["MODEL.RESNETS.DEPTH", str(a.depth)]
+    if a.width_per_group != 64:
+        opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", str(a.width_per_group)]
+    return opts
 
 
 def seed_status(seed_dir: Path) -> str:
@@ -138,102 +129,43 @@ def seed_status(seed_dir: Path) -> str:
     return "new"
 
 
-def run_seed_process(spec: dict) -> int:
-    """Entry of one seed's process: detectron2 ``launch`` over its GPUs."""
-    from detectron2.engine import launch
+@dataclass
+class RunPlan:
+    """What a runner invocation will do: the seeds to run, the ones already finished."""
 
-    from transfer.trainer import TrainingInterrupted, train_seed
-
-    seed_dir = Path(spec["seed_dir"])
-    try:
-        launch(train_seed, spec["num_gpus"], num_machines=spec["num_machines"],
-               machine_rank=spec["machine_rank"], dist_url=spec["dist_url"], args=(spec,))
-    except (TrainingInterrupted, KeyboardInterrupt) as e:
-        print(f"seed {spec['seed_index']}: {e or 'interrupted'}", file=sys.stderr)
-        return INTERRUPTED_EXIT_CODE
-    except Exception as e:  # noqa: BLE001 - any failure of a seed is recorded, others go on
-        if spec["machine_rank"] == 0:
-            atomic_write_json(seed_dir / "failed.json", {
-                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        print(f"seed {spec['seed_index']} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    run_dir: Path
+    specs: list[SeedSpec] = field(default_factory=list)
+    statuses: dict[int, str] = field(default_factory=dict)
 
 
-class SlurmSeedJob:
-    """A submitit job for one seed; on preemption / time-out it requeues itself and the
-    seed resumes from its last checkpoint."""
-
-    def __call__(self, spec: dict) -> int:
-        import submitit
-
-        env = submitit.JobEnvironment()
-        spec = dict(spec, machine_rank=env.node)
-        if spec["num_machines"] > 1:
-            host = os.environ.get("SLURM_LAUNCH_NODE_IPADDR") or env.hostnames[0]
-            port = 29500 + int(str(env.job_id).split("_")[0]) % 1000  # same on every node
-            spec["dist_url"] = f"tcp://{host}:{port}"
-        return run_seed_process(spec)
-
-    def checkpoint(self, spec: dict):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(SlurmSeedJob(), spec)
-
-
-def _run_local(spec: dict) -> int:
-    """Run one seed in a child process; SIGTERM to us is forwarded to it."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    cmd = [sys.executable, "-m", "transfer.runner", "--seed-spec", f.name]
-    child = subprocess.Popen(cmd)
-    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
-    try:
-        while True:
-            try:
-                return child.wait()
-            except KeyboardInterrupt:  # the child got SIGINT too: let it checkpoint
-                continue
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        os.unlink(f.name)
-
-
-def _submit_slurm(specs: list[dict], args: argparse.Namespace, folder: Path) -> list:
-    try:
-        import submitit
-    except ImportError:
-        raise SystemExit("--launcher slurm needs submitit: pip install -e '.[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=args.slurm_cluster)
-    gpus = max(args.num_gpus or 0, 0)
-    params = {"timeout_min": args.slurm_time, "nodes": args.num_machines,
-              "tasks_per_node": 1, "name": folder.parent.name}
-    if executor.cluster == "slurm":
-        params.update(slurm_partition=args.slurm_partition, gpus_per_node=gpus,
-                      cpus_per_task=max(4, 8 * gpus), slurm_signal_delay_s=120)
-    executor.update_parameters(**params)
-    return [executor.submit(SlurmSeedJob(), spec) for spec in specs]
-
-
-def run_protocol(args: argparse.Namespace, protocol: str) -> int:
-    """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
-    import torch
-
-    from transfer.datasets import check_real
-
-    smoke = args.dataset == "synthetic"
-    num_gpus = torch.cuda.device_count() if args.num_gpus is None else args.num_gpus
-    if args.amp and not torch.cuda.is_available():
-        raise SystemExit("--amp needs CUDA (detectron2's AMPTrainer); drop --amp on CPU")
-    if num_gpus > torch.cuda.device_count() and args.launcher == "local":
-        raise SystemExit(f"--num-gpus {num_gpus} but {torch.cuda.device_count()} GPUs visible")
-    device = "cuda" if num_gpus > 0 else "cpu"
+def _overrides(args: argparse.Namespace) -> list[str]:
     opts = list(args.opts or [])
     if opts and opts[0] == "--":
         opts = opts[1:]
     if len(opts) % 2:
-        raise SystemExit(f"config overrides must be KEY VALUE pairs, got {opts}")
+        raise ConfigError(f"config overrides must be KEY VALUE pairs, got {opts}")
+    return opts
+
+
+def _devices(args: argparse.Namespace) -> tuple[int, str]:
+    """(GPUs per machine, device) from the flags and what is visible."""
+    import torch
+
+    num_gpus = torch.cuda.device_count() if args.num_gpus is None else args.num_gpus
+    if args.amp and not torch.cuda.is_available():
+        raise ConfigError("--amp needs CUDA (detectron2's AMPTrainer); drop --amp on CPU")
+    if num_gpus > torch.cuda.device_count() and args.launcher == "local":
+        raise ConfigError(f"--num-gpus {num_gpus} but {torch.cuda.device_count()} GPUs visible")
+    return num_gpus, "cuda" if num_gpus > 0 else "cpu"
+
+
+def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
+    """Check the inputs, convert the weights, and list the seeds that still need running."""
+    from transfer.datasets import check_real
+
+    smoke = args.dataset == "synthetic"
+    num_gpus, device = _devices(args)
+    opts = _overrides(args)
     cfg = build_config(protocol, smoke=smoke, opts=opts, device=device)  # validates opts early
     output = args.output.resolve()
     shapes_root = None
@@ -243,56 +175,72 @@ def run_protocol(args: argparse.Namespace, protocol: str) -> int:
         shapes_root = str(generate(args.shapes_root or output / "datasets" / "shapes"))
     else:
         check_real(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-
     weights = resolve_weights(args.weights, output, args.allow_pickle)
     opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
     protocol_name = f"{protocol}_smoke" if smoke else protocol
-    run_dir = output / protocol_name / weights["stem"]
+    result = RunPlan(output / protocol_name / weights["stem"])
     print(f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
-          f"{args.seeds} seed(s) of {weights['stem']} -> {run_dir}")
-    specs, statuses = [], {}
+          f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}")
+    info = {k: weights[k] for k in ("stem", "source", "sha256", "meta")}
     for k in range(args.seeds):
-        seed_dir = run_dir / f"seed{k}"
+        seed_dir = result.run_dir / f"seed{k}"
         status = seed_status(seed_dir)
         if status == "finished":
             print(f"seed {k}: finished, skipped ({seed_dir / 'metrics.json'})")
-            statuses[k] = "finished (earlier)"
+            result.statuses[k] = "finished (earlier)"
             continue
         if status == "failed":
             (seed_dir / "failed.json").unlink()  # a re-run retries a failed seed
-        specs.append({
-            "protocol": protocol, "protocol_name": protocol_name, "smoke": smoke,
-            "dataset": args.dataset, "shapes_root": shapes_root, "weights": weights["path"],
-            "weights_info": {k2: weights[k2] for k2 in ("stem", "source", "sha256", "meta")},
-            "seed_index": k, "seed": seed_value(k), "seed_dir": str(seed_dir), "opts": opts,
-            "num_gpus": num_gpus, "num_machines": args.num_machines,
-            "machine_rank": args.machine_rank, "dist_url": args.dist_url, "amp": args.amp,
-            "device": device,
-        })
+        result.specs.append(SeedSpec(
+            protocol=protocol, protocol_name=protocol_name, smoke=smoke, dataset=args.dataset,
+            shapes_root=shapes_root, weights=weights["path"], weights_info=info, seed_index=k,
+            seed=seed_value(k), seed_dir=str(seed_dir), opts=opts, num_gpus=num_gpus,
+            num_machines=args.num_machines, machine_rank=args.machine_rank,
+            dist_url=args.dist_url, amp=args.amp, device=device))
+    return result
 
+
+def launch_local(run: RunPlan) -> int | None:
+    """The planned seeds one after another here; EXIT_INTERRUPTED if one was interrupted."""
+    from transfer.launch import run_local
+
+    for spec in run.specs:
+        k = spec.seed_index
+        resumable = seed_status(Path(spec.seed_dir)) == "resumable"
+        print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
+        code = run_local(spec)
+        if code in (EXIT_INTERRUPTED, -signal.SIGINT):
+            print(f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
+                  "command to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        run.statuses[k] = "finished" if code == 0 else "failed"
+    return None
+
+
+def launch_slurm(run: RunPlan, args: argparse.Namespace) -> bool:
+    """One Slurm job per planned seed; True when the jobs ran here (local / debug cluster)."""
+    from transfer.launch import submit_slurm
+
+    jobs = submit_slurm(run.specs, args, run.run_dir / "slurm")
+    for spec, job in zip(run.specs, jobs):
+        print(f"seed {spec.seed_index}: submitted Slurm job {job.job_id}")
+    if args.slurm_cluster not in ("local", "debug"):
+        print("re-run the same command after the jobs end to see the summary")
+        return False
+    for spec, job in zip(run.specs, jobs):
+        run.statuses[spec.seed_index] = "finished" if job.result() == 0 else "failed"
+    return True
+
+
+def run_protocol(args: argparse.Namespace, protocol: str) -> int:
+    """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
+    run = plan(args, protocol)
     if args.launcher == "slurm":
-        jobs = _submit_slurm(specs, args, run_dir / "slurm")
-        for spec, job in zip(specs, jobs):
-            print(f"seed {spec['seed_index']}: submitted Slurm job {job.job_id}")
-        if args.slurm_cluster in ("local", "debug"):
-            for spec, job in zip(specs, jobs):
-                statuses[spec["seed_index"]] = "finished" if job.result() == 0 else "failed"
-        else:
-            print("re-run the same command after the jobs end to see the summary")
-            return 0
-    else:
-        for spec in specs:
-            k = spec["seed_index"]
-            resumable = seed_status(Path(spec["seed_dir"])) == "resumable"
-            print(f"seed {k} (seed value {spec['seed']}): "
-                  f"{'resuming' if resumable else 'starting'}")
-            code = _run_local(spec)
-            if code == INTERRUPTED_EXIT_CODE or code == -signal.SIGINT:
-                print(f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
-                      "command to resume", file=sys.stderr)
-                return INTERRUPTED_EXIT_CODE
-            statuses[k] = "finished" if code == 0 else "failed"
-    return summarise_run(run_dir, statuses)
+        if not launch_slurm(run, args):
+            return EXIT_OK
+    elif (code := launch_local(run)) is not None:
+        return code
+    return summarise_run(run.run_dir, run.statuses)
 
 
 def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
@@ -313,26 +261,10 @@ def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
     if failed:
         print(f"FAILED seeds: {failed} (details in seed<k>/failed.json; a re-run retries them)",
               file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
-def cli_main(main, parser: argparse.ArgumentParser) -> int:
+def cli_main(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Run a runner script's ``main``; bad input ends with one clear line, no traceback."""
-    try:
-        return main(parser.parse_args())
-    except (FileNotFoundError, ValueError) as e:  # ConversionError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _seed_spec_main() -> None:
-    """``python -m transfer.runner --seed-spec FILE``: the child process of one seed."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--seed-spec", required=True)
-    spec = json.loads(Path(p.parse_args().seed_spec).read_text())
-    sys.exit(run_seed_process(spec))
-
-
-if __name__ == "__main__":
-    _seed_spec_main()
+    return run_cli(main, parser, argv)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import tempfile
 import time
 from collections import OrderedDict, defaultdict
@@ -28,9 +27,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from common.atomic import atomic_write_json
+from common.distributed import any_rank
+from common.signals import StopFlag
 from transfer.environment import detectron2_info, environment_record
-
-INTERRUPTED_EXIT_CODE = 130
+from transfer.spec import SeedSpec
 
 
 class TrainingInterrupted(Exception):
@@ -113,35 +113,21 @@ class InterruptHook(HookBase):
     """
 
     def __init__(self):
-        self._flag = False
-        self._previous = {}
-
-    def _handler(self, signum, frame):  # noqa: ARG002
-        self._flag = True
+        self.stop = StopFlag()
 
     def before_train(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
+        self.stop.install()
 
     def after_step(self):
-        stop = self._flag
-        if comm.get_world_size() > 1:
-            t = torch.tensor([float(stop)], device=comm.get_local_rank()
-                             if torch.cuda.is_available() else "cpu")
-            torch.distributed.all_reduce(t)
-            stop = bool(t.item() > 0)
-        if stop:
+        device = comm.get_local_rank() if torch.cuda.is_available() else "cpu"
+        if any_rank(self.stop.requested, device):
             it = self.trainer.iter
             self.trainer.checkpointer.save(f"model_{it:07d}", iteration=it)
             raise TrainingInterrupted(f"stopped by signal after iteration {it}; "
                                       "re-run the same command to resume")
 
     def after_train(self):
-        for sig, prev in self._previous.items():
-            signal.signal(sig, prev)
+        self.stop.restore()
 
 
 class SuiteTrainer(DefaultTrainer):
@@ -218,10 +204,10 @@ def _sessions(path: Path) -> list[dict]:
     return json.loads(path.read_text())["sessions"] if path.exists() else []
 
 
-def train_seed(spec: dict) -> dict | None:
+def train_seed(spec: SeedSpec) -> dict | None:
     """Train and evaluate one seed (inside a detectron2 ``launch`` worker).
 
-    ``spec`` is the JSON-able dict written by ``transfer.runner``. Writes, on the main
+    ``spec`` is planned by ``transfer.runner.plan``. Writes, on the main
     process: ``config.yaml``, ``log.txt``, ``train_metrics.jsonl``, ``environment.json``,
     ``sessions.json`` and finally ``metrics.json`` (written last: marks the seed finished).
     """
@@ -230,20 +216,20 @@ def train_seed(spec: dict) -> dict | None:
     from transfer.config import build_config
     from transfer.datasets import register_shapes
 
-    if spec["dataset"] == "synthetic":
-        register_shapes(spec["shapes_root"])
-    out = Path(spec["seed_dir"])
-    opts = list(spec["opts"]) + ["OUTPUT_DIR", str(out), "SEED", str(spec["seed"]),
-                                 "SOLVER.AMP.ENABLED", str(bool(spec["amp"]))]
-    cfg = build_config(spec["protocol"], smoke=spec["smoke"], weights=spec["weights"] or "",
-                       opts=opts, device=spec["device"])
-    default_setup(cfg, argparse.Namespace(**spec))
+    if spec.dataset == "synthetic":
+        register_shapes(spec.shapes_root)
+    out = Path(spec.seed_dir)
+    opts = list(spec.opts) + ["OUTPUT_DIR", str(out), "SEED", str(spec.seed),
+                                 "SOLVER.AMP.ENABLED", str(bool(spec.amp))]
+    cfg = build_config(spec.protocol, smoke=spec.smoke, weights=spec.weights or "",
+                       opts=opts, device=spec.device)
+    default_setup(cfg, argparse.Namespace(**spec.to_json()))
     t0, main = time.time(), comm.is_main_process()
     trainer = SuiteTrainer(cfg)
     trainer.resume_or_load(resume=True)
     start_iter = trainer.start_iter
-    if start_iter == 0 and spec["weights"]:
-        n = verify_backbone_loaded(trainer.model, spec["weights"])
+    if start_iter == 0 and spec.weights:
+        n = verify_backbone_loaded(trainer.model, spec.weights)
         if main:
             print(f"backbone loaded and verified: {n} tensors equal {spec['weights']}")
     elif start_iter > 0 and main:
@@ -272,17 +258,17 @@ def train_seed(spec: dict) -> dict | None:
         raise RuntimeError(f"training ended without evaluation results (see {out}/log.txt)")
     sessions = _sessions(sessions_path)
     metrics = {
-        "protocol": spec["protocol_name"],
-        "base_protocol": spec["protocol"],
-        "variant": "smoke" if spec["smoke"] else "full",
-        "dataset": spec["dataset"],
-        "weights": spec["weights_info"],
-        "seed_index": spec["seed_index"],
-        "seed": spec["seed"],
+        "protocol": spec.protocol_name,
+        "base_protocol": spec.protocol,
+        "variant": "smoke" if spec.smoke else "full",
+        "dataset": spec.dataset,
+        "weights": spec.weights_info,
+        "seed_index": spec.seed_index,
+        "seed": spec.seed,
         "iterations": cfg.SOLVER.MAX_ITER,
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "world_size": comm.get_world_size(),
-        "amp": bool(spec["amp"]),
+        "amp": bool(spec.amp),
         "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
         "sessions": len(sessions),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -36,9 +36,9 @@ if str(REPO) not in sys.path:
 def training_step(method: str, arch: str, device: str, amp: str):
     """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method."""
     import torch
+    from pretrain.train import PretrainConfig, _amp_dtype
 
     from pretrain.methods import build_method
-    from pretrain.train import PretrainConfig, _amp_dtype
 
     model = build_method(method, arch).to(device)
     cuda = device.startswith("cuda")
@@ -169,8 +169,9 @@ def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int
     its host sync and logging, as a user's run does it."""
     import tempfile
 
-    from pretrain.methods import METHODS
     from pretrain.train import PretrainConfig, Trainer
+
+    from pretrain.methods import METHODS
 
     on = pipeline == "device" and not METHODS[method].needs_boxes
     with tempfile.TemporaryDirectory() as out:

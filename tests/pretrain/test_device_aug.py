@@ -187,8 +187,8 @@ def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):
     """A whole run through --batch-aug on (CPU), with 1 loader worker: a corrupt file is
     counted (the count travels back from the worker), and the first loss is within 2% of
     the PIL path's (same draws, same initialisation)."""
-    from pretrain.methods import HeadConfig
-    from pretrain.train import PretrainConfig, Trainer
+    from pretrain.config import PretrainConfig
+    from pretrain.trainer import Trainer
 
     data = tmp_path / "data" / "train"
     for cls in ("circle", "square"):  # 2 x 8 images: 2 steps of 8, one image corrupt
@@ -202,7 +202,7 @@ def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):
             method="byol", arch="resnet18", data=str(data.parent), output=str(tmp_path / mode),
             epochs=1, batch_size=8, image_size=32, crop_scale=(0.3, 1.0), warmup_epochs=0.5,
             workers=1, knn_every=0, log_every=1, max_bad_frac=0.5, batch_aug=mode,
-            heads=HeadConfig(proj_hidden=64, proj_dim=16, pred_hidden=64)))
+            options={"proj_hidden": 64, "proj_dim": 16, "pred_hidden": 64}))
         assert t.batch_aug == (mode == "on")
         t.fit()
         assert t.bad_images == 1 and (t.global_step, t.images_seen) == (2, 15)
@@ -212,7 +212,7 @@ def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):
 
 
 def test_batch_aug_refuses_maskco():
-    from pretrain.train import PretrainConfig
+    from pretrain.config import PretrainConfig
 
     with pytest.raises(ValueError, match="--batch-aug off"):
         PretrainConfig(method="maskco", batch_aug="on")

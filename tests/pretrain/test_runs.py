@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.methods import HeadConfig
-from pretrain.train import Interrupted, NonFiniteLoss, PretrainConfig, Trainer, run
+from common.cli import Interrupted
+from pretrain.config import PretrainConfig
+from pretrain.methods import method_options
+from pretrain.recipes import RECIPES, recipe_config
+from pretrain.trainer import NonFiniteLoss, TooManyBadImages, Trainer, run
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = HeadConfig(proj_hidden=64, proj_dim=16, pred_hidden=64, mid_dim=64, n_blocks=2)
+REPO = Path(__file__).resolve().parents[2]
+SMALL = RECIPES["test"]["options"]
 
 
-def tiny(tmp: Path, data: Path, **kw) -> PretrainConfig:
-    base = dict(method="byol", arch="resnet18", data=str(data), output=str(tmp), epochs=2,
-                batch_size=8, image_size=32, workers=0, knn_every=0, save_every=1, log_every=1,
-                warmup_epochs=0.5, heads=SMALL, crop_scale=(0.3, 1.0))
-    return PretrainConfig(**{**base, **kw})
+def tiny(tmp: Path, data: Path, method: str = "byol", **kw) -> PretrainConfig:
+    """The ``test`` recipe on ``data`` without the kNN probe."""
+    return recipe_config("test", method=method, data=str(data), output=str(tmp),
+                         **{"knn_every": 0, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ def test_bad_images_are_skipped_then_refused(tmp_path, folder):
     t = Trainer(tiny(tmp_path / "ok", data, epochs=1, max_bad_frac=0.5))
     t.fit()
     assert t.bad_images == 1
-    with pytest.raises(RuntimeError, match=r"1 of 9\d images .* could not be read"):
+    with pytest.raises(TooManyBadImages, match=r"1 of 9\d images .* could not be read"):
         Trainer(tiny(tmp_path / "strict", data, epochs=1, max_bad_frac=0.0)).fit()
 
 
@@ -152,7 +154,7 @@ def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
     from pretrain.methods import BYOL
 
     torch.manual_seed(0)
-    model = BYOL("resnet18", SMALL)
+    model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
     half = [v[rank * 4:(rank + 1) * 4] for v in views]
@@ -185,7 +187,7 @@ def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path):
     got = torch.load(tmp_path / "ddp.pth", weights_only=True)
 
     torch.manual_seed(0)
-    model = BYOL("resnet18", SMALL)
+    model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
     opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
     losses = [model([v[i * 4:(i + 1) * 4] for v in views])["loss"] for i in range(2)]
     loss = sum(losses) / 2

@@ -14,6 +14,7 @@ from pretrain.data import MEAN, STD, AugConfig, map_boxes
 from pretrain.losses import info_nce
 from pretrain.maskco import (
     MaskCo,
+    MaskCoOptions,
     MaskedPair,
     assemble_keys,
     box_iou_rows,
@@ -21,7 +22,6 @@ from pretrain.maskco import (
     random_boxes,
     roi_features,
 )
-from pretrain.methods import HeadConfig
 
 W, H, S = 200, 160, 64
 # no photometric change, so pixel colours can be decoded back to source coordinates
@@ -68,7 +68,7 @@ def test_views_record_their_crop_and_flip():
 
 
 def test_masked_box_and_roialign_land_on_the_same_region_after_flips():
-    cfg = HeadConfig(box_scale=(0.3, 0.6), min_overlap=0.3)
+    cfg = MaskCoOptions(box_scale=(0.3, 0.6), min_overlap=0.3)
     pair, img = MaskedPair(cfg), coordinate_image()
     transforms = [PLAIN.build(), PLAIN.build()]
     flips = set()
@@ -156,7 +156,7 @@ def test_box_iou_rows_by_hand():
 
 def test_maskco_step_routes_gradients_to_the_online_network_only():
     torch.manual_seed(0)
-    m = MaskCo("resnet18", HeadConfig(proj_hidden=32, proj_dim=8, mph_dim=16,
+    m = MaskCo("resnet18", MaskCoOptions(proj_hidden=32, proj_dim=8, mph_dim=16,
                                       intra_negatives=True))
     assert set(m.target) == {"backbone", "mph", "projector"}
     views = [torch.randn(3, 3, S, S), torch.randn(3, 3, S, S)]

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
+from common import checkpoints as ck
 from transfer import convert as cv
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _randomised_resnet50(seed: int = 0) -> torch.nn.Module:
@@ -135,8 +141,8 @@ def test_ambiguous_prefixes_need_a_choice():
     body = {"conv1.weight": torch.zeros(1), "layer1.0.conv1.weight": torch.zeros(1)}
     keys = [p + k for p in ("net_a.", "net_b.") for k in body]
     with pytest.raises(cv.ConversionError, match="--prefix"):
-        cv.find_prefix(keys)
-    assert cv.find_prefix(keys, "net_b.")[0] == "net_b."
+        ck.find_prefix(keys)
+    assert ck.find_prefix(keys, "net_b.")[0] == "net_b."
 
 
 def test_torch_file_with_python_objects_needs_allow_pickle(r50_state, tmp_path):
@@ -155,9 +161,34 @@ def test_cli_prints_report(r50_state, tmp_path, capsys):
     cv.main(cv.get_args_parser().parse_args([str(src), str(tmp_path / "r50.pkl")]))
     out = capsys.readouterr().out
     assert "ResNet-50" in out and "max relative diff" in out and "fc" in out
-    with pytest.raises(SystemExit, match="nothing was written"):
-        cv.main(cv.get_args_parser().parse_args([str(tmp_path / "missing.pth"),
-                                                 str(tmp_path / "x.pkl")]))
+    assert cv.cli([str(tmp_path / "missing.pth"), str(tmp_path / "x.pkl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint not found") and "nothing was written" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x.pkl").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_checkpoint_is_named_as_such(r50_state, tmp_path, damage):
+    """A damaged file is reported as unreadable, never as 'pass --allow-pickle'."""
+    src = tmp_path / "r50.pth"
+    torch.save({"state_dict": r50_state}, src)
+    data = src.read_bytes()
+    src.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x80\x02garbage" * 9,
+                     "empty": b""}[damage])
+    with pytest.raises(cv.ConversionError, match="not a readable checkpoint") as e:
+        cv.load_any(src)
+    assert "--allow-pickle" not in str(e.value)
+
+
+def test_convert_runs_from_its_file_path(r50_state, tmp_path):
+    """``python transfer/convert.py IN OUT`` works like ``python -m transfer.convert``."""
+    src = tmp_path / "r50.pth"
+    torch.save(r50_state, src)
+    res = subprocess.run([sys.executable, "transfer/convert.py", str(src),
+                          str(tmp_path / "r50.pkl")], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "r50.pkl").is_file() and "ResNet-50" in res.stdout
 
 
 def test_d2_names_invert_to_torchvision(r50_state):

@@ -17,7 +17,7 @@ import torchvision
 from transfer import run_coco, run_voc
 from transfer.runner import SEED_BASE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Small enough for CI: 2 iterations, 1 precise-BN batch.
 FAST = ["SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.NUM_ITER", "1"]
 

@@ -14,11 +14,11 @@ from pretrain.losses import (
     regression_loss,
     symmetric_byol_loss,
 )
-from pretrain.methods import BYOL, CARE, HeadConfig
+from pretrain.methods import BYOL, CARE, CAREOptions, method_options
 from pretrain.models import MHSA, ResNetTrunk, TStream
 from pretrain.schedules import lr_at, momentum_at
 
-SMALL = HeadConfig(proj_hidden=64, proj_dim=16, pred_hidden=64, mid_dim=64, n_blocks=2)
+SMALL = CAREOptions(proj_hidden=64, proj_dim=16, pred_hidden=64, mid_dim=64, n_blocks=2)
 
 
 def test_regression_loss_by_hand():
@@ -64,7 +64,7 @@ def test_schedules_at_their_boundaries():
 
 def test_ema_update_and_buffer_copy():
     torch.manual_seed(0)
-    m = BYOL("resnet18", SMALL)
+    m = BYOL("resnet18", method_options("byol", SMALL.__dict__, strict=False))
     with torch.no_grad():
         for p in m.backbone.parameters():
             p.fill_(1.0)
@@ -138,7 +138,7 @@ def test_gradient_routing():
 
 def test_t_detach_keeps_tstream_loss_out_of_the_backbone():
     torch.manual_seed(0)
-    m = CARE("resnet18", HeadConfig(**{**SMALL.__dict__, "t_detach": True}))
+    m = CARE("resnet18", CAREOptions(**{**SMALL.__dict__, "t_detach": True}))
     terms = m.terms([torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)])
     terms["loss_t"].backward()
     assert not any(_grads(m.backbone)) and any(_grads(m.tstream))

@@ -8,20 +8,20 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pretrain.config import PretrainConfig
 from pretrain.losses import negative_cosine
 from pretrain.methods import (
     BYOLGSG,
     GSG_PAIRS,
-    HeadConfig,
     SimSiam,
     SimSiamGSG,
     derangement,
     gsg_loss,
 )
 from pretrain.models import MLP
-from pretrain.train import PretrainConfig, Trainer
+from pretrain.trainer import Trainer
 
-SMALL = HeadConfig(proj_hidden=64, proj_dim=32, pred_hidden=16)
+SMALL = {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 16}
 
 
 def _t(*rows):
@@ -82,7 +82,7 @@ def test_pairing_with_an_exact_copy_reduces_to_one_simsiam_term(cls, monkeypatch
     """Image 3 is a pixel-exact copy of image 0 (same views) and is forced to be its partner:
     the pair (11, 21) is at distance 0 and the loss is D(p11, sg z12)."""
     torch.manual_seed(0)
-    m = cls("resnet18", SMALL)
+    m = cls("resnet18", cls.Options(**SMALL))
     v1, v2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     v1[3], v2[3] = v1[0], v2[0]
     perm = torch.tensor([3, 2, 1, 0])
@@ -101,7 +101,7 @@ def test_pairing_with_an_exact_copy_reduces_to_one_simsiam_term(cls, monkeypatch
 
 
 def test_simsiam_loss_and_heads_by_hand():
-    m = SimSiam("resnet18", SMALL)
+    m = SimSiam("resnet18", SimSiam.Options(**SMALL))
     proj = m.projector.net
     assert [type(x).__name__ for x in proj] == ["Linear", "BatchNorm1d", "ReLU", "Linear",
                                                 "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
@@ -132,16 +132,19 @@ def test_method_defaults_and_explicit_values():
     ss = PretrainConfig(method="simsiam")
     assert (ss.crop_scale, ss.warmup_epochs, ss.aug, ss.fix_pred_lr) == ((0.2, 1.0), 0.0,
                                                                          "simsiam", True)
-    assert (ss.heads.proj_hidden, ss.heads.proj_dim, ss.heads.pred_hidden) == (2048, 2048, 512)
+    o = ss.options
+    assert (o.proj_hidden, o.proj_dim, o.pred_hidden) == (2048, 2048, 512)
     bg = PretrainConfig(method="byol_gsg")
     assert (bg.tau_schedule, bg.base_tau) == ("constant", 0.99)
     care = PretrainConfig(method="care")
     assert (care.crop_scale, care.warmup_epochs, care.aug, care.tau_schedule) == (
         (0.08, 1.0), 10.0, "byol", "cosine")
-    assert care.heads.proj_hidden == 4096
-    mine = PretrainConfig(method="simsiam", crop_scale=(0.5, 1.0), heads=HeadConfig(proj_dim=64))
-    assert mine.crop_scale == (0.5, 1.0) and mine.heads.proj_dim == 64
-    assert mine.heads.pred_hidden == 512
+    assert care.options.proj_hidden == 4096
+    mine = PretrainConfig(method="simsiam", crop_scale=(0.5, 1.0), options={"proj_dim": 64})
+    assert mine.crop_scale == (0.5, 1.0) and mine.options.proj_dim == 64
+    assert mine.options.pred_hidden == 512
+    with pytest.raises(ValueError, match="has no option lambda_att"):
+        PretrainConfig(method="simsiam", options={"lambda_att": 1.0})
     with pytest.raises(ValueError, match="unknown method"):
         PretrainConfig(method="mocov9")
     for method in ("simsiam_gsg", "byol_gsg", "maskco"):
@@ -159,7 +162,7 @@ def folder(shapes_root):
 def test_fixed_predictor_lr_and_tau_schedule(tmp_path, folder, method):
     cfg = PretrainConfig(method=method, arch="resnet18", data=str(folder), output=str(tmp_path),
                          epochs=2, batch_size=8, image_size=32, workers=0, knn_every=0,
-                         warmup_epochs=0.5, heads=SMALL, crop_scale=(0.3, 1.0))
+                         warmup_epochs=0.5, options=SMALL, crop_scale=(0.3, 1.0))
     t = Trainer(cfg)
     loader = torch.utils.data.DataLoader(t.dataset, batch_size=8)
     views, _, _ = next(iter(loader))

@@ -47,9 +47,6 @@ def test_maskco_knn_beats_random_init_at_96px(tmp_path):
     """MaskCo needs room for its boxes: its RoIAlign reads res5, 1 x 1 at 32 px (every box
     reads the same cell) and 2 x 2 at 64 px, where it did not gain. At 96 px (3 x 3), with
     the masked box filled with noise: 35.4% at random init -> 65.3% after 360 steps (9 min)."""
-    from pretrain.base import HeadConfig
-    from pretrain.learning_signal import SMALL_HEADS
-
     res = learning_signal("maskco", tmp_path, epochs=30, image_size=96,
-                          heads=HeadConfig(**SMALL_HEADS, mask_fill="noise"))
+                          options={"mask_fill": "noise"})
     assert res["final"] >= res["init"] + 5.0, res

@@ -90,11 +90,11 @@ def test_amp_and_channels_last_loss_matches_fp32(method):
     """The same initial loss (train-mode BN on one batch) in fp32 / contiguous and in bf16 /
     fp16 autocast with channels_last; fp16 steps with the grad scaler: overflowing steps
     are skipped (the scale falls), then updates happen and everything stays finite."""
+    from pretrain.config import PretrainConfig
     from pretrain.methods import build_method
-    from pretrain.train import PretrainConfig
 
     torch.manual_seed(0)
-    heads = PretrainConfig(method=method, arch="resnet18").heads
+    heads = PretrainConfig(method=method, arch="resnet18").options
     model = build_method(method, "resnet18", heads).cuda()
     views, extra = _views_and_extra(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -153,14 +153,12 @@ def test_roi_align_features_on_cuda_match_cpu():
 def test_pretraining_run_on_cuda(tmp_path, shapes_root, method, batch_aug):
     """A whole run on CUDA (bf16, channels_last, pinned loader; ``--batch-aug on`` decodes
     and augments on the GPU): finite losses, checkpoint and kNN written."""
-    from pretrain.methods import HeadConfig
-    from pretrain.train import PretrainConfig, Trainer
+    from pretrain.recipes import recipe_config
+    from pretrain.trainer import Trainer
 
-    heads = HeadConfig(proj_hidden=64, proj_dim=16, pred_hidden=64, mid_dim=64, n_blocks=2)
-    cfg = PretrainConfig(method=method, arch="resnet18", data=str(shapes_root / "imagefolder"),
-                         output=str(tmp_path), epochs=2, batch_size=16, image_size=64,
-                         workers=2, knn_every=2, save_every=1, log_every=1, heads=heads,
-                         batch_aug=batch_aug)
+    cfg = recipe_config("test", method=method, data=str(shapes_root / "imagefolder"),
+                        output=str(tmp_path), epochs=2, batch_size=16, image_size=64,
+                        workers=2, knn_every=2, batch_aug=batch_aug)
     t = Trainer(cfg)
     assert t.device.startswith("cuda") and t.batch_aug == (batch_aug == "on")
     t.fit()

@@ -1,1 +1,0 @@
-"""Detector configs of the standard protocols (configs/) and speed benchmarks (speed/)."""

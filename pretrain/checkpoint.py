@@ -1,0 +1,70 @@
+"""Pretraining checkpoints: the exported format, the resumable state, RNG state.
+
+The exported format (read by ``common.checkpoints``, hence by the converter and every
+protocol): ``{"format": "care-suite/pretrain", "backbone": torchvision-named online
+backbone, "meta": {method, arch, epochs, images_seen, hparams, knn}}``. The resumable
+``<output>/checkpoint.pth`` is the same dict plus ``"state"`` (model, optimiser, scaler,
+counters, RNG, history, config).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from common.atomic import atomic_torch_save
+from common.checkpoints import SUITE_FORMAT, CheckpointError, load_any
+from common.cli import ConfigError
+from pretrain.config import RESUME_FREE_KEYS
+
+
+def rng_state() -> dict:
+    """torch, Python and (when present) CUDA generator states."""
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def exported(backbone_state: dict, method: str, config: dict, epoch: int, images_seen: int,
+             history: list[dict]) -> dict:
+    """The documented format: online backbone (torchvision names) + metadata."""
+    knn = [h for h in history if h.get("type") == "epoch" and "knn_top1_k20" in h]
+    return {
+        "format": SUITE_FORMAT,
+        "backbone": backbone_state,
+        "meta": {"method": method.upper(), "method_key": method, "arch": config["arch"],
+                 "epochs": epoch, "images_seen": images_seen, "hparams": config,
+                 "knn": knn[-1] if knn else None},
+    }
+
+
+def save(path: Path, ckpt: dict) -> None:
+    atomic_torch_save(path, ckpt)
+
+
+def load_state(path: str | Path, config: dict) -> dict:
+    """The resumable state of ``path``, refused when its run's settings differ from
+    ``config`` (except ``RESUME_FREE_KEYS``)."""
+    ckpt = load_any(path)
+    if ckpt.get("format") != SUITE_FORMAT or "state" not in ckpt:
+        raise CheckpointError(f"{path} is not a resumable pretraining checkpoint of this "
+                              "suite (no training state): pass another --resume or --output")
+    state = ckpt["state"]
+    for key in sorted(set(config) | set(state["config"])):
+        if key not in RESUME_FREE_KEYS and config.get(key) != state["config"].get(key):
+            raise ConfigError(
+                f"cannot resume {path}: it was run with {key}={state['config'].get(key)!r}, "
+                f"this run has {key}={config.get(key)!r}. Use the same flags, or another "
+                "--output for a new run.")
+    return state

@@ -1,0 +1,365 @@
+"""The one training loop of every method: data, schedules, AMP, DDP, checkpoints, probes.
+
+Run through ``python -m pretrain`` (one process), ``torchrun --nproc_per_node=G -m pretrain``
+(DDP; SyncBN on CUDA) or ``--launcher slurm``. Only rank 0 writes. Outputs under
+``--output``: ``checkpoint.pth`` (latest, resumable), ``metrics.jsonl``, ``config.json``,
+``curves.png``, and the final ``--out`` checkpoint (``pretrain.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from common.cli import InputNotFound, Interrupted, UserError
+from common.distributed import any_rank, every_rank
+from common.signals import StopFlag
+from pretrain import checkpoint
+from pretrain.amp import AmpStep
+from pretrain.config import PretrainConfig, amp_dtype, resolve_data
+from pretrain.data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
+from pretrain.device_aug import DeviceAugment, DevicePrefetcher, decode_images
+from pretrain.knn import knn_accuracy
+from pretrain.methods import build_method, method_class
+from pretrain.plotting import plot_curves
+from pretrain.schedules import lr_at, momentum_at
+
+
+class NonFiniteLoss(UserError):
+    """A NaN/inf loss: the run stops; the last good checkpoint is kept."""
+
+
+class TooManyBadImages(UserError):
+    """More of an epoch's images were unreadable than ``--max-bad-frac`` allows."""
+
+
+def dist_setup() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun's environment; initialises the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Trainer:
+    """State of one run; ``fit()`` trains to ``cfg.epochs`` from wherever the state is."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        self.rank, self.world, local_rank = dist_setup()
+        self.main = self.rank == 0
+        self.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        self.cuda = self.device.startswith("cuda")
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+        self.out = Path(cfg.output)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.method_cls = method_class(cfg.method)
+        self._build_data()
+        self._build_model(local_rank)
+        self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
+        self.bad_images, self.skipped_steps = 0, 0
+        self.history: list[dict] = []
+        self.stop = StopFlag()
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.train_dir, self.val_dir = resolve_data(cfg) if self.main else (None, None)
+        if self.world > 1:  # rank 0 may have generated the data
+            dist.barrier()
+            self.train_dir, self.val_dir = resolve_data(cfg)
+        views = views_for(cfg.aug, cfg.image_size, cfg.crop_scale)
+        hook = self.method_cls.data_hook(cfg.options)
+        # --batch-aug: workers read bytes and draw; decoding and augmentation run batched on
+        # the device (device_aug). auto: on CUDA, for methods whose views need no data hook
+        self.batch_aug = cfg.batch_aug == "on" or (cfg.batch_aug == "auto" and self.cuda
+                                                   and hook is None)
+        self.augment = DeviceAugment(views) if self.batch_aug else None
+        self.dataset = ViewsDataset(self.train_dir, views, cfg.seed, hook, raw=self.batch_aug)
+        self.global_batch = cfg.batch_size * self.world
+        self.steps_per_epoch = len(self.dataset) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{len(self.dataset)} images in {self.train_dir} < one global batch "
+                            f"of {self.global_batch}: lower --batch-size")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.lr = cfg.base_lr * self.global_batch / 256
+
+    def _build_model(self, local_rank: int) -> None:
+        cfg = self.cfg
+        model = build_method(cfg.method, cfg.arch, cfg.options).to(self.device)
+        self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) \
+            else torch.contiguous_format  # of the model and its input views
+        model = model.to(memory_format=self.memory_format)
+        if self.world > 1 and self.cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if self.cuda else None) if self.world > 1 else model
+        self.optimizer = torch.optim.SGD(model.param_groups(cfg.fix_pred_lr), lr=self.lr,
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                         foreach=True)
+        self.amp = AmpStep(self.optimizer, amp_dtype(cfg.amp, "cuda" if self.cuda else "cpu"),
+                           "cuda" if self.cuda else "cpu")
+
+    # -- checkpoints -------------------------------------------------------------------
+    COUNTERS = ("epoch", "step_in_epoch", "global_step", "images_seen", "bad_images",
+                "skipped_steps")
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.amp.scaler.state_dict(), "rng": checkpoint.rng_state(),
+                "history": self.history, "config": self.cfg.to_json(),
+                **{k: getattr(self, k) for k in self.COUNTERS}}
+
+    def exported(self) -> dict:
+        return checkpoint.exported(self.model.backbone.torchvision_state_dict(), self.model.name,
+                                   self.cfg.to_json(), self.epoch, self.images_seen,
+                                   self.history)
+
+    def save(self, path: Path | None = None) -> Path | None:
+        if not self.main:
+            return None
+        path = path or self.out / "checkpoint.pth"
+        checkpoint.save(path, {**self.exported(), "state": self.state_dict()})
+        return path
+
+    def load(self, path: str | Path) -> None:
+        st = checkpoint.load_state(path, self.cfg.to_json())
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.amp.scaler.load_state_dict(st["scaler"])
+        for k in self.COUNTERS:
+            setattr(self, k, st.get(k, 0))
+        self.history = st["history"]
+        checkpoint.set_rng_state(st["rng"])
+
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- one step ----------------------------------------------------------------------
+    def schedule(self) -> tuple[float, float]:
+        """(lr, EMA momentum) of the current step."""
+        cfg = self.cfg
+        lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, self.lr, cfg.start_lr)
+        tau = (momentum_at(self.global_step, self.total_steps, cfg.base_tau)
+               if cfg.tau_schedule == "cosine" else cfg.base_tau)
+        return lr, tau
+
+    def train_step(self, views: list[torch.Tensor], *extra: torch.Tensor) -> dict[str, float]:
+        """One SGD step on a batch: views (N, 3, S, S) each; ``extra`` = MaskCo's boxes."""
+        lr, tau = self.schedule()
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr if g.get("fixed_lr") else lr
+        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                 for v in views]
+        extra = [e.to(self.device, non_blocking=True) for e in extra]
+        with self.amp.autocast():
+            losses = self.ddp(views, *extra)
+        self.amp.step(losses["loss"])
+        self.model.update_target(tau)
+        # one host sync per step, after the update is queued (a check before the update
+        # would stall the GPU between forward and backward): a non-finite loss stops the
+        # run here, and the update it made is never saved
+        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()])
+                          .tolist()))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLoss(
+                f"loss is {values['loss']} at epoch {self.epoch}, step {self.global_step} "
+                f"({values}); stopped, and this step's update is not saved. "
+                f"The last good checkpoint is kept: {self.out / 'checkpoint.pth'}. Lower "
+                "--base-lr, use --amp bf16 / none, or check the data.")
+        self.global_step += 1
+        self.images_seen += views[0].shape[0] * self.world
+        return {"lr": lr, "tau": tau, **values}
+
+    # -- batches -----------------------------------------------------------------------
+    @torch.no_grad()
+    def device_batch(self, item, counter: BadImageCounter):
+        """A loader item -> ``(views, labels, indices, *extra)`` on the device, or None
+        (fewer readable images than the method needs). With ``--batch-aug`` the views are
+        decoded and made here; otherwise the workers' views are copied over."""
+        batch = counter.take(item)
+        if batch is not None and self.batch_aug:
+            batch = self.device_views(batch, counter)
+        if batch is None or len(batch[1]) < self.method_cls.min_batch:
+            return None
+        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                 for v in batch[0]]
+        return (views, *batch[1:3], *[e.to(self.device, non_blocking=True) for e in batch[3:]])
+
+    @torch.no_grad()
+    def device_views(self, batch, counter: BadImageCounter):
+        """A raw batch ``(payloads, params, labels, indices)`` -> ``(views, labels,
+        indices)`` made on the device; images that do not decode are dropped and counted."""
+        payloads, params, labels, indices = batch
+        images = decode_images(payloads, self.device)
+        ok = [i for i, im in enumerate(images) if im is not None]
+        counter.bad += len(images) - len(ok)
+        if not ok:
+            return None
+        if len(ok) < len(images):
+            keep = torch.tensor(ok)
+            images = [images[i] for i in ok]
+            params = [{k: v[keep] for k, v in p.items()} for p in params]
+            labels, indices = labels[keep], indices[keep]
+        return self.augment(images, params), labels, indices
+
+    def batches(self, counter: BadImageCounter):
+        """This epoch's batches (None where a rank has no usable batch), prefetched on CUDA.
+
+        On CUDA the next batch is decoded / augmented / copied on a side stream while this
+        step runs. Not with --workers 0: the dataset would then draw views in that thread,
+        from the global RNG that the methods draw from in this one (GSG, MaskCo).
+        """
+        cfg = self.cfg
+        sampler = ResumableSampler(len(self.dataset), cfg.seed, self.rank, self.world)
+        sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
+        # own generator: starting a loader must not draw from the global RNG, which the
+        # methods use (GSG pairing, MaskCo boxes) and resume restores
+        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler,
+                            num_workers=cfg.workers, collate_fn=counter, drop_last=True,
+                            pin_memory=self.cuda,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        return contextlib.closing(iter(DevicePrefetcher(
+            loader, lambda item: self.device_batch(item, counter), self.device,
+            threaded=self.cuda and cfg.workers > 0, skip_none=False)))
+
+    # -- epochs ------------------------------------------------------------------------
+    def fit(self) -> Path | None:
+        """Train until ``cfg.epochs``; returns the final checkpoint path (rank 0)."""
+        with self.stop:
+            if self.global_step == 0 and self.main and self.cfg.knn_every:
+                self.log({"type": "epoch", "epoch": 0, **self.knn()})
+            while self.epoch < self.cfg.epochs:
+                self.dataset.set_epoch(self.epoch)
+                sums = self.run_epoch()
+                self.end_epoch(sums)
+        return self.finish()
+
+    def run_epoch(self) -> dict[str, float]:
+        """The remaining steps of this epoch; returns the sums of the logged values."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        counter = BadImageCounter(raw=self.batch_aug)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                   desc=f"{cfg.method} epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not self.main, dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with bar, self.batches(counter) as it:
+            for batch in it:
+                self.step_in_epoch += 1
+                # every rank takes the same decision: a rank without a usable batch (all its
+                # images unreadable) makes every rank skip this step, so none waits forever
+                if not every_rank(batch is not None, self.device):
+                    self.skipped_steps += 1
+                    bar.update(1)
+                    continue
+                stats = self.train_step(batch[0], *batch[3:])
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                ips = batch[0][0].shape[0] * self.world / (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                self.progress(bar, stats, ips)
+                if any_rank(self.stop.requested or (
+                        cfg.stop_after_steps and self.global_step >= cfg.stop_after_steps),
+                        self.device):
+                    self.save()
+                    raise Interrupted(f"stopped at epoch {self.epoch}, step {self.global_step}; "
+                                      f"resumable checkpoint {self.out / 'checkpoint.pth'}")
+        self.check_bad_images(counter)
+        return sums
+
+    def progress(self, bar, stats: dict[str, float], ips: float) -> None:
+        post = {k: f"{v:.3f}" for k, v in stats.items() if k.startswith("loss")}
+        bar.set_postfix(post | {"lr": f"{stats['lr']:.2e}", "img/s": f"{ips:.1f}"},
+                        refresh=False)
+        bar.update(1)
+        if self.global_step % self.cfg.log_every == 0:
+            self.log({"type": "step", "epoch": self.epoch, "step": self.global_step,
+                      "images_seen": self.images_seen, "img_per_s": ips, **stats})
+
+    def end_epoch(self, sums: dict[str, float]) -> None:
+        cfg = self.cfg
+        n = max(1, self.step_in_epoch)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        record = {"type": "epoch", "epoch": self.epoch, **{k: v / n for k, v in sums.items()},
+                  "bad_images": self.bad_images, "skipped_steps": self.skipped_steps}
+        if cfg.knn_every and (self.epoch % cfg.knn_every == 0 or self.epoch == cfg.epochs):
+            record.update(self.knn())
+        self.log(record)
+        if self.main:
+            knn = {k: round(v, 2) for k, v in record.items() if k.startswith("knn")}
+            print(f"epoch {self.epoch}: loss {record.get('loss', math.nan):.4f} {knn}",
+                  flush=True)
+        if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
+            self.save()
+
+    def knn(self) -> dict[str, float]:
+        if self.val_dir is None or not self.main:
+            return {}
+        return knn_accuracy(self.model.backbone, self.train_dir, self.val_dir,
+                            self.cfg.image_size, self.device, self.cfg.knn_k,
+                            self.cfg.knn_temperature, workers=min(self.cfg.workers, 4),
+                            limit_per_class=self.cfg.knn_limit_per_class)
+
+    def check_bad_images(self, counter: BadImageCounter) -> None:
+        self.bad_images += counter.bad
+        if counter.seen and counter.bad / counter.seen > self.cfg.max_bad_frac:
+            raise TooManyBadImages(
+                f"{counter.bad} of {counter.seen} images in epoch {self.epoch} could not be "
+                f"read (> --max-bad-frac {self.cfg.max_bad_frac}); check {self.train_dir}")
+        if counter.bad and self.main:
+            print(f"skipped {counter.bad} unreadable image(s) this epoch "
+                  f"({self.bad_images} in all)")
+
+    def finish(self) -> Path | None:
+        if not self.main:
+            return None
+        out = Path(self.cfg.out or self.out / f"{self.cfg.method}_{self.cfg.arch}.pth")
+        checkpoint.save(out, self.exported())
+        try:
+            plot_curves(self.history, self.out / "curves.png")
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+            print(f"(curves.png not written: {e})")
+        print(f"wrote {out}")
+        return out
+
+
+def run(cfg: PretrainConfig) -> Path | None:
+    """Build, resume if asked or if ``<output>/checkpoint.pth`` exists, and train."""
+    trainer = Trainer(cfg)
+    resume = cfg.resume or (trainer.out / "checkpoint.pth")
+    if Path(resume).exists():
+        trainer.load(resume)
+        if trainer.main:
+            print(f"resumed from {resume}: epoch {trainer.epoch}, step {trainer.global_step}")
+    elif cfg.resume:
+        raise InputNotFound(f"--resume {cfg.resume}: no such checkpoint")
+    if trainer.main:
+        (trainer.out / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,107 @@
+"""Launching the seeds of a run: here, one child process each, or one Slurm job each.
+
+A seed runs in its own process (detectron2 ``launch`` over its GPUs), so a failing seed
+never takes the others down; ``python -m transfer.launch --seed-spec FILE`` is that process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file path: import the suite from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import traceback
+
+from common.atomic import atomic_write_json
+from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from common.slurm import make_executor
+from transfer.spec import SeedSpec
+
+
+def run_seed_process(spec: SeedSpec) -> int:
+    """Train one seed over its GPUs; a failure is recorded in ``failed.json``."""
+    from detectron2.engine import launch
+
+    from transfer.trainer import TrainingInterrupted, train_seed
+
+    try:
+        launch(train_seed, spec.num_gpus, num_machines=spec.num_machines,
+               machine_rank=spec.machine_rank, dist_url=spec.dist_url, args=(spec,))
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - any failure of a seed is recorded, others go on
+        if spec.machine_rank == 0:
+            atomic_write_json(Path(spec.seed_dir) / "failed.json", {
+                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        print(f"seed {spec.seed_index} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_local(spec: SeedSpec) -> int:
+    """Run one seed in a child process; SIGTERM to us is forwarded to it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec.to_json(), f)
+    child = subprocess.Popen([sys.executable, "-m", "transfer.launch", "--seed-spec", f.name])
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # the child got SIGINT too: let it checkpoint
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.unlink(f.name)
+
+
+class SlurmSeedJob:
+    """A submitit job for one seed; on preemption / time-out it requeues itself and the
+    seed resumes from its last checkpoint."""
+
+    def __call__(self, spec: SeedSpec) -> int:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        spec = spec.replace(machine_rank=env.node)
+        if spec.num_machines > 1:
+            host = os.environ.get("SLURM_LAUNCH_NODE_IPADDR") or env.hostnames[0]
+            port = 29500 + int(str(env.job_id).split("_")[0]) % 1000  # same on every node
+            spec = spec.replace(dist_url=f"tcp://{host}:{port}")
+        return run_seed_process(spec)
+
+    def checkpoint(self, spec: SeedSpec):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmSeedJob(), spec)
+
+
+def submit_slurm(specs: list[SeedSpec], args: argparse.Namespace, folder: Path) -> list:
+    """One Slurm job per seed (``--num-machines`` nodes x ``--num-gpus`` GPUs each)."""
+    gpus = max(args.num_gpus or 0, 0)
+    executor = make_executor(folder, args, nodes=args.num_machines, gpus_per_node=gpus,
+                             tasks_per_node=1, name=folder.parent.name)
+    return [executor.submit(SlurmSeedJob(), spec) for spec in specs]
+
+
+def _seed_spec_main() -> None:
+    """``python -m transfer.launch --seed-spec FILE``: the child process of one seed."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--seed-spec", required=True)
+    spec = SeedSpec.from_json(json.loads(Path(p.parse_args().seed_spec).read_text()))
+    sys.exit(run_seed_process(spec))
+
+
+if __name__ == "__main__":
+    _seed_spec_main()

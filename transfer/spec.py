@@ -1,0 +1,39 @@
+"""``SeedSpec``: everything one seed's process needs, typed, JSON round-trippable."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SeedSpec:
+    """One seed of one protocol for one weights file (written by the runner's plan)."""
+
+    protocol: str  # e.g. voc_c4_24k
+    protocol_name: str  # the results folder's name: protocol, or protocol_smoke
+    smoke: bool
+    dataset: str  # real | synthetic
+    shapes_root: str | None  # the synthetic data (smoke)
+    weights: str  # a Detectron2 .pkl, "" = random initialisation
+    weights_info: dict  # stem, source, sha256, meta (recorded in metrics.json)
+    seed_index: int
+    seed: int  # the recorded seed value
+    seed_dir: str
+    opts: list = field(default_factory=list)  # KEY VALUE config overrides
+    num_gpus: int = 0
+    num_machines: int = 1
+    machine_rank: int = 0
+    dist_url: str = "auto"
+    amp: bool = False
+    device: str = "cpu"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SeedSpec:
+        return cls(**d)
+
+    def replace(self, **changes) -> SeedSpec:
+        return dataclasses.replace(self, **changes)
