@@ -36,10 +36,12 @@ test: ensure  ## the whole test suite (CPU)
 test-extended: ensure  ## the learning-signal runs left out of `make test` (~25 min, its runs timed one by one)
 	$(PYTHON) -m pytest -q --extended -m extended
 
-lint: ensure  ## ruff
+lint: ensure  ## ruff: lint rules, complexity (C901 <= 12) and formatting of the changed style
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
-format:
+format:  ## ruff format, then the fixable lint rules
+	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
 
 data: ensure  ## write the synthetic shapes tree (ImageFolder, VOC, COCO) to $(SHAPES)
@@ -50,12 +52,12 @@ tables: ensure  ## aggregate finished seeds under $(RUNS) into the papers' table
 
 pretrain: ensure  ## CARE ResNet-50 on synthetic shapes (CPU, < 5 min) -> care_r50.pth; DATA=... for ImageNet
 ifeq ($(DATA),)
-	$(PYTHON) -m pretrain --method $(METHOD) --arch $(ARCH) --epochs $(or $(EPOCHS),5) \
-		--batch-size $(or $(BATCH),32) --image-size 64 --crop-scale 0.3 1.0 --warmup-epochs 1 \
-		--workers 2 --knn-every 5 --save-every 5 --output runs/pretrain/$(METHOD)_$(ARCH)_shapes \
-		--out $(OUT)
+	$(PYTHON) -m pretrain --recipe shapes-cpu --method $(METHOD) --arch $(ARCH) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH)) \
+		--output runs/pretrain/$(METHOD)_$(ARCH)_shapes --out $(OUT)
 else
-	$(PYTHON) -m torch.distributed.run --nproc_per_node=$(GPUS) -m pretrain --method $(METHOD) \
-		--arch $(ARCH) --data $(DATA) --epochs $(or $(EPOCHS),200) --batch-size $(or $(BATCH),128) \
+	$(PYTHON) -m torch.distributed.run --nproc_per_node=$(GPUS) -m pretrain --recipe imagenet \
+		--method $(METHOD) --arch $(ARCH) --data $(DATA) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH)) \
 		--output runs/pretrain/$(METHOD)_$(ARCH) --out $(OUT)
 endif

@@ -80,7 +80,8 @@ def environment_record() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "detectron2": d2,
         "packages": {m: _version(m) for m in
-                     ("torchvision", "numpy", "Pillow", "pycocotools", "fvcore", "submitit")},
+                     ("torchvision", "numpy", "Pillow", "pycocotools", "faster-coco-eval", "fvcore",
+                      "submitit")},
     }
 
 

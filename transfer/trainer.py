@@ -12,61 +12,26 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import time
-from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase, default_setup, hooks
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
-from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from common.atomic import atomic_write_json
 from common.distributed import any_rank
 from common.signals import StopFlag
-from transfer.environment import detectron2_info, environment_record
+from transfer.environment import environment_record
+from transfer.evaluation import SuiteCOCOEvaluator, VOCEvaluator
 from transfer.spec import SeedSpec
 
 
 class TrainingInterrupted(Exception):
     """Raised after a signal once the resumable checkpoint has been written."""
-
-
-class VOCEvaluator(PascalVOCDetectionEvaluator):
-    """Detectron2's VOC evaluator (2007 11-point metric for VOC2007), plus per-class AP50.
-
-    Returns ``{"bbox": {"AP", "AP50", "AP75", "AP50-<class>"...}}`` (percent).
-    """
-
-    def evaluate(self):
-        all_predictions = comm.gather(self._predictions, dst=0)
-        if not comm.is_main_process():
-            return None
-        predictions = defaultdict(list)
-        for per_rank in all_predictions:
-            for cls_id, lines in per_rank.items():
-                predictions[cls_id].extend(lines)
-        aps = defaultdict(list)  # IoU threshold (percent) -> AP per class
-        with tempfile.TemporaryDirectory(prefix="voc_eval_") as tmp:
-            template = os.path.join(tmp, "{}.txt")
-            for cls_id, name in enumerate(self._class_names):
-                with open(template.format(name), "w") as f:
-                    f.write("\n".join(predictions.get(cls_id, [""])))
-                for thresh in range(50, 100, 5):
-                    _, _, ap = voc_eval(template, self._anno_file_template, self._image_set_path,
-                                        name, ovthresh=thresh / 100.0,
-                                        use_07_metric=self._is_2007)
-                    aps[thresh].append(ap * 100)
-        m_ap = {iou: float(np.mean(v)) for iou, v in aps.items()}
-        bbox = OrderedDict(AP=float(np.mean(list(m_ap.values()))), AP50=m_ap[50], AP75=m_ap[75])
-        for name, ap in zip(self._class_names, aps[50]):
-            bbox[f"AP50-{name}"] = float(ap)
-        return OrderedDict(bbox=bbox)
 
 
 class ProgressHook(HookBase):
@@ -140,9 +105,7 @@ class SuiteTrainer(DefaultTrainer):
             return VOCEvaluator(dataset_name)
         if kind == "coco":
             out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-            # Without compiled ops the fast C++ COCOeval is absent: use pycocotools'.
-            return COCOEvaluator(dataset_name, output_dir=out,
-                                 use_fast_impl=detectron2_info()["compiled_ops"])
+            return SuiteCOCOEvaluator(dataset_name, output_dir=out)
         raise ValueError(f"no evaluator for dataset {dataset_name!r} of type {kind!r}")
 
     def build_writers(self):
@@ -231,9 +194,9 @@ def train_seed(spec: SeedSpec) -> dict | None:
     if start_iter == 0 and spec.weights:
         n = verify_backbone_loaded(trainer.model, spec.weights)
         if main:
-            print(f"backbone loaded and verified: {n} tensors equal {spec['weights']}")
+            print(f"backbone loaded and verified: {n} tensors equal {spec.weights}")
     elif start_iter > 0 and main:
-        print(f"resuming seed {spec['seed_index']} from iteration {start_iter}")
+        print(f"resuming seed {spec.seed_index} from iteration {start_iter}")
     sessions_path = out / "sessions.json"
     status = "failed"
     try:

@@ -1,0 +1,117 @@
+"""common/: the architecture table, flags from dataclasses, the CLI error wrapper, the stop
+flag and the rank agreement helpers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from common.archs import ARCHS, arch_by_name, arch_from_layout, get_arch
+from common.cli import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, run_cli
+from common.distributed import any_rank, every_rank
+from common.flags import add_flags, given, opt
+from common.signals import StopFlag
+
+
+def test_arch_table_matches_torchvision():
+    import torchvision
+
+    for a in ARCHS.values():
+        net = getattr(torchvision.models, a.torchvision)(weights=None)
+        blocks = tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5))
+        assert blocks == a.blocks, a.key
+        assert net.fc.in_features == a.feature_dim, a.key
+        if a.bottleneck:
+            assert net.layer1[0].conv1.out_channels == a.width_per_group, a.key
+    assert arch_from_layout((3, 4, 6, 3), True, 64).key == "resnet50"
+    assert arch_from_layout((3, 4, 6, 3), False, 64).key == "resnet34"
+    assert arch_from_layout((3, 4, 6, 3), True, 128).key == "resnet50x2"
+    assert arch_from_layout((3, 4, 10, 3), True, 64).key == "resnet101"  # truncated body
+    assert arch_from_layout((3, 4, 40, 3), True, 64) is None
+    assert arch_by_name("ResNet-50 x2") is ARCHS["resnet50x2"]
+    with pytest.raises(ValueError, match="unknown arch 'resnet7'"):
+        get_arch("resnet7")
+
+
+@dataclass
+class Demo:
+    size: int = opt(3, "a size")
+    scale: tuple[float, float] = opt((0.2, 1.0), "a range", metavar=("MIN", "MAX"))
+    ks: tuple[int, ...] = opt((20, 200), "several k")
+    name: str | None = opt(None, "a name", choices=("a", "b"))
+    on: bool = opt(True, "a switch")
+
+
+def test_flags_come_from_the_fields():
+    p = add_flags(argparse.ArgumentParser(), Demo)
+    assert given(p.parse_args([]), Demo) == {}  # nothing typed, nothing given
+    args = p.parse_args(["--size", "5", "--scale", "0.3", "0.9", "--ks", "1", "--name", "b",
+                         "--no-on"])
+    assert given(args, Demo) == {"size": 5, "scale": (0.3, 0.9), "ks": (1,), "name": "b",
+                                 "on": False}
+    assert Demo(**given(args, Demo)) == Demo(5, (0.3, 0.9), (1,), "b", False)
+    assert "(default: 0.2 1.0)" in p.format_help() and "a switch (default: True)" in \
+        p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--name", "c"])
+
+
+def test_a_field_without_help_is_refused():
+    @dataclass
+    class Bad:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="no help text"):
+        add_flags(argparse.ArgumentParser(), Bad)
+
+
+def test_cli_wrapper_one_line_for_user_errors_traceback_for_bugs(capsys):
+    p = argparse.ArgumentParser()
+    p.add_argument("--what")
+
+    def main(args):
+        if args.what == "user":
+            raise UserError("the file x is missing; pass --data")
+        if args.what == "stop":
+            raise Interrupted("resumable checkpoint written")
+        if args.what == "bug":
+            raise KeyError("internal")
+        return 3
+
+    assert run_cli(main, p, ["--what", "user"]) == EXIT_USAGE
+    assert capsys.readouterr().err == "error: the file x is missing; pass --data\n"
+    assert run_cli(main, p, ["--what", "stop"]) == EXIT_INTERRUPTED
+    assert run_cli(main, p, ["--what", "ok"]) == 3
+    with pytest.raises(KeyError):
+        run_cli(main, p, ["--what", "bug"])
+
+
+def test_stop_flag_catches_sigterm_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopFlag() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _agree(rank: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                         rank=rank, world_size=2)
+    res = [any_rank(rank == 1), every_rank(rank == 1), any_rank(False), every_rank(True)]
+    torch.save(res, f"{out}/{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_agreement_with_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree, args=(29500 + os.getpid() % 500, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"{rank}.pt") == [True, False, False, True]
+    assert any_rank(True) and not every_rank(False)  # no process group: the local value
