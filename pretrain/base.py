@@ -48,7 +48,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     n_views = 2
     needs_boxes = False  # compute_loss(views, boxes): the data give each view's box (MaskCo)
     min_batch = 1  # per process: GSG pairs images and MaskCo takes negatives within the batch
-    # BYOL / CARE (DESIGN.md s. 4); subclasses override what their paper changes
+    # BYOL / CARE (docs/methods.md, CARE); subclasses override what their paper changes
     train_defaults: dict = {"base_lr": 0.05, "warmup_epochs": 10.0, "base_tau": 0.99,
                             "tau_schedule": "cosine", "crop_scale": (0.08, 1.0), "aug": "byol",
                             "fix_pred_lr": False}

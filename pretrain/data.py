@@ -27,7 +27,7 @@ LAYOUT_HELP = ("expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (I
 
 @dataclass(frozen=True)
 class AugConfig:
-    """One view's augmentation (BYOL's asymmetric pair is two of these; DESIGN.md s. 4)."""
+    """One view's augmentation (BYOL's asymmetric pair is two of these; docs/methods.md, CARE)."""
 
     size: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
@@ -126,7 +126,7 @@ class ViewTransform:
                     out = JITTER_OPS[i](out, f[i])
         if p["gray"]:
             out = TF.rgb_to_grayscale(out, num_output_channels=3)
-        if p["sigma"] > 0:  # PIL's blur: ~5x faster than torchvision's (DESIGN.md s. 7)
+        if p["sigma"] > 0:  # PIL's blur: ~5x faster than torchvision's (docs/performance.md)
             out = out.filter(ImageFilter.GaussianBlur(radius=float(p["sigma"])))
         if p["solarize"]:
             out = ImageOps.solarize(out, 128)
@@ -162,7 +162,7 @@ def byol_views(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> list[AugC
 
 
 def simsiam_views(size: int, scale: tuple[float, float] = (0.2, 1.0)) -> list[AugConfig]:
-    """SimSiam / GSG / MoCo v2 (DESIGN.md s. 5): two identical pipelines, jitter
+    """SimSiam / GSG / MoCo v2 (docs/methods.md, SimSiam and GSG): two identical pipelines, jitter
     (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, blur p 0.5, no solarize."""
     one = AugConfig(size=size, scale=tuple(scale), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)
     return [one, one]

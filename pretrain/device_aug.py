@@ -6,7 +6,7 @@ On the device, ``decode_images`` decodes the JPEGs in one call (nvjpeg on CUDA) 
 ``DeviceAugment`` makes each view: a per-image resized crop (bicubic, antialiased), then
 flip, colour jitter (each sample's own order), grayscale, Gaussian blur and solarize on
 the whole batch at once, then normalisation. A 16-core PIL pipeline tops out near
-770 images/s (DESIGN.md s. 7), below what one H100 trains at. On CUDA, ``DevicePrefetcher``
+770 images/s (docs/performance.md), below what one H100 trains at. On CUDA, ``DevicePrefetcher``
 makes the next batch's views in a background thread on its own stream while the current
 training step runs.
 

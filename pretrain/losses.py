@@ -1,4 +1,4 @@
-"""Losses as pure functions (CARE s. 3, BYOL; DESIGN.md s. 4). Inputs are (N, D) tensors."""
+"""Losses as pure functions (CARE s. 3, BYOL; docs/methods.md, CARE). Inputs are (N, D) tensors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MaskCo: contrastive mask prediction (ICCV 2021; DESIGN.md s. 6).
+"""MaskCo: contrastive mask prediction (ICCV 2021; docs/methods.md, MaskCo).
 
 Two views of an image; a box region of the query view is masked out. The query is the
 RoIAlign feature of that box on the online network (backbone + mask prediction head, MPH)

@@ -2,7 +2,7 @@
 
 ``build_heads()`` creates the method's heads, ``momentum_modules`` names the online modules
 that get an EMA target copy, ``compute_loss(views)`` returns the loss terms. The training
-loop (``pretrain.train``) is written once for all methods. Each method also carries its
+loop (``pretrain.trainer``) is written once for all methods. Each method also carries its
 paper's training defaults (``train_defaults``: lr, warmup, EMA schedule, augmentations) and
 head sizes (``head_defaults``); a value given explicitly always wins.
 """
@@ -77,7 +77,7 @@ class CAREOptions(HeadSizes):
 class CARE(BYOL):
     """CARE: BYOL's C-stream plus a transformer stream on res4 that supervises it.
 
-    L = L_c + L_t + lambda * L_att (official code; DESIGN.md s. 4). L_t also trains res2-res4
+    L = L_c + L_t + lambda * L_att (official code; docs/methods.md, CARE). L_t also trains res2-res4
     unless ``t_detach``; L_att's T-side is detached.
     """
 
@@ -123,7 +123,7 @@ SIMSIAM_HEADS = {"proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512}
 
 
 class SimSiam(Method):
-    """SimSiam: ``0.5 [D(p1, sg z2) + D(p2, sg z1)]``, no target network (DESIGN.md s. 5).
+    """SimSiam: ``0.5 [D(p1, sg z2) + D(p2, sg z1)]``, no target network (docs/methods.md).
 
     Projector 3 x (Linear no-bias, BN, ReLU) with the last BN without affine; predictor
     2048 -> 512 (BN, ReLU) -> 2048.
@@ -173,7 +173,7 @@ GSG_PAIRS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 def gsg_loss(p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor,
              distance: str = "normalized"):
-    """Guided stop-gradient (DESIGN.md s. 5) for sample i = (image i, image perm[i]).
+    """Guided stop-gradient (docs/methods.md) for sample i = (image i, image perm[i]).
 
     ``p``: online predictions of view 1 and 2, each (N, D); ``z``: the projections that
     serve as distances' inputs and as stop-gradient targets (detached here; the target

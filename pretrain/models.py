@@ -157,7 +157,7 @@ class BoTBlock(nn.Module):
 
 
 class TStream(nn.Module):
-    """CARE's transformer stream on res4, in parallel with res5 (official code, DESIGN s. 4).
+    """CARE's transformer stream on res4, in parallel with res5 (official code, docs/methods.md).
 
     (N, C4, H, W) -> (N, out_dim, ceil(H/2), ceil(W/2)); n blocks, the first downsampling.
     ``nominal`` is the res4 side at the paper's 224 px input (14) for the position tables.

@@ -1,4 +1,4 @@
-"""Per-step schedules (CARE / BYOL, DESIGN.md s. 4)."""
+"""Per-step schedules (CARE / BYOL, docs/methods.md, CARE)."""
 
 from __future__ import annotations
 

@@ -6,13 +6,13 @@ build, usually with compiled CUDA ops), it is kept untouched. Otherwise this scr
 
 1. downloads the PyPI sdist ``pb1-detectron2==0.6`` (upstream v0.6 Python files, no C++
    sources) with pip and verifies its sha256;
-2. fixes, in a copy, the incompatibilities with today's stack (DESIGN.md section 2):
+2. fixes, in a copy, the incompatibilities with today's stack (docs/detectron2.md):
    a stand-in ``detectron2._C`` whose functions raise a clear error when called,
    ``np.bool``/``np.int``/``np.float``/``np.str`` aliases (numpy >= 1.24),
    ``Image.LINEAR`` (Pillow >= 10), ``pkg_resources`` (setuptools >= 81), the COCO
    evaluator's compiled fast path;
 3. builds a pure-Python wheel ``detectron2-0.6+pb1.purepy`` into ``--cache``
-   (``.cache/wheels`` by default; ``../shared/gpu/wheels.sh`` picks it up there) and
+   (``.cache/wheels`` by default, where a GPU machine without a package index can take it) and
    installs it with pip, together with its runtime dependencies.
 
 A marker ``detectron2/_suite_build.json`` inside the installed package records the source,

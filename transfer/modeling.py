@@ -11,7 +11,7 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 
 
 class Res5ROIHeadsExtraNorm(Res5ROIHeads):
-    """Res5ROIHeads with a norm layer after res5 (MoCo detection protocol, DESIGN.md s. 3).
+    """Res5ROIHeads with a norm layer after res5 (MoCo detection protocol, docs/protocols.md).
 
     Self-supervised backbones are fine-tuned with normalisation everywhere; the C4 head's
     res5 output (N, 2048, 7, 7) gets one more ``MODEL.RESNETS.NORM`` layer before pooling.

@@ -41,7 +41,7 @@ def seed_value(k: int) -> int:
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags shared by run_voc.py and run_coco.py (DESIGN.md s. 3 defaults)."""
+    """Flags shared by run_voc.py and run_coco.py (docs/protocols.md defaults)."""
     p.add_argument("--weights", required=True,
                    help="pretrained backbone: a pretraining checkpoint (.pth/.pt/.tar, converted "
                         "and cached), a Detectron2 .pkl, or 'none' for random initialisation")

@@ -167,13 +167,9 @@ def _sessions(path: Path) -> list[dict]:
     return json.loads(path.read_text())["sessions"] if path.exists() else []
 
 
-def train_seed(spec: SeedSpec) -> dict | None:
-    """Train and evaluate one seed (inside a detectron2 ``launch`` worker).
-
-    ``spec`` is planned by ``transfer.runner.plan``. Writes, on the main
-    process: ``config.yaml``, ``log.txt``, ``train_metrics.jsonl``, ``environment.json``,
-    ``sessions.json`` and finally ``metrics.json`` (written last: marks the seed finished).
-    """
+def _seed_trainer(spec: SeedSpec) -> SuiteTrainer:
+    """The seed's config (written as config.yaml) and a trainer resumed or loaded from the
+    weights, which are verified tensor by tensor on a fresh start."""
     import argparse
 
     from transfer.config import build_config
@@ -181,24 +177,27 @@ def train_seed(spec: SeedSpec) -> dict | None:
 
     if spec.dataset == "synthetic":
         register_shapes(spec.shapes_root)
-    out = Path(spec.seed_dir)
-    opts = list(spec.opts) + ["OUTPUT_DIR", str(out), "SEED", str(spec.seed),
-                                 "SOLVER.AMP.ENABLED", str(bool(spec.amp))]
+    opts = list(spec.opts) + ["OUTPUT_DIR", spec.seed_dir, "SEED", str(spec.seed),
+                              "SOLVER.AMP.ENABLED", str(bool(spec.amp))]
     cfg = build_config(spec.protocol, smoke=spec.smoke, weights=spec.weights or "",
                        opts=opts, device=spec.device)
     default_setup(cfg, argparse.Namespace(**spec.to_json()))
-    t0, main = time.time(), comm.is_main_process()
     trainer = SuiteTrainer(cfg)
     trainer.resume_or_load(resume=True)
-    start_iter = trainer.start_iter
-    if start_iter == 0 and spec.weights:
+    main = comm.is_main_process()
+    if trainer.start_iter == 0 and spec.weights:
         n = verify_backbone_loaded(trainer.model, spec.weights)
         if main:
             print(f"backbone loaded and verified: {n} tensors equal {spec.weights}")
-    elif start_iter > 0 and main:
-        print(f"resuming seed {spec.seed_index} from iteration {start_iter}")
-    sessions_path = out / "sessions.json"
-    status = "failed"
+    elif trainer.start_iter > 0 and main:
+        print(f"resuming seed {spec.seed_index} from iteration {trainer.start_iter}")
+    return trainer
+
+
+def _train_recording_session(trainer: SuiteTrainer, sessions_path: Path) -> None:
+    """``trainer.train()``; every session (finished, interrupted, failed) is appended to
+    ``sessions.json`` by the main process."""
+    t0, start_iter, status = time.time(), trainer.start_iter, "failed"
     try:
         trainer.train()
         status = "finished"
@@ -206,20 +205,32 @@ def train_seed(spec: SeedSpec) -> dict | None:
         status = "interrupted"
         raise
     finally:
-        if main:
+        if comm.is_main_process():
             sessions = _sessions(sessions_path) + [{
                 "start_iter": start_iter, "end_iter": min(trainer.iter, trainer.max_iter),
-                "status": status,
-                "wall_time_s": round(time.time() - t0, 2)}]
+                "status": status, "wall_time_s": round(time.time() - t0, 2)}]
             atomic_write_json(sessions_path, {"sessions": sessions})
-    if not main:
+
+
+def train_seed(spec: SeedSpec) -> dict | None:
+    """Train and evaluate one seed (inside a detectron2 ``launch`` worker).
+
+    ``spec`` is planned by ``transfer.runner.plan``. Writes, on the main
+    process: ``config.yaml``, ``log.txt``, ``train_metrics.jsonl``, ``environment.json``,
+    ``sessions.json`` and finally ``metrics.json`` (written last: marks the seed finished).
+    """
+    out = Path(spec.seed_dir)
+    trainer = _seed_trainer(spec)
+    _train_recording_session(trainer, out / "sessions.json")
+    if not comm.is_main_process():
         return None
     # DefaultTrainer.train() returns results only with TEST.EXPECTED_RESULTS; the final
     # evaluation's are kept by its EvalHook here:
     results = getattr(trainer, "_last_eval_results", None)
     if not results:
         raise RuntimeError(f"training ended without evaluation results (see {out}/log.txt)")
-    sessions = _sessions(sessions_path)
+    sessions = _sessions(out / "sessions.json")
+    cfg = trainer.cfg
     metrics = {
         "protocol": spec.protocol_name,
         "base_protocol": spec.protocol,

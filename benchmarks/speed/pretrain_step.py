@@ -14,8 +14,8 @@ DataLoader with ``--workers`` processes: ``pil`` = decode + BYOL's two views in 
 (the CPU path); ``device`` = the workers read bytes and draw, decoding (nvjpeg on CUDA) and
 augmentation run batched on the device (``--batch-aug``, pretrain/device_aug.py). End to
 end: the ``--end-to-end`` methods trained from those files by the real training loop
-(``pretrain.train.Trainer``, two epochs, the second timed), through the device pipeline (or
-``pil`` on CPU). Targets on one H100 (DESIGN.md s. 7): CARE >= 1100 images/s model
+(``pretrain.trainer.Trainer``, two epochs, the second timed), through the device pipeline (or
+``pil`` on CPU). Targets on one H100 (docs/performance.md): CARE >= 1100 images/s model
 alone, end to end >= 90% of that.
 """
 
@@ -34,10 +34,12 @@ if str(REPO) not in sys.path:
 
 
 def training_step(method: str, arch: str, device: str, amp: str):
-    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method."""
+    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method: the
+    Trainer's optimiser step (``pretrain.amp.AmpStep``) without its loop."""
     import torch
-    from pretrain.train import PretrainConfig, _amp_dtype
 
+    from pretrain.amp import AmpStep
+    from pretrain.config import amp_dtype
     from pretrain.methods import build_method
 
     model = build_method(method, arch).to(device)
@@ -46,18 +48,14 @@ def training_step(method: str, arch: str, device: str, amp: str):
     model = model.to(memory_format=mf)
     opt = torch.optim.SGD(model.param_groups(), lr=0.1, momentum=0.9,
                           weight_decay=1e-4, foreach=True)
-    dtype = _amp_dtype(PretrainConfig(amp=amp), "cuda" if cuda else "cpu")
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    device_type = "cuda" if cuda else "cpu"
+    amp_step = AmpStep(opt, amp_dtype(amp, device_type), device_type)
 
     def step(views, *extra):
         views = [v.to(device, non_blocking=True, memory_format=mf) for v in views]
-        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype,
-                            enabled=dtype is not None):
+        with amp_step.autocast():
             loss = model(views, *extra)["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        amp_step.step(loss)
         model.update_target(0.99)
         return loss
 
@@ -164,14 +162,14 @@ def data_speed(folder: Path, size: int, batch: int, workers: int, pipeline: str,
 
 def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int,
                      workers: int, pipeline: str, device: str, amp: str) -> float:
-    """Training images/s of the real training loop (``pretrain.train.Trainer``, two epochs
+    """Training images/s of the real training loop (``pretrain.trainer.Trainer``, two epochs
     on the JPEG files, the second one timed): loader, views (``pipeline``), the step with
     its host sync and logging, as a user's run does it."""
     import tempfile
 
-    from pretrain.train import PretrainConfig, Trainer
-
+    from pretrain.config import PretrainConfig
     from pretrain.methods import METHODS
+    from pretrain.trainer import Trainer
 
     on = pipeline == "device" and not METHODS[method].needs_boxes
     with tempfile.TemporaryDirectory() as out:

@@ -90,6 +90,7 @@ def test_amp_and_channels_last_loss_matches_fp32(method):
     """The same initial loss (train-mode BN on one batch) in fp32 / contiguous and in bf16 /
     fp16 autocast with channels_last; fp16 steps with the grad scaler: overflowing steps
     are skipped (the scale falls), then updates happen and everything stays finite."""
+    from pretrain.amp import AmpStep
     from pretrain.config import PretrainConfig
     from pretrain.methods import build_method
 
@@ -116,15 +117,12 @@ def test_amp_and_channels_last_loss_matches_fp32(method):
 
     model.load_state_dict(state)
     opt = torch.optim.SGD(model.param_groups(), lr=0.05, momentum=0.9, foreach=True)
-    scaler = torch.amp.GradScaler("cuda")
+    amp_step = AmpStep(opt, torch.float16, "cuda")  # the Trainer's step, with its scaler
     for _ in range(30):  # the scale starts at 2**16: the first steps may overflow
-        with torch.autocast("cuda", dtype=torch.float16):
+        with amp_step.autocast():
             loss = model([v.to(memory_format=torch.channels_last) for v in views],
                          *extra)["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        amp_step.step(loss)
         model.update_target(0.99)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -77,7 +77,7 @@ def test_each_format_converts_equivalently(fmt, r50_state, tmp_path):
         out = pickle.load(f)
     assert out["__author__"] and out["matching_heuristics"] is True
     model = out["model"]
-    # hand-checked names of the mapping (DESIGN.md s. 3)
+    # hand-checked names of the mapping (docs/protocols.md)
     np.testing.assert_array_equal(model["stem.conv1.weight"], r50_state["conv1.weight"].numpy())
     np.testing.assert_array_equal(model["stem.conv1.norm.running_var"],
                                   r50_state["bn1.running_var"].numpy())
