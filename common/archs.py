@@ -36,14 +36,17 @@ class Arch:
         return 256 if self.bottleneck else 64
 
 
-ARCHS: dict[str, Arch] = {a.key: a for a in (
-    Arch("resnet18", "ResNet-18", "resnet18", 18, (2, 2, 2, 2), False),
-    Arch("resnet34", "ResNet-34", "resnet34", 34, (3, 4, 6, 3), False),
-    Arch("resnet50", "ResNet-50", "resnet50", 50, (3, 4, 6, 3), True),
-    Arch("resnet101", "ResNet-101", "resnet101", 101, (3, 4, 23, 3), True),
-    Arch("resnet152", "ResNet-152", "resnet152", 152, (3, 8, 36, 3), True),
-    Arch("resnet50x2", "ResNet-50 x2", "wide_resnet50_2", 50, (3, 4, 6, 3), True, 128),
-)}
+ARCHS: dict[str, Arch] = {
+    a.key: a
+    for a in (
+        Arch("resnet18", "ResNet-18", "resnet18", 18, (2, 2, 2, 2), False),
+        Arch("resnet34", "ResNet-34", "resnet34", 34, (3, 4, 6, 3), False),
+        Arch("resnet50", "ResNet-50", "resnet50", 50, (3, 4, 6, 3), True),
+        Arch("resnet101", "ResNet-101", "resnet101", 101, (3, 4, 23, 3), True),
+        Arch("resnet152", "ResNet-152", "resnet152", 152, (3, 8, 36, 3), True),
+        Arch("resnet50x2", "ResNet-50 x2", "wide_resnet50_2", 50, (3, 4, 6, 3), True, 128),
+    )
+}
 
 
 def get_arch(key: str) -> Arch:
@@ -58,8 +61,9 @@ def arch_by_name(name: str) -> Arch:
     for a in ARCHS.values():
         if a.name == name:
             return a
-    raise ValueError(f"unknown architecture {name!r}; known: "
-                     f"{', '.join(a.name for a in ARCHS.values())}")
+    raise ValueError(
+        f"unknown architecture {name!r}; known: {', '.join(a.name for a in ARCHS.values())}"
+    )
 
 
 def arch_from_layout(blocks: tuple[int, ...], bottleneck: bool, width: int) -> Arch | None:
@@ -68,7 +72,11 @@ def arch_from_layout(blocks: tuple[int, ...], bottleneck: bool, width: int) -> A
     A truncated body matches the smallest layout that contains it (so the completeness
     check can name what is missing); None when no layout fits.
     """
-    fits = [(sum(a.blocks) - sum(blocks), a) for a in ARCHS.values()
-            if a.bottleneck == bottleneck and a.width_per_group == (width if bottleneck else 64)
-            and all(x <= y for x, y in zip(blocks, a.blocks))]
+    fits = [
+        (sum(a.blocks) - sum(blocks), a)
+        for a in ARCHS.values()
+        if a.bottleneck == bottleneck
+        and a.width_per_group == (width if bottleneck else 64)
+        and all(x <= y for x, y in zip(blocks, a.blocks))
+    ]
     return min(fits, key=lambda t: t[0])[1] if fits else None

@@ -79,8 +79,10 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 def _not_readable(path: Path, e: Exception) -> CheckpointError:
     detail = (str(e).splitlines() or [""])[0][:120]
-    return CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated? "
-                           f"{type(e).__name__}: {detail}); copy or download it again")
+    return CheckpointError(
+        f"{path} is not a readable checkpoint (corrupt or truncated? "
+        f"{type(e).__name__}: {detail}); copy or download it again"
+    )
 
 
 def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
@@ -109,7 +111,8 @@ def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
                 raise CheckpointError(
                     f"{path} holds Python objects that safe (weights_only) loading refuses: "
                     f"{(str(e).splitlines() or [''])[0][:120]}. If you trust the file, pass "
-                    "--allow-pickle") from e
+                    "--allow-pickle"
+                ) from e
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise _not_readable(path, e) from e
@@ -119,8 +122,11 @@ def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
 
 
 def is_detectron2_pickle(obj: Mapping) -> bool:
-    return ("model" in obj and isinstance(obj["model"], Mapping)
-            and all(isinstance(v, np.ndarray) for v in obj["model"].values()))
+    return (
+        "model" in obj
+        and isinstance(obj["model"], Mapping)
+        and all(isinstance(v, np.ndarray) for v in obj["model"].values())
+    )
 
 
 def tensor_dict(obj: Mapping) -> tuple[dict[str, torch.Tensor], str, dict]:
@@ -145,8 +151,9 @@ def find_prefix(keys: list[str], prefix: str | None = None) -> tuple[str, str]:
         if f"{prefix}layer1.0.conv1.weight" not in keys:
             raise CheckpointError(f"no ResNet body under --prefix {prefix!r}")
         return prefix, "user-chosen prefix"
-    found = sorted({k[: -len("layer1.0.conv1.weight")] for k in keys
-                    if k.endswith("layer1.0.conv1.weight")})
+    found = sorted(
+        {k[: -len("layer1.0.conv1.weight")] for k in keys if k.endswith("layer1.0.conv1.weight")}
+    )
     if not found:
         sample = ", ".join(sorted(keys)[:12])
         raise CheckpointError(
@@ -182,19 +189,17 @@ def torchvision_to_d2_name(key: str) -> str:
     stage, rest = key.split(".", 1)
     name = f"res{int(stage[5:]) + 1}.{rest}"
     name = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", name)
-    return name.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.",
-                                                                ".shortcut.norm.")
+    return name.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
 
 
 def d2_to_torchvision_name(key: str) -> str:
     """The inverse of ``torchvision_to_d2_name``."""
     if key.startswith("stem."):
-        return key[len("stem."):].replace("conv1.norm.", "bn1.")
+        return key[len("stem.") :].replace("conv1.norm.", "bn1.")
     stage, rest = key.split(".", 1)
     name = f"layer{int(stage[3:]) - 1}.{rest}"
     name = re.sub(r"\.conv(\d)\.norm\.", r".bn\1.", name)
-    return name.replace(".shortcut.norm.", ".downsample.1.").replace(".shortcut.",
-                                                                      ".downsample.0.")
+    return name.replace(".shortcut.norm.", ".downsample.1.").replace(".shortcut.", ".downsample.0.")
 
 
 @dataclass
@@ -214,23 +219,32 @@ def extract_body(obj: Mapping, prefix: str | None = None) -> Body:
     """The ResNet body of any accepted checkpoint dict, Detectron2 pickles included."""
     if is_detectron2_pickle(obj):
         stages = ("stem", "res2", "res3", "res4", "res5")
-        tensors = {d2_to_torchvision_name(k): torch.from_numpy(np.asarray(v))
-                   for k, v in obj["model"].items() if k.split(".")[0] in stages}
+        tensors = {
+            d2_to_torchvision_name(k): torch.from_numpy(np.asarray(v))
+            for k, v in obj["model"].items()
+            if k.split(".")[0] in stages
+        }
         dropped = sorted(k for k in obj["model"] if k.split(".")[0] not in stages)
-        return Body(tensors, infer_arch(tensors), "", "Detectron2 pickle", "'model'", dropped,
-                    dict(obj.get("suite_meta", {})))
+        return Body(
+            tensors,
+            infer_arch(tensors),
+            "",
+            "Detectron2 pickle",
+            "'model'",
+            dropped,
+            dict(obj.get("suite_meta", {})),
+        )
     tensors, where, meta = tensor_dict(obj)
     pre, label = find_prefix(list(tensors), prefix)
 
     def is_body(k: str) -> bool:
-        return k.startswith(pre) and bool(_BODY.match(k[len(pre):]))
+        return k.startswith(pre) and bool(_BODY.match(k[len(pre) :]))
 
-    body = {k[len(pre):]: v for k, v in tensors.items() if is_body(k)}
+    body = {k[len(pre) :]: v for k, v in tensors.items() if is_body(k)}
     dropped = sorted(k for k in tensors if not is_body(k))
     return Body(body, infer_arch(body), pre, label, where, dropped, meta)
 
 
-def read_backbone(path: str | Path, allow_pickle: bool = False,
-                  prefix: str | None = None) -> Body:
+def read_backbone(path: str | Path, allow_pickle: bool = False, prefix: str | None = None) -> Body:
     """The ResNet body of a checkpoint file of any accepted format."""
     return extract_body(load_any(path, allow_pickle=allow_pickle), prefix)

@@ -33,8 +33,11 @@ class Interrupted(UserError):
     """SIGINT / SIGTERM: the run stopped after writing a resumable state."""
 
 
-def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
-            argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[argparse.Namespace], object],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+) -> int:
     """Parse ``argv``, call ``main(args)``; returns the process exit code.
 
     ``main`` may return an int (its exit code) or anything else (0). A ``UserError`` prints

@@ -54,8 +54,12 @@ def _kwargs(f: dataclasses.Field, tp) -> dict:
     meta = dict(f.metadata)
     if "help" not in meta:
         raise TypeError(f"field {f.name} has no help text: declare it with opt()")
-    kw: dict = {"default": argparse.SUPPRESS, "help": meta.pop("help") + _default_text(f),
-                "dest": f.name, **meta}
+    kw: dict = {
+        "default": argparse.SUPPRESS,
+        "help": meta.pop("help") + _default_text(f),
+        "dest": f.name,
+        **meta,
+    }
     if base is bool:
         kw["action"] = argparse.BooleanOptionalAction
         return kw

@@ -10,8 +10,12 @@ KNOWN = (
     ("ignore", "", DeprecationWarning, r"(detectron2|fvcore|iopath|pycocotools)(\..*)?"),
     # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; they work, and
     # torchvision 0.26 has no TorchCodec to move to: one warning per decoded batch is noise
-    ("ignore", "The image decoding and encoding capabilities of TorchVision are deprecated",
-     DeprecationWarning, ""),
+    (
+        "ignore",
+        "The image decoding and encoding capabilities of TorchVision are deprecated",
+        DeprecationWarning,
+        "",
+    ),
 )
 
 

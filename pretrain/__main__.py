@@ -36,8 +36,12 @@ SKIP = ("options", "recipe")
 
 
 def _own_fields(cls) -> tuple[str, ...]:
-    inherited = {f.name for base in cls.__mro__[1:] if hasattr(base, "__dataclass_fields__")
-                 for f in fields(base)}
+    inherited = {
+        f.name
+        for base in cls.__mro__[1:]
+        if hasattr(base, "__dataclass_fields__")
+        for f in fields(base)
+    }
     return tuple(f.name for f in fields(cls) if f.name not in inherited)
 
 
@@ -49,26 +53,37 @@ def _group_title(cls) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--recipe", choices=list(RECIPES), default=None,
-                   help="named settings (pretrain/recipes.py); flags given here win")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=None,
+        help="named settings (pretrain/recipes.py); flags given here win",
+    )
     add_flags(p, PretrainConfig, skip=SKIP)
     for cls in all_option_classes():
         add_flags(p.add_argument_group(_group_title(cls)), cls, only=_own_fields(cls))
     add_slurm_args(p)
     p.add_argument("--nodes", type=int, default=1, help="Slurm: nodes (default: 1)")
-    p.add_argument("--gpus-per-node", type=int, default=1,
-                   help="Slurm: GPUs per node, one rank each (default: 1)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=1,
+        help="Slurm: GPUs per node, one rank each (default: 1)",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """The run's config: recipe, then the flags given (method options checked against
     the chosen method: a flag of another method is an error)."""
-    settings = given(args, PretrainConfig,
-                     tuple(f.name for f in fields(PretrainConfig) if f.name not in SKIP))
+    settings = given(
+        args, PretrainConfig, tuple(f.name for f in fields(PretrainConfig) if f.name not in SKIP)
+    )
     options = {}
     for cls in all_option_classes():
         options.update(given(args, cls, _own_fields(cls)))

@@ -13,14 +13,16 @@ class AmpStep:
     which skips steps whose gradients overflow (the official CARE setting).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, dtype: torch.dtype | None,
-                 device_type: str):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, dtype: torch.dtype | None, device_type: str
+    ):
         self.optimizer, self.dtype, self.device_type = optimizer, dtype, device_type
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     def autocast(self):
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype,
-                              enabled=self.dtype is not None)
+        return torch.autocast(
+            device_type=self.device_type, dtype=self.dtype, enabled=self.dtype is not None
+        )
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -22,17 +22,27 @@ class HeadSizes:
     """Head sizes shared by every method; ``None`` = the method's paper value
     (``Method.head_defaults``). Each method's options extend this with its own fields."""
 
-    proj_hidden: int | None = opt(None, "projector hidden width (per method: 4096 BYOL / "
-                                  "CARE, 2048 SimSiam family, 2048 MaskCo)")
-    proj_dim: int | None = opt(None, "projection width (per method: 256 BYOL / CARE, 2048 "
-                               "SimSiam family, 128 MaskCo)")
-    pred_hidden: int | None = opt(None, "predictor hidden width (per method: 4096 BYOL / "
-                                  "CARE, 512 SimSiam family)")
+    proj_hidden: int | None = opt(
+        None,
+        "projector hidden width (per method: 4096 BYOL / CARE, 2048 SimSiam family, 2048 MaskCo)",
+    )
+    proj_dim: int | None = opt(
+        None, "projection width (per method: 256 BYOL / CARE, 2048 SimSiam family, 128 MaskCo)"
+    )
+    pred_hidden: int | None = opt(
+        None, "predictor hidden width (per method: 4096 BYOL / CARE, 512 SimSiam family)"
+    )
 
     def with_defaults(self, defaults: dict):
         """A copy with every ``None`` field taken from ``defaults``."""
-        return replace(self, **{f.name: defaults[f.name] for f in fields(self)
-                                if getattr(self, f.name) is None and f.name in defaults})
+        return replace(
+            self,
+            **{
+                f.name: defaults[f.name]
+                for f in fields(self)
+                if getattr(self, f.name) is None and f.name in defaults
+            },
+        )
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:
@@ -49,9 +59,15 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     needs_boxes = False  # compute_loss(views, boxes): the data give each view's box (MaskCo)
     min_batch = 1  # per process: GSG pairs images and MaskCo takes negatives within the batch
     # BYOL / CARE (docs/methods.md, CARE); subclasses override what their paper changes
-    train_defaults: dict = {"base_lr": 0.05, "warmup_epochs": 10.0, "base_tau": 0.99,
-                            "tau_schedule": "cosine", "crop_scale": (0.08, 1.0), "aug": "byol",
-                            "fix_pred_lr": False}
+    train_defaults: dict = {
+        "base_lr": 0.05,
+        "warmup_epochs": 10.0,
+        "base_tau": 0.99,
+        "tau_schedule": "cosine",
+        "crop_scale": (0.08, 1.0),
+        "aug": "byol",
+        "fix_pred_lr": False,
+    }
     head_defaults: dict = {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
     Options: type[HeadSizes] = HeadSizes  # the method's options (a subclass adds its own)
 
@@ -59,13 +75,13 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         cfg = cfg if cfg is not None else self.Options()
         if not isinstance(cfg, self.Options):
-            raise TypeError(f"{self.name} takes {self.Options.__name__}, got "
-                            f"{type(cfg).__name__}")
+            raise TypeError(f"{self.name} takes {self.Options.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg.with_defaults(self.head_defaults)
         self.backbone = ResNetTrunk(arch)
         self.build_heads()
         self.target = nn.ModuleDict(
-            {name: copy.deepcopy(getattr(self, name)) for name in self.momentum_modules})
+            {name: copy.deepcopy(getattr(self, name)) for name in self.momentum_modules}
+        )
         self.target.requires_grad_(False)
 
     @abc.abstractmethod

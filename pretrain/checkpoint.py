@@ -22,8 +22,11 @@ from pretrain.config import RESUME_FREE_KEYS
 
 def rng_state() -> dict:
     """torch, Python and (when present) CUDA generator states."""
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_pos": random.getstate()[2]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -36,16 +39,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def exported(backbone_state: dict, method: str, config: dict, epoch: int, images_seen: int,
-             history: list[dict]) -> dict:
+def exported(
+    backbone_state: dict,
+    method: str,
+    config: dict,
+    epoch: int,
+    images_seen: int,
+    history: list[dict],
+) -> dict:
     """The documented format: online backbone (torchvision names) + metadata."""
     knn = [h for h in history if h.get("type") == "epoch" and "knn_top1_k20" in h]
     return {
         "format": SUITE_FORMAT,
         "backbone": backbone_state,
-        "meta": {"method": method.upper(), "method_key": method, "arch": config["arch"],
-                 "epochs": epoch, "images_seen": images_seen, "hparams": config,
-                 "knn": knn[-1] if knn else None},
+        "meta": {
+            "method": method.upper(),
+            "method_key": method,
+            "arch": config["arch"],
+            "epochs": epoch,
+            "images_seen": images_seen,
+            "hparams": config,
+            "knn": knn[-1] if knn else None,
+        },
     }
 
 
@@ -58,13 +73,16 @@ def load_state(path: str | Path, config: dict) -> dict:
     ``config`` (except ``RESUME_FREE_KEYS``)."""
     ckpt = load_any(path)
     if ckpt.get("format") != SUITE_FORMAT or "state" not in ckpt:
-        raise CheckpointError(f"{path} is not a resumable pretraining checkpoint of this "
-                              "suite (no training state): pass another --resume or --output")
+        raise CheckpointError(
+            f"{path} is not a resumable pretraining checkpoint of this "
+            "suite (no training state): pass another --resume or --output"
+        )
     state = ckpt["state"]
     for key in sorted(set(config) | set(state["config"])):
         if key not in RESUME_FREE_KEYS and config.get(key) != state["config"].get(key):
             raise ConfigError(
                 f"cannot resume {path}: it was run with {key}={state['config'].get(key)!r}, "
                 f"this run has {key}={config.get(key)!r}. Use the same flags, or another "
-                "--output for a new run.")
+                "--output for a new run."
+            )
     return state

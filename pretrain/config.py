@@ -22,9 +22,20 @@ from pretrain.data import AUGMENTATIONS, LAYOUT_HELP
 from pretrain.methods import METHODS, method_class, method_options
 
 # config keys that may change between a run and its resumption
-RESUME_FREE_KEYS = {"workers", "batch_aug", "knn_every", "save_every", "log_every", "out", "output",
-                    "resume", "max_bad_frac", "knn_limit_per_class", "stop_after_steps",
-                    "recipe"}
+RESUME_FREE_KEYS = {
+    "workers",
+    "batch_aug",
+    "knn_every",
+    "save_every",
+    "log_every",
+    "out",
+    "output",
+    "resume",
+    "max_bad_frac",
+    "knn_limit_per_class",
+    "stop_after_steps",
+    "recipe",
+}
 
 
 @dataclass
@@ -32,43 +43,67 @@ class PretrainConfig:
     """Every setting of a run (see the module docstring)."""
 
     method: str = opt("care", "method", choices=tuple(sorted(METHODS)))
-    arch: str = opt("resnet50", "backbone (resnet50x2 = torchvision wide_resnet50_2)",
-                    choices=tuple(ARCHS))
-    data: str | None = opt(None, "ImageFolder root with train/<class>/ (and val/<class>/ for "
-                           "the kNN probe), e.g. ImageNet; default: synthetic shapes")
-    output: str = opt("runs/pretrain", "run folder: checkpoint.pth, metrics.jsonl, "
-                      "config.json, curves.png")
+    arch: str = opt(
+        "resnet50", "backbone (resnet50x2 = torchvision wide_resnet50_2)", choices=tuple(ARCHS)
+    )
+    data: str | None = opt(
+        None,
+        "ImageFolder root with train/<class>/ (and val/<class>/ for "
+        "the kNN probe), e.g. ImageNet; default: synthetic shapes",
+    )
+    output: str = opt(
+        "runs/pretrain", "run folder: checkpoint.pth, metrics.jsonl, config.json, curves.png"
+    )
     out: str | None = opt(None, "final checkpoint (default: <output>/<method>_<arch>.pth)")
     epochs: int = opt(100, "epochs (papers: 100 for ablations, 200 / 400 main)")
     batch_size: int = opt(128, "images per GPU / process (CARE: 1024 over 8 GPUs = 128)")
-    base_lr: float | None = opt(None, "lr = base_lr x global batch / 256 (per method: 0.05; "
-                                "MaskCo 0.03)")
+    base_lr: float | None = opt(
+        None, "lr = base_lr x global batch / 256 (per method: 0.05; MaskCo 0.03)"
+    )
     weight_decay: float = opt(1e-4, "SGD weight decay")
     momentum: float = opt(0.9, "SGD momentum")
-    warmup_epochs: float | None = opt(None, "linear warmup from --start-lr, then cosine (per "
-                                      "method: CARE / BYOL 10, SimSiam family 0)")
+    warmup_epochs: float | None = opt(
+        None,
+        "linear warmup from --start-lr, then cosine (per method: CARE / BYOL 10, SimSiam family 0)",
+    )
     start_lr: float = opt(1e-6, "warmup start lr")
-    base_tau: float | None = opt(None, "target EMA momentum at step 0 (per method: 0.99; "
-                                 "MaskCo 0.999)")
-    tau_schedule: str | None = opt(None, "EMA momentum: cosine to 1 (CARE / BYOL) or constant "
-                                   "(BYOL-GSG, MaskCo); per method",
-                                   choices=("cosine", "constant"))
+    base_tau: float | None = opt(
+        None, "target EMA momentum at step 0 (per method: 0.99; MaskCo 0.999)"
+    )
+    tau_schedule: str | None = opt(
+        None,
+        "EMA momentum: cosine to 1 (CARE / BYOL) or constant (BYOL-GSG, MaskCo); per method",
+        choices=("cosine", "constant"),
+    )
     image_size: int = opt(224, "crop size in pixels")
     crop_scale: tuple[float, float] | None = opt(
-        None, "RandomResizedCrop area range (per method: 0.08 1.0 BYOL / CARE, 0.2 1.0 "
-        "SimSiam family); small synthetic images need a larger MIN", metavar=("MIN", "MAX"))
-    aug: str | None = opt(None, "augmentations: byol (asymmetric blur / solarize), simsiam, or "
-                          "crop (crops and flips only: short runs on synthetic silhouettes); "
-                          "per method. Blur sigma scales with --image-size / 224",
-                          choices=tuple(AUGMENTATIONS))
-    fix_pred_lr: bool | None = opt(None, "keep the predictor's lr at the base value (per "
-                                   "method: on for the SimSiam family)")
-    amp: str = opt("auto", "mixed precision: auto = bf16 on CUDA, none on CPU (CARE's code: "
-                   "fp16)", choices=("auto", "bf16", "fp16", "none"))
-    batch_aug: str = opt("auto", "decode (nvjpeg on CUDA) and augment batched on the training "
-                         "device, the workers only read files and draw the random choices: "
-                         "auto = on with CUDA, except MaskCo (ours)",
-                         choices=("auto", "on", "off"))
+        None,
+        "RandomResizedCrop area range (per method: 0.08 1.0 BYOL / CARE, 0.2 1.0 "
+        "SimSiam family); small synthetic images need a larger MIN",
+        metavar=("MIN", "MAX"),
+    )
+    aug: str | None = opt(
+        None,
+        "augmentations: byol (asymmetric blur / solarize), simsiam, or "
+        "crop (crops and flips only: short runs on synthetic silhouettes); "
+        "per method. Blur sigma scales with --image-size / 224",
+        choices=tuple(AUGMENTATIONS),
+    )
+    fix_pred_lr: bool | None = opt(
+        None, "keep the predictor's lr at the base value (per method: on for the SimSiam family)"
+    )
+    amp: str = opt(
+        "auto",
+        "mixed precision: auto = bf16 on CUDA, none on CPU (CARE's code: fp16)",
+        choices=("auto", "bf16", "fp16", "none"),
+    )
+    batch_aug: str = opt(
+        "auto",
+        "decode (nvjpeg on CUDA) and augment batched on the training "
+        "device, the workers only read files and draw the random choices: "
+        "auto = on with CUDA, except MaskCo (ours)",
+        choices=("auto", "on", "off"),
+    )
     channels_last: bool = opt(True, "channels_last memory format on CUDA (ours)")
     workers: int = opt(8, "data loader workers per process")
     seed: int = opt(0, "random seed")
@@ -78,14 +113,15 @@ class PretrainConfig:
     knn_temperature: float = opt(0.07, "kNN vote temperature")
     knn_limit_per_class: int = opt(0, "bank images per class for the kNN probe (0 = all)")
     log_every: int = opt(10, "a metrics.jsonl line every N steps")
-    max_bad_frac: float = opt(0.01, "fail when more than this fraction of an epoch's images "
-                              "is unreadable")
-    resume: str | None = opt(None, "checkpoint to resume (default: <output>/checkpoint.pth if "
-                             "present)")
+    max_bad_frac: float = opt(
+        0.01, "fail when more than this fraction of an epoch's images is unreadable"
+    )
+    resume: str | None = opt(
+        None, "checkpoint to resume (default: <output>/checkpoint.pth if present)"
+    )
     stop_after_steps: int = opt(0, "stop with a resumable checkpoint after N steps (testing)")
     synthetic_size: int = opt(96, "side of the generated shapes images without --data (ours)")
-    synthetic_per_class: int = opt(48, "generated training images per class without --data "
-                                   "(ours)")
+    synthetic_per_class: int = opt(48, "generated training images per class without --data (ours)")
     recipe: str | None = opt(None, "the named recipe these settings started from (recorded)")
     options: HeadSizes | dict | None = field(default=None, metadata={"flags": False})
 
@@ -99,26 +135,37 @@ class PretrainConfig:
         if self.options is None or isinstance(self.options, dict):
             self.options = method_options(self.method, self.options)
         elif not isinstance(self.options, cls.Options):
-            raise ConfigError(f"--method {self.method} takes {cls.Options.__name__}, got "
-                              f"{type(self.options).__name__}")
+            raise ConfigError(
+                f"--method {self.method} takes {cls.Options.__name__}, got "
+                f"{type(self.options).__name__}"
+            )
         self.options = self.options.with_defaults(cls.head_defaults)
         self._validate(cls)
 
     def _validate(self, cls) -> None:
-        checks = {"tau_schedule": ("cosine", "constant"), "batch_aug": ("auto", "on", "off"),
-                  "amp": ("auto", "bf16", "fp16", "none"), "aug": tuple(AUGMENTATIONS)}
+        checks = {
+            "tau_schedule": ("cosine", "constant"),
+            "batch_aug": ("auto", "on", "off"),
+            "amp": ("auto", "bf16", "fp16", "none"),
+            "aug": tuple(AUGMENTATIONS),
+        }
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"--{key.replace('_', '-')} {getattr(self, key)!r}: one of "
-                                  f"{', '.join(allowed)}")
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} {getattr(self, key)!r}: one of {', '.join(allowed)}"
+                )
         if self.arch not in ARCHS:
             raise ConfigError(f"--arch {self.arch!r}: one of {', '.join(ARCHS)}")
         if self.batch_aug == "on" and cls.needs_boxes:
-            raise ConfigError(f"--batch-aug on: {self.method}'s views carry boxes and are made "
-                              "in the loader workers; use --batch-aug off (or auto)")
+            raise ConfigError(
+                f"--batch-aug on: {self.method}'s views carry boxes and are made "
+                "in the loader workers; use --batch-aug off (or auto)"
+            )
         if self.batch_size < cls.min_batch:
-            raise ConfigError(f"--method {self.method} needs --batch-size >= {cls.min_batch} "
-                              "per process: it pairs or contrasts images within the batch")
+            raise ConfigError(
+                f"--method {self.method} needs --batch-size >= {cls.min_batch} "
+                "per process: it pairs or contrasts images within the batch"
+            )
 
     def to_json(self) -> dict:
         """A JSON-able dict of every setting (written as config.json and into checkpoints)."""
@@ -141,11 +188,17 @@ def resolve_data(cfg: PretrainConfig) -> tuple[Path, Path | None]:
     if cfg.data is None:
         from synthetic import ShapesSpec, generate
 
-        spec = ShapesSpec(seed=cfg.seed, size=cfg.synthetic_size,
-                          imagefolder={"train": cfg.synthetic_per_class,
-                                       "val": max(4, cfg.synthetic_per_class // 3)},
-                          voc2007={"trainval": 1, "test": 1}, voc2012={"trainval": 1},
-                          coco={"train2017": 1, "val2017": 1})
+        spec = ShapesSpec(
+            seed=cfg.seed,
+            size=cfg.synthetic_size,
+            imagefolder={
+                "train": cfg.synthetic_per_class,
+                "val": max(4, cfg.synthetic_per_class // 3),
+            },
+            voc2007={"trainval": 1, "test": 1},
+            voc2012={"trainval": 1},
+            coco={"train2017": 1, "val2017": 1},
+        )
         root = generate(Path(cfg.output) / "shapes", spec) / "imagefolder"
     else:
         root = Path(cfg.data)

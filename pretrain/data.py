@@ -21,8 +21,10 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-LAYOUT_HELP = ("expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (ImageNet "
-               "layout), optionally ROOT/val/<class>/... for the kNN probe")
+LAYOUT_HELP = (
+    "expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (ImageNet "
+    "layout), optionally ROOT/val/<class>/... for the kNN probe"
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ class ViewTransform:
         self.jitter = T.ColorJitter(*cfg.jitter)  # its checked ranges (None = not applied)
         j = self.jitter
         # which of brightness, contrast, saturation, hue have a range (get drawn and applied)
-        self.jitter_active = tuple(r is not None for r in (j.brightness, j.contrast,
-                                                              j.saturation, j.hue))
+        self.jitter_active = tuple(
+            r is not None for r in (j.brightness, j.contrast, j.saturation, j.hue)
+        )
         self.sigma = cfg.blur_sigma()
         self.normalize = T.Normalize(MEAN, STD)
 
@@ -83,8 +86,9 @@ class ViewTransform:
         shape_only = torch.empty(1, 1, 1).expand(1, height, width)
         return T.RandomResizedCrop.get_params(shape_only, list(self.cfg.scale), list(RATIO))
 
-    def draw(self, width: int, height: int,
-             crop: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
+    def draw(
+        self, width: int, height: int, crop: tuple[int, int, int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Every random choice of one view of a ``width`` x ``height`` image (ViewParams):
         ``crop`` (4,) top, left, h, w; ``flip``, ``jitter``, ``gray``, ``solarize`` (bool);
         ``order`` (4,) the jitter order (0 brightness, 1 contrast, 2 saturation, 3 hue);
@@ -97,8 +101,7 @@ class ViewTransform:
         jitter = not cfg.jitter_p < torch.rand(1)  # RandomApply's test
         if jitter:
             j = self.jitter
-            order, *drawn = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation,
-                                                     j.hue)
+            order, *drawn = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation, j.hue)
             factors = [d if d is not None else f for f, d in zip(factors, drawn)]
         gray = bool(torch.rand(1) < cfg.gray_p)
         sigma = 0.0
@@ -106,17 +109,29 @@ class ViewTransform:
             lo, hi = self.sigma
             sigma = lo + (hi - lo) * float(torch.rand(()))
         solarize = bool(torch.rand(()) < cfg.solarize_p)
-        return {"crop": torch.tensor([top, left, h, w]), "flip": torch.tensor(flip),
-                "jitter": torch.tensor(jitter), "order": order.clone(),
-                "factors": torch.tensor(factors, dtype=torch.float32),
-                "gray": torch.tensor(gray), "sigma": torch.tensor(sigma, dtype=torch.float32),
-                "solarize": torch.tensor(solarize)}
+        return {
+            "crop": torch.tensor([top, left, h, w]),
+            "flip": torch.tensor(flip),
+            "jitter": torch.tensor(jitter),
+            "order": order.clone(),
+            "factors": torch.tensor(factors, dtype=torch.float32),
+            "gray": torch.tensor(gray),
+            "sigma": torch.tensor(sigma, dtype=torch.float32),
+            "solarize": torch.tensor(solarize),
+        }
 
     def apply(self, img: Image.Image, p: dict[str, torch.Tensor]) -> torch.Tensor:
         """The view (3, S, S), normalised, of ``img`` under the draws ``p`` (PIL ops)."""
         top, left, h, w = p["crop"].tolist()
-        out = TF.resized_crop(img, top, left, h, w, [self.cfg.size, self.cfg.size],
-                              interpolation=T.InterpolationMode.BICUBIC)
+        out = TF.resized_crop(
+            img,
+            top,
+            left,
+            h,
+            w,
+            [self.cfg.size, self.cfg.size],
+            interpolation=T.InterpolationMode.BICUBIC,
+        )
         if p["flip"]:
             out = TF.hflip(out)
         if p["jitter"]:
@@ -135,8 +150,9 @@ class ViewTransform:
     def __call__(self, img: Image.Image, crop: tuple[int, int, int, int] | None = None):
         p = self.draw(*img.size, crop=crop)
         x0, y0 = p["crop"][1], p["crop"][0]
-        geom = torch.tensor([x0, y0, p["crop"][3], p["crop"][2], float(p["flip"])],
-                            dtype=torch.float32)
+        geom = torch.tensor(
+            [x0, y0, p["crop"][3], p["crop"][2], float(p["flip"])], dtype=torch.float32
+        )
         return self.apply(img, p), geom
 
 
@@ -157,8 +173,10 @@ def map_boxes(boxes: torch.Tensor, geom: torch.Tensor, size: int) -> torch.Tenso
 
 def byol_views(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> list[AugConfig]:
     """BYOL / CARE: blur p 1.0 / 0.1, solarize p 0.0 / 0.2."""
-    return [AugConfig(size=size, scale=tuple(scale), blur_p=1.0, solarize_p=0.0),
-            AugConfig(size=size, scale=tuple(scale), blur_p=0.1, solarize_p=0.2)]
+    return [
+        AugConfig(size=size, scale=tuple(scale), blur_p=1.0, solarize_p=0.0),
+        AugConfig(size=size, scale=tuple(scale), blur_p=0.1, solarize_p=0.2),
+    ]
 
 
 def simsiam_views(size: int, scale: tuple[float, float] = (0.2, 1.0)) -> list[AugConfig]:
@@ -188,9 +206,14 @@ def views_for(aug: str, size: int, scale: tuple[float, float]) -> list[AugConfig
 
 def eval_transform(size: int) -> T.Compose:
     """Resize (size / 0.875), centre crop, normalise: for kNN features."""
-    return T.Compose([T.Resize(int(round(size / 0.875)),
-                               interpolation=T.InterpolationMode.BICUBIC),
-                      T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return T.Compose(
+        [
+            T.Resize(int(round(size / 0.875)), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
@@ -203,11 +226,16 @@ def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not classes:
         raise ValueError(f"{folder} has no class sub-folders; {LAYOUT_HELP}")
-    samples = [(str(p), i) for i, c in enumerate(classes) for p in sorted((folder / c).rglob("*"))
-               if p.suffix.lower() in IMG_EXTENSIONS]
+    samples = [
+        (str(p), i)
+        for i, c in enumerate(classes)
+        for p in sorted((folder / c).rglob("*"))
+        if p.suffix.lower() in IMG_EXTENSIONS
+    ]
     if not samples:
-        raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}/<class>/; "
-                         f"{LAYOUT_HELP}")
+        raise ValueError(
+            f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}/<class>/; {LAYOUT_HELP}"
+        )
     return samples, classes
 
 
@@ -224,8 +252,14 @@ class ViewsDataset(Dataset):
     per-sample seed as the PIL path.
     """
 
-    def __init__(self, folder: str | Path, views: list[AugConfig], seed: int = 0,
-                 hook=None, raw: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        views: list[AugConfig],
+        seed: int = 0,
+        hook=None,
+        raw: bool = False,
+    ):
         self.samples, self.classes = list_images(Path(folder))
         self.transforms = [v.build() for v in views]
         self.seed, self.epoch = seed, 0
@@ -262,15 +296,16 @@ class ViewsDataset(Dataset):
         finally:
             torch.set_rng_state(state)
 
-
     def _raw_item(self, path: str, label: int, idx: int, seed: int):
         try:
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
                 (w, h), jpeg = im.size, im.format == "JPEG" and im.mode in ("RGB", "L")
-                payload = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if jpeg else
-                           torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-                           .contiguous())
+                payload = (
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                    if jpeg
+                    else torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+                )
         except (OSError, ValueError, SyntaxError):
             return None
         state = torch.get_rng_state()
@@ -322,15 +357,14 @@ class Payloads(NamedTuple):
         """items: JPEG bytes (1-D uint8) or decoded images (3, H, W) uint8."""
         jpegs = [t for t in items if t.dim() == 1]
         flat = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
-        sizes = torch.tensor([t.numel() if t.dim() == 1 else 0 for t in items],
-                             dtype=torch.int64)
+        sizes = torch.tensor([t.numel() if t.dim() == 1 else 0 for t in items], dtype=torch.int64)
         return cls(flat, sizes, [t for t in items if t.dim() == 3])
 
     def unpack(self) -> list[torch.Tensor]:
         """The items again (views into ``flat``, no copies)."""
         out, start, decoded = [], 0, iter(self.decoded)
         for n in self.sizes.tolist():
-            out.append(self.flat[start:start + n] if n else next(decoded))
+            out.append(self.flat[start : start + n] if n else next(decoded))
             start += n
         return out
 
@@ -354,8 +388,10 @@ class BadImageCounter:
         if not good:
             return len(batch), len(batch), None
         if self.raw:
-            out = (Payloads.pack([b[0] for b in good]),
-                   *torch.utils.data.default_collate([b[1:] for b in good]))
+            out = (
+                Payloads.pack([b[0] for b in good]),
+                *torch.utils.data.default_collate([b[1:] for b in good]),
+            )
         else:
             out = torch.utils.data.default_collate(good)
         return len(batch), len(batch) - len(good), out
@@ -388,5 +424,5 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)[: self.n // self.world * self.world]
-        mine = perm[self.rank::self.world].tolist()
-        return iter(mine[self.start:])
+        mine = perm[self.rank :: self.world].tolist()
+        return iter(mine[self.start :])

@@ -34,8 +34,9 @@ from pretrain.data import MEAN, STD, AugConfig, Payloads
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
-def decode_images(payloads: list[torch.Tensor], device: str | torch.device
-                  ) -> list[torch.Tensor | None]:
+def decode_images(
+    payloads: list[torch.Tensor], device: str | torch.device
+) -> list[torch.Tensor | None]:
     """Payloads -> images (3, H, W) uint8 on ``device``; None where one cannot be decoded.
 
     A payload is either a JPEG file's bytes (1-D uint8, decoded here, all in one
@@ -60,8 +61,7 @@ def decode_images(payloads: list[torch.Tensor], device: str | torch.device
         # batch's augmentation, not for the training step.
         torch.cuda.current_stream(device).synchronize()
     try:
-        decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB,
-                              device=device)
+        decoded = decode_jpeg([payloads[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
         for i, img in zip(jpeg, decoded):
             out[i] = img
     except RuntimeError:
@@ -132,8 +132,13 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     p = (v * (1.0 - s)).clamp(0, 1)
     q = (v * (1.0 - s * f)).clamp(0, 1)
     t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
-    table = torch.stack([torch.stack(c, 1) for c in
-                         ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 1)
+    table = torch.stack(
+        [
+            torch.stack(c, 1)
+            for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+        ],
+        1,
+    )
     return table.gather(1, i[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
 
 
@@ -170,9 +175,14 @@ def resized_crop(img: torch.Tensor, crop: list[int], size: int) -> torch.Tensor:
     """(3, H, W) uint8 or float 0-255 -> the crop (top, left, h, w) resized to (3, size,
     size), float in 0-255 (bicubic, antialiased; not clamped: bicubic overshoots)."""
     top, left, h, w = crop
-    x = img[None, :, top:top + h, left:left + w]
-    x = F.interpolate(x if x.is_floating_point() else x.float(), size=(size, size),
-                      mode="bicubic", antialias=True, align_corners=False)
+    x = img[None, :, top : top + h, left : left + w]
+    x = F.interpolate(
+        x if x.is_floating_point() else x.float(),
+        size=(size, size),
+        mode="bicubic",
+        antialias=True,
+        align_corners=False,
+    )
     return x[0]
 
 
@@ -192,12 +202,15 @@ class DeviceAugment:
     def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """MEAN and STD as (1, 3, 1, 1) tensors on ``device``, made once per device."""
         if device not in self._norm:
-            self._norm[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-                                  torch.tensor(STD, device=device).view(1, 3, 1, 1))
+            self._norm[device] = (
+                torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+                torch.tensor(STD, device=device).view(1, 3, 1, 1),
+            )
         return self._norm[device]
 
-    def __call__(self, images: list[torch.Tensor], params: list[dict[str, torch.Tensor]]
-                 ) -> list[torch.Tensor]:
+    def __call__(
+        self, images: list[torch.Tensor], params: list[dict[str, torch.Tensor]]
+    ) -> list[torch.Tensor]:
         out = []
         floats = [img.float() for img in images]  # once for all views
         for cfg, active, p in zip(self.views, self.active, params):
@@ -216,8 +229,7 @@ def _where(mask: torch.Tensor, device) -> torch.Tensor | None:
     return idx.to(device, non_blocking=True) if len(idx) else None
 
 
-def photometric(x: torch.Tensor, p: dict[str, torch.Tensor], active: list[bool]
-                ) -> torch.Tensor:
+def photometric(x: torch.Tensor, p: dict[str, torch.Tensor], active: list[bool]) -> torch.Tensor:
     """Flip, jitter, grayscale, blur, solarize of a batch x (N, 3, S, S) in [0, 1] under
     the draws ``p`` (CPU tensors batched over N); ``active[i]``: jitter op i has a range.
     """
@@ -259,8 +271,15 @@ class DevicePrefetcher:
     raised in the consumer; closing the generator (``contextlib.closing``) stops the thread.
     """
 
-    def __init__(self, loader: Iterable, make: Callable, device: str | torch.device,
-                 depth: int = 2, threaded: bool | None = None, skip_none: bool = True):
+    def __init__(
+        self,
+        loader: Iterable,
+        make: Callable,
+        device: str | torch.device,
+        depth: int = 2,
+        threaded: bool | None = None,
+        skip_none: bool = True,
+    ):
         self.loader, self.make, self.depth, self.skip_none = loader, make, depth, skip_none
         self.device = torch.device(device)
         self.threaded = self.device.type == "cuda" if threaded is None else threaded
@@ -300,8 +319,9 @@ class DevicePrefetcher:
         q: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        thread = threading.Thread(target=self._work, args=(q, stop, stream),
-                                  name="device-prefetch", daemon=True)
+        thread = threading.Thread(
+            target=self._work, args=(q, stop, stream), name="device-prefetch", daemon=True
+        )
         thread.start()
         try:
             while True:

@@ -13,8 +13,14 @@ from torch.utils.data import DataLoader
 from pretrain.data import BadImageCounter, LabelledImages
 
 
-def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                n_classes: int, k: int, temperature: float = 0.07) -> torch.Tensor:
+def knn_predict(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    n_classes: int,
+    k: int,
+    temperature: float = 0.07,
+) -> torch.Tensor:
     """Class scores (Q, n_classes) for L2-normalised query (Q, D) and bank (B, D)."""
     k = min(k, bank.shape[0])
     sim = query @ bank.t()
@@ -42,15 +48,25 @@ def extract(backbone: torch.nn.Module, loader: DataLoader, device: str):
     return torch.cat(feats), torch.cat(labels)
 
 
-def knn_accuracy(backbone: torch.nn.Module, train_dir, val_dir, size: int, device: str,
-                 ks: tuple[int, ...] = (20, 200), temperature: float = 0.07,
-                 batch_size: int = 128, workers: int = 0,
-                 limit_per_class: int = 0) -> dict[str, float]:
+def knn_accuracy(
+    backbone: torch.nn.Module,
+    train_dir,
+    val_dir,
+    size: int,
+    device: str,
+    ks: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+    batch_size: int = 128,
+    workers: int = 0,
+    limit_per_class: int = 0,
+) -> dict[str, float]:
     """Top-1 accuracy (%) of the weighted kNN classifier for each k, on ``val_dir``."""
+
     def loader(folder, limit=0):
         ds = LabelledImages(folder, size, limit)
-        return DataLoader(ds, batch_size=batch_size, num_workers=workers,
-                          collate_fn=BadImageCounter()), len(ds.classes)
+        return DataLoader(
+            ds, batch_size=batch_size, num_workers=workers, collate_fn=BadImageCounter()
+        ), len(ds.classes)
 
     train_loader, n_classes = loader(train_dir, limit_per_class)
     val_loader, _ = loader(val_dir)

@@ -33,10 +33,17 @@ class SlurmPretrainJob:
 def submit(cfg: PretrainConfig, args: argparse.Namespace):
     """Submit the run; returns the submitit job."""
     folder = Path(cfg.output) / "slurm"
-    executor = make_executor(folder, args, args.nodes, args.gpus_per_node,
-                             tasks_per_node=max(1, args.gpus_per_node),
-                             name=f"pretrain-{cfg.method}")
+    executor = make_executor(
+        folder,
+        args,
+        args.nodes,
+        args.gpus_per_node,
+        tasks_per_node=max(1, args.gpus_per_node),
+        name=f"pretrain-{cfg.method}",
+    )
     job = executor.submit(SlurmPretrainJob(), cfg)
-    print(f"submitted Slurm job {job.job_id} ({args.nodes} node(s) x {args.gpus_per_node} "
-          f"GPU(s)); logs under {folder}")
+    print(
+        f"submitted Slurm job {job.job_id} ({args.nodes} node(s) x {args.gpus_per_node} "
+        f"GPU(s)); logs under {folder}"
+    )
     return job

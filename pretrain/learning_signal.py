@@ -30,8 +30,14 @@ from pretrain.trainer import Trainer
 from synthetic import write_silhouettes
 
 
-def learning_signal(method: str, out: str | Path, seed: int = 0, per_class: int = 64,
-                    options: dict | None = None, **overrides) -> dict:
+def learning_signal(
+    method: str,
+    out: str | Path,
+    seed: int = 0,
+    per_class: int = 64,
+    options: dict | None = None,
+    **overrides,
+) -> dict:
     """Pretrain ``method`` on silhouettes under ``out`` with the ``learning-signal`` recipe;
     returns the kNN top-1 (%) at random init (``init``) and at the end (``final``), with
     the run's settings. ``overrides``: further ``PretrainConfig`` fields (e.g.
@@ -45,15 +51,32 @@ def learning_signal(method: str, out: str | Path, seed: int = 0, per_class: int 
         shutil.rmtree(tmp, ignore_errors=True)
         write_silhouettes(tmp, seed, 48, {"train": per_class, "val": 24})
         tmp.rename(data)
-    cfg = recipe_config("learning-signal", method=method, options=options, data=str(data),
-                        output=str(out / method), seed=seed, **overrides)
+    cfg = recipe_config(
+        "learning-signal",
+        method=method,
+        options=options,
+        data=str(data),
+        output=str(out / method),
+        seed=seed,
+        **overrides,
+    )
     trainer = Trainer(cfg)
     trainer.fit()
-    knn = [h["knn_top1_k20"] for h in trainer.history
-           if h.get("type") == "epoch" and "knn_top1_k20" in h]
-    return {"method": method, "epochs": cfg.epochs, "steps": trainer.global_step,
-            "base_tau": cfg.base_tau, **overrides, **(options or {}), "init": knn[0],
-            "final": knn[-1]}
+    knn = [
+        h["knn_top1_k20"]
+        for h in trainer.history
+        if h.get("type") == "epoch" and "knn_top1_k20" in h
+    ]
+    return {
+        "method": method,
+        "epochs": cfg.epochs,
+        "steps": trainer.global_step,
+        "base_tau": cfg.base_tau,
+        **overrides,
+        **(options or {}),
+        "init": knn[0],
+        "final": knn[-1],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,11 +85,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="simsiam", help="method (default: %(default)s)")
     p.add_argument("--out", default="runs/learning_signal", help="run folder (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and run (0)")
-    for name, kind, what in (("epochs", int, "epochs"), ("base_lr", float, "base lr"),
-                             ("base_tau", float, "EMA momentum of the target at step 0, "
-                              "cosine to 1"), ("image_size", int, "view side in pixels")):
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=argparse.SUPPRESS,
-                       dest=name, help=f"{what} (recipe: {recipe[name]})")
+    for name, kind, what in (
+        ("epochs", int, "epochs"),
+        ("base_lr", float, "base lr"),
+        ("base_tau", float, "EMA momentum of the target at step 0, cosine to 1"),
+        ("image_size", int, "view side in pixels"),
+    ):
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=argparse.SUPPRESS,
+            dest=name,
+            help=f"{what} (recipe: {recipe[name]})",
+        )
     args = vars(p.parse_args(argv))
     method, out, seed = args.pop("method"), args.pop("out"), args.pop("seed")
     print(json.dumps(learning_signal(method, out, seed, **args)))

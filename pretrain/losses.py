@@ -14,8 +14,9 @@ def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
 
 
-def symmetric_byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor,
-                        z2: torch.Tensor) -> torch.Tensor:
+def symmetric_byol_loss(
+    p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor
+) -> torch.Tensor:
     """``mean(4 - 2 (cos(p1, z2) + cos(p2, z1)))``: each view's online prediction regresses
     the target projection of the other view (CARE's L_c and L_t). Scalar."""
     return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
@@ -41,8 +42,9 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -(F.normalize(p, dim=-1) * F.normalize(z.detach(), dim=-1)).sum(-1)
 
 
-def info_nce(q: torch.Tensor, keys: torch.Tensor, temperature: float,
-             valid: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor, keys: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """InfoNCE with the positive at index 0 of each row's keys.
 
     q: (N, D); keys: (N, K, D), keys[:, 0] the positive; ``valid`` (N, K) bool drops keys

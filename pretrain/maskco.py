@@ -58,16 +58,19 @@ class MaskCoOptions(HeadSizes):
     temperature: float = opt(0.2, "InfoNCE temperature (MoCo v2)")
     n_neg_boxes: int = opt(16, "negative boxes per image (paper: 16)")
     intra_negatives: bool = opt(False, "MaskCo(+in): also n-neg-boxes boxes of the same image")
-    intra_max_iou: float = opt(0.3, "an intra-image negative overlaps the positive box by "
-                               "less than this")
-    neg_box_scale: tuple[float, float] = opt((0.2, 0.6), "negative box sides / view side",
-                                             metavar=("MIN", "MAX"))
-    box_scale: tuple[float, float] = opt((0.3, 0.6), "masked box sides / sides of the region "
-                                         "both views see", metavar=("MIN", "MAX"))
-    min_overlap: float = opt(0.3, "the key crop covers at least this fraction of the query "
-                             "crop")
-    mask_fill: str = opt("mean", "masked pixels: the dataset mean or Gaussian noise",
-                         choices=("mean", "noise"))
+    intra_max_iou: float = opt(
+        0.3, "an intra-image negative overlaps the positive box by less than this"
+    )
+    neg_box_scale: tuple[float, float] = opt(
+        (0.2, 0.6), "negative box sides / view side", metavar=("MIN", "MAX")
+    )
+    box_scale: tuple[float, float] = opt(
+        (0.3, 0.6), "masked box sides / sides of the region both views see", metavar=("MIN", "MAX")
+    )
+    min_overlap: float = opt(0.3, "the key crop covers at least this fraction of the query crop")
+    mask_fill: str = opt(
+        "mean", "masked pixels: the dataset mean or Gaussian noise", choices=("mean", "noise")
+    )
 
 
 class MaskedPair:
@@ -112,8 +115,12 @@ class MaskedPair:
         box = torch.tensor([x0, y0, x0 + bw, y0 + bh])
         size = query.shape[-1]
         boxes = torch.stack([map_boxes(box, q_geom, size), map_boxes(box, k_geom, size)])
-        return {"views": [query, key], "boxes": boxes, "geoms": torch.stack([q_geom, k_geom]),
-                "source_box": box}
+        return {
+            "views": [query, key],
+            "boxes": boxes,
+            "geoms": torch.stack([q_geom, k_geom]),
+            "source_box": box,
+        }
 
     def mask(self, view: torch.Tensor, box: torch.Tensor) -> None:
         """Fill the pixels the box covers (in place): 0 = the mean after normalisation."""
@@ -121,12 +128,14 @@ class MaskedPair:
         x0, y0 = int(box[0].floor().clamp(0, size)), int(box[1].floor().clamp(0, size))
         x1, y1 = int(box[2].ceil().clamp(0, size)), int(box[3].ceil().clamp(0, size))
         region = view[:, y0:y1, x0:x1]
-        region.copy_(torch.zeros_like(region) if self.cfg.mask_fill == "mean"
-                     else torch.randn(region.shape))
+        region.copy_(
+            torch.zeros_like(region) if self.cfg.mask_fill == "mean" else torch.randn(region.shape)
+        )
 
 
-def random_boxes(n: int, k: int, size: int, scale: tuple[float, float],
-                 device=None) -> torch.Tensor:
+def random_boxes(
+    n: int, k: int, size: int, scale: tuple[float, float], device=None
+) -> torch.Tensor:
     """(n, k, 4) random xyxy boxes inside a size x size view, sides ``scale`` x size."""
     lo, hi = scale
     u = torch.rand(n, k, 4, device=device)
@@ -146,8 +155,9 @@ def box_iou_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area + area_b - inter)
 
 
-def intra_boxes(pos: torch.Tensor, k: int, size: int, scale: tuple[float, float],
-                max_iou: float, tries: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def intra_boxes(
+    pos: torch.Tensor, k: int, size: int, scale: tuple[float, float], max_iou: float, tries: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k boxes per key view overlapping its positive (N, 4) by IoU < max_iou.
 
     Draws ``tries * k`` candidates and keeps the first k that qualify. Returns boxes
@@ -169,8 +179,11 @@ class MaskPredictionHead(nn.Module):
         mods: list[nn.Module] = []
         c = dim
         for _ in range(layers):
-            mods += [nn.Conv2d(c, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                     nn.ReLU(inplace=True)]
+            mods += [
+                nn.Conv2d(c, hidden, 3, padding=1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+            ]
             c = hidden
         mods.append(nn.Conv2d(c, dim, 1))
         self.net = nn.Sequential(*mods)
@@ -179,15 +192,22 @@ class MaskPredictionHead(nn.Module):
         return self.net(x)
 
 
-def roi_features(feat: torch.Tensor, boxes: torch.Tensor, image_size: int,
-                 output: int) -> torch.Tensor:
+def roi_features(
+    feat: torch.Tensor, boxes: torch.Tensor, image_size: int, output: int
+) -> torch.Tensor:
     """RoIAlign of boxes (N, K, 4) in the views' pixels on their maps (N, C, h, w), averaged
     over the ``output`` x ``output`` bins: (N, K, C)."""
     n, k = boxes.shape[:2]
     idx = torch.arange(n, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
     rois = torch.cat([idx[:, None], boxes.reshape(-1, 4)], dim=1).to(feat.dtype)
-    pooled = roi_align(feat, rois, output, spatial_scale=feat.shape[-1] / image_size,
-                       sampling_ratio=2, aligned=True)
+    pooled = roi_align(
+        feat,
+        rois,
+        output,
+        spatial_scale=feat.shape[-1] / image_size,
+        sampling_ratio=2,
+        aligned=True,
+    )
     return pooled.mean(dim=(2, 3)).reshape(n, k, -1)
 
 
@@ -198,9 +218,15 @@ class MaskCo(Method):
     momentum_modules = ("backbone", "mph", "projector")
     needs_boxes = True
     min_batch = 2
-    train_defaults = {"base_lr": 0.03, "warmup_epochs": 0.0, "base_tau": 0.999,
-                      "tau_schedule": "constant", "crop_scale": (0.2, 1.0), "aug": "simsiam",
-                      "fix_pred_lr": False}
+    train_defaults = {
+        "base_lr": 0.03,
+        "warmup_epochs": 0.0,
+        "base_tau": 0.999,
+        "tau_schedule": "constant",
+        "crop_scale": (0.2, 1.0),
+        "aug": "simsiam",
+        "fix_pred_lr": False,
+    }
     head_defaults = {"proj_hidden": 2048, "proj_dim": 128, "pred_hidden": 0}
     Options = MaskCoOptions
 
@@ -226,14 +252,16 @@ class MaskCo(Method):
             parts = [pos.unsqueeze(1), inter]
             valid = None
             if c.intra_negatives:
-                intra, valid = intra_boxes(pos, c.n_neg_boxes, size, c.neg_box_scale,
-                                           c.intra_max_iou)
+                intra, valid = intra_boxes(
+                    pos, c.n_neg_boxes, size, c.neg_box_scale, c.intra_max_iou
+                )
                 parts.append(intra)
             boxes = torch.cat(parts, dim=1)
-            k = self.target["projector"](roi_features(feat, boxes, size, c.roi_size)
-                                         .flatten(0, 1)).reshape(n, boxes.shape[1], -1)
-        k_pos, k_inter = k[:, 0], k[:, 1:1 + c.n_neg_boxes]
-        k_intra = k[:, 1 + c.n_neg_boxes:] if c.intra_negatives else None
+            k = self.target["projector"](
+                roi_features(feat, boxes, size, c.roi_size).flatten(0, 1)
+            ).reshape(n, boxes.shape[1], -1)
+        k_pos, k_inter = k[:, 0], k[:, 1 : 1 + c.n_neg_boxes]
+        k_intra = k[:, 1 + c.n_neg_boxes :] if c.intra_negatives else None
         return k_pos, k_inter, k_intra, valid
 
     def compute_loss(self, views, boxes):
@@ -248,8 +276,12 @@ class MaskCo(Method):
         return {"loss": loss}
 
 
-def assemble_keys(k_pos: torch.Tensor, k_inter: torch.Tensor, k_intra: torch.Tensor | None,
-                  valid_intra: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def assemble_keys(
+    k_pos: torch.Tensor,
+    k_inter: torch.Tensor,
+    k_intra: torch.Tensor | None,
+    valid_intra: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's key list: [positive, every image's inter boxes, own intra boxes].
 
     k_pos (N, D), k_inter (N, k, D), k_intra (N, k, D) or None. Returns keys (N, K, D) and

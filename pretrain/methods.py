@@ -21,9 +21,24 @@ from pretrain.losses import attention_loss, negative_cosine, symmetric_byol_loss
 from pretrain.maskco import MaskCo, MaskCoOptions
 from pretrain.models import MLP, TStream
 
-__all__ = ["BYOL", "BYOLGSG", "CARE", "CAREOptions", "GSGOptions", "METHODS", "HeadSizes",
-           "MaskCo", "MaskCoOptions", "Method", "SimSiam", "SimSiamGSG", "build_method",
-           "derangement", "gsg_loss", "method_options"]
+__all__ = [
+    "BYOL",
+    "BYOLGSG",
+    "CARE",
+    "CAREOptions",
+    "GSGOptions",
+    "METHODS",
+    "HeadSizes",
+    "MaskCo",
+    "MaskCoOptions",
+    "Method",
+    "SimSiam",
+    "SimSiamGSG",
+    "build_method",
+    "derangement",
+    "gsg_loss",
+    "method_options",
+]
 
 
 class BYOL(Method):
@@ -64,13 +79,18 @@ class CAREOptions(HeadSizes):
     n_blocks: int = opt(5, "transformer blocks n")
     heads: int = opt(4, "attention heads (of 128 dims at mid-dim 512)")
     mid_dim: int = opt(512, "T-stream block width")
-    pos_enc: str = opt("abs", "position encoding: abs (official code), rel (paper), none",
-                       choices=("abs", "rel", "none"))
+    pos_enc: str = opt(
+        "abs",
+        "position encoding: abs (official code), rel (paper), none",
+        choices=("abs", "rel", "none"),
+    )
     lambda_att: float = opt(100.0, "weight lambda of the attention loss L_att")
-    att_loss: str = opt("code", "L_att as in the official code (MSE) or the paper's Eq. 4",
-                        choices=("code", "eq4"))
-    t_detach: bool = opt(False, "the paper's text: L_t trains only the T-stream (official "
-                         "code: also res2-res4)")
+    att_loss: str = opt(
+        "code", "L_att as in the official code (MSE) or the paper's Eq. 4", choices=("code", "eq4")
+    )
+    t_detach: bool = opt(
+        False, "the paper's text: L_t trains only the T-stream (official code: also res2-res4)"
+    )
     nominal_res4: int = opt(14, "res4 side at 224 px: the size of the position tables")
 
 
@@ -88,8 +108,15 @@ class CARE(BYOL):
     def build_heads(self) -> None:
         super().build_heads()
         c = self.cfg
-        self.tstream = TStream(self.backbone.res4_dim, self.backbone.dim, c.n_blocks, c.mid_dim,
-                               c.heads, c.pos_enc, c.nominal_res4)
+        self.tstream = TStream(
+            self.backbone.res4_dim,
+            self.backbone.dim,
+            c.n_blocks,
+            c.mid_dim,
+            c.heads,
+            c.pos_enc,
+            c.nominal_res4,
+        )
         self.t_projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim)
         self.t_predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim)
 
@@ -102,8 +129,9 @@ class CARE(BYOL):
             r4 = r4.detach() if c.t_detach else r4
             t_preds.append(self.t_predictor(self.t_projector(pool(self.tstream(r4)))))
         with torch.no_grad():
-            t_targets = [self.target["t_projector"](pool(self.target["tstream"](t4)))
-                         for t4, _ in targets]
+            t_targets = [
+                self.target["t_projector"](pool(self.target["tstream"](t4))) for t4, _ in targets
+            ]
         return {
             "loss_c": symmetric_byol_loss(preds[0], preds[1], targets[0][1], targets[1][1]),
             "loss_t": symmetric_byol_loss(t_preds[0], t_preds[1], t_targets[0], t_targets[1]),
@@ -116,9 +144,15 @@ class CARE(BYOL):
         return {"loss": loss, **{k: v.detach() for k, v in t.items()}}
 
 
-SIMSIAM_TRAIN = {"base_lr": 0.05, "warmup_epochs": 0.0, "base_tau": 0.99,
-                 "tau_schedule": "constant", "crop_scale": (0.2, 1.0), "aug": "simsiam",
-                 "fix_pred_lr": True}
+SIMSIAM_TRAIN = {
+    "base_lr": 0.05,
+    "warmup_epochs": 0.0,
+    "base_tau": 0.99,
+    "tau_schedule": "constant",
+    "crop_scale": (0.2, 1.0),
+    "aug": "simsiam",
+    "fix_pred_lr": True,
+}
 SIMSIAM_HEADS = {"proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512}
 
 
@@ -135,8 +169,7 @@ class SimSiam(Method):
 
     def build_heads(self) -> None:
         c = self.cfg
-        self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim, layers=3,
-                             last_bn=True)
+        self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim, layers=3, last_bn=True)
         self.predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim)
 
     def project(self, views) -> list[torch.Tensor]:
@@ -171,8 +204,9 @@ def derangement(n: int, device=None) -> torch.Tensor:
 GSG_PAIRS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
-def gsg_loss(p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor,
-             distance: str = "normalized"):
+def gsg_loss(
+    p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor, distance: str = "normalized"
+):
     """Guided stop-gradient (docs/methods.md) for sample i = (image i, image perm[i]).
 
     ``p``: online predictions of view 1 and 2, each (N, D); ``z``: the projections that
@@ -199,9 +233,12 @@ def gsg_loss(p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor,
 class GSGOptions(HeadSizes):
     """Guided stop-gradient's options."""
 
-    gsg_distance: str = opt("normalized", "distance that picks the closest cross-image pair: "
-                            "Euclidean between L2-normalised (ours) or raw projections",
-                            choices=("normalized", "raw"))
+    gsg_distance: str = opt(
+        "normalized",
+        "distance that picks the closest cross-image pair: "
+        "Euclidean between L2-normalised (ours) or raw projections",
+        choices=("normalized", "raw"),
+    )
 
 
 class SimSiamGSG(SimSiam):
@@ -220,8 +257,10 @@ class SimSiamGSG(SimSiam):
         per_sample, choice = gsg_loss(p, self.targets(views, z), perm, self.cfg.gsg_distance)
         loss = per_sample.mean()
         share = torch.bincount(choice, minlength=4).float() / len(choice)
-        return {"loss": loss, **{f"gsg_{a + 1}{b + 1}": share[i]
-                                 for i, (a, b) in enumerate(GSG_PAIRS)}}
+        return {
+            "loss": loss,
+            **{f"gsg_{a + 1}{b + 1}": share[i] for i, (a, b) in enumerate(GSG_PAIRS)},
+        }
 
 
 class BYOLGSG(SimSiamGSG):
@@ -236,9 +275,14 @@ class BYOLGSG(SimSiamGSG):
         return [self.target["projector"](pool(self.target["backbone"](v)[1])) for v in views]
 
 
-METHODS: dict[str, type[Method]] = {"byol": BYOL, "care": CARE, "simsiam": SimSiam,
-                                    "simsiam_gsg": SimSiamGSG, "byol_gsg": BYOLGSG,
-                                    "maskco": MaskCo}
+METHODS: dict[str, type[Method]] = {
+    "byol": BYOL,
+    "care": CARE,
+    "simsiam": SimSiam,
+    "simsiam_gsg": SimSiamGSG,
+    "byol_gsg": BYOLGSG,
+    "maskco": MaskCo,
+}
 
 
 def method_class(name: str) -> type[Method]:
@@ -258,8 +302,10 @@ def method_options(name: str, values: dict | None = None, strict: bool = True) -
     values = dict(values or {})
     foreign = sorted(set(values) - known)
     if foreign and strict:
-        raise ConfigError(f"--method {name} has no option {', '.join(foreign)} (its options: "
-                          f"{', '.join(sorted(known))})")
+        raise ConfigError(
+            f"--method {name} has no option {', '.join(foreign)} (its options: "
+            f"{', '.join(sorted(known))})"
+        )
     return cls(**{k: v for k, v in values.items() if k in known})
 
 

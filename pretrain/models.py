@@ -28,8 +28,12 @@ class ResNetTrunk(nn.Module):
         net = getattr(torchvision.models, get_arch(arch).torchvision)(weights=None)
         self.arch = arch
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (net.layer1, net.layer2, net.layer3,
-                                                              net.layer4)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         self.res4_dim = net.layer4[0].conv1.in_channels  # layer3's output channels
         self.dim = net.fc.in_features
 
@@ -50,8 +54,15 @@ class MLP(nn.Module):
     the last BN without affine); with ``bn=False`` MoCo v2's head (Linear - ReLU - Linear).
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int = 2,
-                 last_bn: bool = False, bn: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        out_dim: int,
+        layers: int = 2,
+        last_bn: bool = False,
+        bn: bool = True,
+    ):
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
@@ -98,11 +109,11 @@ class MHSA(nn.Module):
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
         d = self.head_dim
         if pos == "abs":
-            self.height = nn.Parameter(torch.randn(size, d) * d ** -0.5)
-            self.width = nn.Parameter(torch.randn(size, d) * d ** -0.5)
+            self.height = nn.Parameter(torch.randn(size, d) * d**-0.5)
+            self.width = nn.Parameter(torch.randn(size, d) * d**-0.5)
         elif pos == "rel":
-            self.rel_h = nn.Parameter(torch.randn(2 * size - 1, d) * d ** -0.5)
-            self.rel_w = nn.Parameter(torch.randn(2 * size - 1, d) * d ** -0.5)
+            self.rel_h = nn.Parameter(torch.randn(2 * size - 1, d) * d**-0.5)
+            self.rel_w = nn.Parameter(torch.randn(2 * size - 1, d) * d**-0.5)
         elif pos != "none":
             raise ValueError(f"unknown position encoding {pos!r} (abs, rel, none)")
 
@@ -121,7 +132,7 @@ class MHSA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         q, k, v = self.qkv(x).reshape(n, 3, self.heads, self.head_dim, h * w).unbind(1)
-        q = q.transpose(-1, -2) * self.head_dim ** -0.5  # (N, heads, HW, d)
+        q = q.transpose(-1, -2) * self.head_dim**-0.5  # (N, heads, HW, d)
         k, v = k.transpose(-1, -2), v.transpose(-1, -2)
         pos = self.position(h, w)
         if pos is None:
@@ -138,18 +149,30 @@ class BoTBlock(nn.Module):
     """1x1 conv to ``mid``, BN, ReLU, MHSA, [2x2 avgpool], BN, ReLU, 1x1 conv to ``out``, BN,
     + shortcut, ReLU. The first block downsamples (3x3 stride-2 conv shortcut)."""
 
-    def __init__(self, in_dim: int, out_dim: int, mid: int, heads: int, size: int, pos: str,
-                 downsample: bool):
+    def __init__(
+        self, in_dim: int, out_dim: int, mid: int, heads: int, size: int, pos: str, downsample: bool
+    ):
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(in_dim, mid, 1, bias=False), nn.BatchNorm2d(mid),
-                                    nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(
+            nn.Conv2d(in_dim, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)
+        )
         self.attn = MHSA(mid, heads, size, pos)
         self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if downsample else nn.Identity()
-        self.post = nn.Sequential(nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                                  nn.Conv2d(mid, out_dim, 1, bias=False), nn.BatchNorm2d(out_dim))
-        self.shortcut = nn.Sequential(
-            nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(out_dim), nn.ReLU(inplace=True)) if downsample else nn.Identity()
+        self.post = nn.Sequential(
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_dim, 1, bias=False),
+            nn.BatchNorm2d(out_dim),
+        )
+        self.shortcut = (
+            nn.Sequential(
+                nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_dim),
+                nn.ReLU(inplace=True),
+            )
+            if downsample
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.post(self.pool(self.attn(self.reduce(x))))
@@ -163,14 +186,32 @@ class TStream(nn.Module):
     ``nominal`` is the res4 side at the paper's 224 px input (14) for the position tables.
     """
 
-    def __init__(self, in_dim: int = 1024, out_dim: int = 2048, n_blocks: int = 5,
-                 mid: int = 512, heads: int = 4, pos: str = "abs", nominal: int = 14):
+    def __init__(
+        self,
+        in_dim: int = 1024,
+        out_dim: int = 2048,
+        n_blocks: int = 5,
+        mid: int = 512,
+        heads: int = 4,
+        pos: str = "abs",
+        nominal: int = 14,
+    ):
         super().__init__()
         half = math.ceil(nominal / 2)
-        self.blocks = nn.Sequential(*[
-            BoTBlock(in_dim if i == 0 else out_dim, out_dim, mid, heads,
-                     nominal if i == 0 else half, pos, downsample=(i == 0))
-            for i in range(n_blocks)])
+        self.blocks = nn.Sequential(
+            *[
+                BoTBlock(
+                    in_dim if i == 0 else out_dim,
+                    out_dim,
+                    mid,
+                    heads,
+                    nominal if i == 0 else half,
+                    pos,
+                    downsample=(i == 0),
+                )
+                for i in range(n_blocks)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)

@@ -15,41 +15,103 @@ from pretrain.config import PretrainConfig
 from pretrain.methods import method_class, method_options
 
 # small heads for short CPU runs (each method takes the sizes it has)
-SMALL_HEADS = {"proj_hidden": 512, "proj_dim": 128, "pred_hidden": 512, "mid_dim": 128,
-               "n_blocks": 2, "mph_dim": 128}
+SMALL_HEADS = {
+    "proj_hidden": 512,
+    "proj_dim": 128,
+    "pred_hidden": 512,
+    "mid_dim": 128,
+    "n_blocks": 2,
+    "mph_dim": 128,
+}
 
 RECIPES: dict[str, dict] = {
     # The papers' ImageNet runs: 200 epochs, 128 images per GPU (CARE: 8 GPUs = 1024), each
     # method's paper defaults otherwise. Needs --data.
     "imagenet": {"epochs": 200, "batch_size": 128},
     # `make pretrain` without DATA: synthetic shapes on a 2-core CPU in minutes.
-    "shapes-cpu": {"epochs": 5, "batch_size": 32, "image_size": 64, "crop_scale": (0.3, 1.0),
-                   "warmup_epochs": 1.0, "workers": 2, "knn_every": 5, "save_every": 5},
+    "shapes-cpu": {
+        "epochs": 5,
+        "batch_size": 32,
+        "image_size": 64,
+        "crop_scale": (0.3, 1.0),
+        "warmup_epochs": 1.0,
+        "workers": 2,
+        "knn_every": 5,
+        "save_every": 5,
+    },
     # `make demo`: three short epochs of a ResNet-50 on the demo's shapes.
-    "demo": {"arch": "resnet50", "epochs": 3, "batch_size": 16, "image_size": 64,
-             "crop_scale": (0.3, 1.0), "warmup_epochs": 0.5, "workers": 0, "knn_every": 3,
-             "save_every": 1, "log_every": 5},
+    "demo": {
+        "arch": "resnet50",
+        "epochs": 3,
+        "batch_size": 16,
+        "image_size": 64,
+        "crop_scale": (0.3, 1.0),
+        "warmup_epochs": 0.5,
+        "workers": 0,
+        "knn_every": 3,
+        "save_every": 1,
+        "log_every": 5,
+    },
     # the smallest demo (its test)
-    "demo-tiny": {"arch": "resnet50", "epochs": 1, "batch_size": 8, "image_size": 32,
-                  "crop_scale": (0.3, 1.0), "warmup_epochs": 0.5, "workers": 0,
-                  "knn_every": 1, "save_every": 1, "log_every": 5},
+    "demo-tiny": {
+        "arch": "resnet50",
+        "epochs": 1,
+        "batch_size": 8,
+        "image_size": 32,
+        "crop_scale": (0.3, 1.0),
+        "warmup_epochs": 0.5,
+        "workers": 0,
+        "knn_every": 1,
+        "save_every": 1,
+        "log_every": 5,
+    },
     # Does a method learn? (pretrain.learning_signal): ResNet-18 on 32 px silhouette crops.
     # EMA 0.9: the target's time constant must be short as the run is (360 steps).
-    "learning-signal": {"arch": "resnet18", "epochs": 30, "batch_size": 32, "image_size": 32,
-                        "base_lr": 0.5, "warmup_epochs": 0.0, "crop_scale": (0.5, 1.0),
-                        "aug": "crop", "base_tau": 0.9, "workers": 0, "knn_every": 30,
-                        "save_every": 30, "log_every": 1000, "options": SMALL_HEADS},
+    "learning-signal": {
+        "arch": "resnet18",
+        "epochs": 30,
+        "batch_size": 32,
+        "image_size": 32,
+        "base_lr": 0.5,
+        "warmup_epochs": 0.0,
+        "crop_scale": (0.5, 1.0),
+        "aug": "crop",
+        "base_tau": 0.9,
+        "workers": 0,
+        "knn_every": 30,
+        "save_every": 30,
+        "log_every": 1000,
+        "options": SMALL_HEADS,
+    },
     # unit / resume tests: seconds per run on a CPU
-    "test": {"arch": "resnet18", "epochs": 2, "batch_size": 8, "image_size": 32,
-             "crop_scale": (0.3, 1.0), "warmup_epochs": 0.5, "workers": 0, "knn_every": 1,
-             "save_every": 1, "log_every": 1, "synthetic_size": 48, "synthetic_per_class": 4,
-             "options": {"proj_hidden": 64, "proj_dim": 16, "pred_hidden": 64, "mid_dim": 64,
-                         "n_blocks": 2, "mph_dim": 32}},
+    "test": {
+        "arch": "resnet18",
+        "epochs": 2,
+        "batch_size": 8,
+        "image_size": 32,
+        "crop_scale": (0.3, 1.0),
+        "warmup_epochs": 0.5,
+        "workers": 0,
+        "knn_every": 1,
+        "save_every": 1,
+        "log_every": 1,
+        "synthetic_size": 48,
+        "synthetic_per_class": 4,
+        "options": {
+            "proj_hidden": 64,
+            "proj_dim": 16,
+            "pred_hidden": 64,
+            "mid_dim": 64,
+            "n_blocks": 2,
+            "mph_dim": 32,
+        },
+    },
 }
 
 
-def recipe_config(name: str | None = None, method: str = "care", options: dict | None = None,
-                  **overrides) -> PretrainConfig:
+def recipe_config(
+    name: str | None = None, method: str = "care", options: dict | None = None, **overrides
+) -> PretrainConfig:
     """A ``PretrainConfig`` from recipe ``name`` (None = plain defaults) and ``overrides``.
 
     ``options`` are method option values given explicitly (strict: each must be an option of
@@ -67,5 +129,6 @@ def recipe_config(name: str | None = None, method: str = "care", options: dict |
     values = {k: v for k, v in recipe.pop("options", {}).items() if k in has}
     method_options(method, options, strict=True)  # names a foreign option
     values.update(options or {})
-    return PretrainConfig(**{**recipe, **overrides, "method": method, "recipe": name,
-                             "options": values})
+    return PretrainConfig(
+        **{**recipe, **overrides, "method": method, "recipe": name, "options": values}
+    )

@@ -86,15 +86,18 @@ class Trainer:
         hook = self.method_cls.data_hook(cfg.options)
         # --batch-aug: workers read bytes and draw; decoding and augmentation run batched on
         # the device (device_aug). auto: on CUDA, for methods whose views need no data hook
-        self.batch_aug = cfg.batch_aug == "on" or (cfg.batch_aug == "auto" and self.cuda
-                                                   and hook is None)
+        self.batch_aug = cfg.batch_aug == "on" or (
+            cfg.batch_aug == "auto" and self.cuda and hook is None
+        )
         self.augment = DeviceAugment(views) if self.batch_aug else None
         self.dataset = ViewsDataset(self.train_dir, views, cfg.seed, hook, raw=self.batch_aug)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(self.dataset) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise UserError(f"{len(self.dataset)} images in {self.train_dir} < one global batch "
-                            f"of {self.global_batch}: lower --batch-size")
+            raise UserError(
+                f"{len(self.dataset)} images in {self.train_dir} < one global batch "
+                f"of {self.global_batch}: lower --batch-size"
+            )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.lr = cfg.base_lr * self.global_batch / 256
@@ -102,34 +105,63 @@ class Trainer:
     def _build_model(self, local_rank: int) -> None:
         cfg = self.cfg
         model = build_method(cfg.method, cfg.arch, cfg.options).to(self.device)
-        self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) \
-            else torch.contiguous_format  # of the model and its input views
+        self.memory_format = (
+            torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
+        )  # of the model and its input views
         model = model.to(memory_format=self.memory_format)
         if self.world > 1 and self.cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if self.cuda else None) if self.world > 1 else model
-        self.optimizer = torch.optim.SGD(model.param_groups(cfg.fix_pred_lr), lr=self.lr,
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                         foreach=True)
-        self.amp = AmpStep(self.optimizer, amp_dtype(cfg.amp, "cuda" if self.cuda else "cpu"),
-                           "cuda" if self.cuda else "cpu")
+        self.ddp = (
+            torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[local_rank] if self.cuda else None
+            )
+            if self.world > 1
+            else model
+        )
+        self.optimizer = torch.optim.SGD(
+            model.param_groups(cfg.fix_pred_lr),
+            lr=self.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            foreach=True,
+        )
+        self.amp = AmpStep(
+            self.optimizer,
+            amp_dtype(cfg.amp, "cuda" if self.cuda else "cpu"),
+            "cuda" if self.cuda else "cpu",
+        )
 
     # -- checkpoints -------------------------------------------------------------------
-    COUNTERS = ("epoch", "step_in_epoch", "global_step", "images_seen", "bad_images",
-                "skipped_steps")
+    COUNTERS = (
+        "epoch",
+        "step_in_epoch",
+        "global_step",
+        "images_seen",
+        "bad_images",
+        "skipped_steps",
+    )
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.amp.scaler.state_dict(), "rng": checkpoint.rng_state(),
-                "history": self.history, "config": self.cfg.to_json(),
-                **{k: getattr(self, k) for k in self.COUNTERS}}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.amp.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "history": self.history,
+            "config": self.cfg.to_json(),
+            **{k: getattr(self, k) for k in self.COUNTERS},
+        }
 
     def exported(self) -> dict:
-        return checkpoint.exported(self.model.backbone.torchvision_state_dict(), self.model.name,
-                                   self.cfg.to_json(), self.epoch, self.images_seen,
-                                   self.history)
+        return checkpoint.exported(
+            self.model.backbone.torchvision_state_dict(),
+            self.model.name,
+            self.cfg.to_json(),
+            self.epoch,
+            self.images_seen,
+            self.history,
+        )
 
     def save(self, path: Path | None = None) -> Path | None:
         if not self.main:
@@ -159,8 +191,11 @@ class Trainer:
         """(lr, EMA momentum) of the current step."""
         cfg = self.cfg
         lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, self.lr, cfg.start_lr)
-        tau = (momentum_at(self.global_step, self.total_steps, cfg.base_tau)
-               if cfg.tau_schedule == "cosine" else cfg.base_tau)
+        tau = (
+            momentum_at(self.global_step, self.total_steps, cfg.base_tau)
+            if cfg.tau_schedule == "cosine"
+            else cfg.base_tau
+        )
         return lr, tau
 
     def train_step(self, views: list[torch.Tensor], *extra: torch.Tensor) -> dict[str, float]:
@@ -168,8 +203,9 @@ class Trainer:
         lr, tau = self.schedule()
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr if g.get("fixed_lr") else lr
-        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                 for v in views]
+        views = [
+            v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in views
+        ]
         extra = [e.to(self.device, non_blocking=True) for e in extra]
         with self.amp.autocast():
             losses = self.ddp(views, *extra)
@@ -178,14 +214,16 @@ class Trainer:
         # one host sync per step, after the update is queued (a check before the update
         # would stall the GPU between forward and backward): a non-finite loss stops the
         # run here, and the update it made is never saved
-        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()])
-                          .tolist()))
+        values = dict(
+            zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist())
+        )
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLoss(
                 f"loss is {values['loss']} at epoch {self.epoch}, step {self.global_step} "
                 f"({values}); stopped, and this step's update is not saved. "
                 f"The last good checkpoint is kept: {self.out / 'checkpoint.pth'}. Lower "
-                "--base-lr, use --amp bf16 / none, or check the data.")
+                "--base-lr, use --amp bf16 / none, or check the data."
+            )
         self.global_step += 1
         self.images_seen += views[0].shape[0] * self.world
         return {"lr": lr, "tau": tau, **values}
@@ -201,8 +239,9 @@ class Trainer:
             batch = self.device_views(batch, counter)
         if batch is None or len(batch[1]) < self.method_cls.min_batch:
             return None
-        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                 for v in batch[0]]
+        views = [
+            v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in batch[0]
+        ]
         return (views, *batch[1:3], *[e.to(self.device, non_blocking=True) for e in batch[3:]])
 
     @torch.no_grad()
@@ -234,13 +273,27 @@ class Trainer:
         sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
         # own generator: starting a loader must not draw from the global RNG, which the
         # methods use (GSG pairing, MaskCo boxes) and resume restores
-        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler,
-                            num_workers=cfg.workers, collate_fn=counter, drop_last=True,
-                            pin_memory=self.cuda,
-                            generator=torch.Generator().manual_seed(cfg.seed))
-        return contextlib.closing(iter(DevicePrefetcher(
-            loader, lambda item: self.device_batch(item, counter), self.device,
-            threaded=self.cuda and cfg.workers > 0, skip_none=False)))
+        loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            collate_fn=counter,
+            drop_last=True,
+            pin_memory=self.cuda,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        return contextlib.closing(
+            iter(
+                DevicePrefetcher(
+                    loader,
+                    lambda item: self.device_batch(item, counter),
+                    self.device,
+                    threaded=self.cuda and cfg.workers > 0,
+                    skip_none=False,
+                )
+            )
+        )
 
     # -- epochs ------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -260,9 +313,13 @@ class Trainer:
 
         cfg = self.cfg
         counter = BadImageCounter(raw=self.batch_aug)
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
-                   desc=f"{cfg.method} epoch {self.epoch + 1}/{cfg.epochs}",
-                   disable=not self.main, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            desc=f"{cfg.method} epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=not self.main,
+            dynamic_ncols=True,
+        )
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         with bar, self.batches(counter) as it:
@@ -280,58 +337,82 @@ class Trainer:
                 ips = batch[0][0].shape[0] * self.world / (time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 self.progress(bar, stats, ips)
-                if any_rank(self.stop.requested or (
-                        cfg.stop_after_steps and self.global_step >= cfg.stop_after_steps),
-                        self.device):
+                if any_rank(
+                    self.stop.requested
+                    or (cfg.stop_after_steps and self.global_step >= cfg.stop_after_steps),
+                    self.device,
+                ):
                     self.save()
-                    raise Interrupted(f"stopped at epoch {self.epoch}, step {self.global_step}; "
-                                      f"resumable checkpoint {self.out / 'checkpoint.pth'}")
+                    raise Interrupted(
+                        f"stopped at epoch {self.epoch}, step {self.global_step}; "
+                        f"resumable checkpoint {self.out / 'checkpoint.pth'}"
+                    )
         self.check_bad_images(counter)
         return sums
 
     def progress(self, bar, stats: dict[str, float], ips: float) -> None:
         post = {k: f"{v:.3f}" for k, v in stats.items() if k.startswith("loss")}
-        bar.set_postfix(post | {"lr": f"{stats['lr']:.2e}", "img/s": f"{ips:.1f}"},
-                        refresh=False)
+        bar.set_postfix(post | {"lr": f"{stats['lr']:.2e}", "img/s": f"{ips:.1f}"}, refresh=False)
         bar.update(1)
         if self.global_step % self.cfg.log_every == 0:
-            self.log({"type": "step", "epoch": self.epoch, "step": self.global_step,
-                      "images_seen": self.images_seen, "img_per_s": ips, **stats})
+            self.log(
+                {
+                    "type": "step",
+                    "epoch": self.epoch,
+                    "step": self.global_step,
+                    "images_seen": self.images_seen,
+                    "img_per_s": ips,
+                    **stats,
+                }
+            )
 
     def end_epoch(self, sums: dict[str, float]) -> None:
         cfg = self.cfg
         n = max(1, self.step_in_epoch)
         self.epoch += 1
         self.step_in_epoch = 0
-        record = {"type": "epoch", "epoch": self.epoch, **{k: v / n for k, v in sums.items()},
-                  "bad_images": self.bad_images, "skipped_steps": self.skipped_steps}
+        record = {
+            "type": "epoch",
+            "epoch": self.epoch,
+            **{k: v / n for k, v in sums.items()},
+            "bad_images": self.bad_images,
+            "skipped_steps": self.skipped_steps,
+        }
         if cfg.knn_every and (self.epoch % cfg.knn_every == 0 or self.epoch == cfg.epochs):
             record.update(self.knn())
         self.log(record)
         if self.main:
             knn = {k: round(v, 2) for k, v in record.items() if k.startswith("knn")}
-            print(f"epoch {self.epoch}: loss {record.get('loss', math.nan):.4f} {knn}",
-                  flush=True)
+            print(f"epoch {self.epoch}: loss {record.get('loss', math.nan):.4f} {knn}", flush=True)
         if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
             self.save()
 
     def knn(self) -> dict[str, float]:
         if self.val_dir is None or not self.main:
             return {}
-        return knn_accuracy(self.model.backbone, self.train_dir, self.val_dir,
-                            self.cfg.image_size, self.device, self.cfg.knn_k,
-                            self.cfg.knn_temperature, workers=min(self.cfg.workers, 4),
-                            limit_per_class=self.cfg.knn_limit_per_class)
+        return knn_accuracy(
+            self.model.backbone,
+            self.train_dir,
+            self.val_dir,
+            self.cfg.image_size,
+            self.device,
+            self.cfg.knn_k,
+            self.cfg.knn_temperature,
+            workers=min(self.cfg.workers, 4),
+            limit_per_class=self.cfg.knn_limit_per_class,
+        )
 
     def check_bad_images(self, counter: BadImageCounter) -> None:
         self.bad_images += counter.bad
         if counter.seen and counter.bad / counter.seen > self.cfg.max_bad_frac:
             raise TooManyBadImages(
                 f"{counter.bad} of {counter.seen} images in epoch {self.epoch} could not be "
-                f"read (> --max-bad-frac {self.cfg.max_bad_frac}); check {self.train_dir}")
+                f"read (> --max-bad-frac {self.cfg.max_bad_frac}); check {self.train_dir}"
+            )
         if counter.bad and self.main:
-            print(f"skipped {counter.bad} unreadable image(s) this epoch "
-                  f"({self.bad_images} in all)")
+            print(
+                f"skipped {counter.bad} unreadable image(s) this epoch ({self.bad_images} in all)"
+            )
 
     def finish(self) -> Path | None:
         if not self.main:

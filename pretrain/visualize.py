@@ -36,8 +36,9 @@ def load_trunk(path: str | Path, allow_pickle: bool = False) -> tuple[ResNetTrun
     missing, unexpected = trunk.load_state_dict(body.tensors, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise CheckpointError(f"{path}: backbone incomplete: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"{path}: backbone incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return trunk.eval(), body.arch.name
 
 
@@ -62,8 +63,9 @@ def list_images(folder: Path, limit: int) -> list[Path]:
     return files[::step][:limit]
 
 
-def draw(images: list[Path], names: list[str], maps: list[torch.Tensor],
-         inputs: torch.Tensor, out: Path) -> Path:
+def draw(
+    images: list[Path], names: list[str], maps: list[torch.Tensor], inputs: torch.Tensor, out: Path
+) -> Path:
     """Grid: one row per image; the input, then one overlay per checkpoint."""
     import matplotlib
 
@@ -74,7 +76,7 @@ def draw(images: list[Path], names: list[str], maps: list[torch.Tensor],
 
     n, k = len(images), len(maps)
     fig, axes = plt.subplots(n, k + 1, figsize=(2.2 * (k + 1), 2.2 * n), squeeze=False)
-    rgb = (inputs * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None])
+    rgb = inputs * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
     rgb = rgb.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     for i in range(n):
         scale = max(float(m[i].max()) for m in maps) or 1.0  # shared across checkpoints
@@ -95,12 +97,15 @@ def draw(images: list[Path], names: list[str], maps: list[torch.Tensor],
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--weights", nargs="+", required=True, help="checkpoints to compare")
-    p.add_argument("--images", type=Path, required=True, help="folder of images (searched "
-                   "recursively)")
+    p.add_argument(
+        "--images", type=Path, required=True, help="folder of images (searched recursively)"
+    )
     p.add_argument("--out", type=Path, default=Path("maps.png"), help="output PNG")
     p.add_argument("--size", type=int, default=224, help="input side in px (224)")
     p.add_argument("--max-images", type=int, default=6, help="rows (6)")

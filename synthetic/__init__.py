@@ -21,8 +21,15 @@ from pathlib import Path
 from synthetic.render import CLASSES, Scene, SceneObject, render_scene
 from synthetic.writers import write_coco, write_imagefolder, write_silhouettes, write_voc
 
-__all__ = ["CLASSES", "Scene", "SceneObject", "ShapesSpec", "generate", "render_scene",
-           "write_silhouettes"]
+__all__ = [
+    "CLASSES",
+    "Scene",
+    "SceneObject",
+    "ShapesSpec",
+    "generate",
+    "render_scene",
+    "write_silhouettes",
+]
 
 STAMP = "shapes.json"
 FORMAT_VERSION = 1
@@ -66,8 +73,9 @@ def generate(root: str | Path, spec: ShapesSpec | None = None, force: bool = Fal
     for part in parts:
         shutil.rmtree(root / part, ignore_errors=True)
     stamp.unlink(missing_ok=True)
-    write_imagefolder(root / "imagefolder", spec.seed, spec.size, spec.imagefolder,
-                      spec.distractors)
+    write_imagefolder(
+        root / "imagefolder", spec.seed, spec.size, spec.imagefolder, spec.distractors
+    )
     write_voc(root, 2007, spec.seed, spec.size, spec.voc2007, spec.max_objects)
     write_voc(root, 2012, spec.seed, spec.size, spec.voc2012, spec.max_objects)
     write_coco(root, spec.seed, spec.size, spec.coco, spec.max_objects)

@@ -16,14 +16,23 @@ from synthetic import ShapesSpec, generate
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Write synthetic shapes data in the ImageFolder, "
-                                "Pascal VOC and COCO layouts.")
-    p.add_argument("--root", type=Path, default=Path("datasets/shapes"),
-                   help="output folder, usable as $DETECTRON2_DATASETS (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description="Write synthetic shapes data in the ImageFolder, Pascal VOC and COCO layouts."
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("datasets/shapes"),
+        help="output folder, usable as $DETECTRON2_DATASETS (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--size", type=int, default=128, help="longest image side in px (default: 128)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply every image count by this factor (default: 1)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every image count by this factor (default: 1)",
+    )
     p.add_argument("--force", action="store_true", help="rewrite even if the stamp matches")
     return p
 
@@ -34,9 +43,14 @@ def main(args: argparse.Namespace) -> Path:
     def scaled(d: dict[str, int]) -> dict[str, int]:
         return {k: max(1, round(v * args.scale)) for k, v in d.items()}
 
-    spec = ShapesSpec(seed=args.seed, size=args.size, imagefolder=scaled(base.imagefolder),
-                      voc2007=scaled(base.voc2007), voc2012=scaled(base.voc2012),
-                      coco=scaled(base.coco))
+    spec = ShapesSpec(
+        seed=args.seed,
+        size=args.size,
+        imagefolder=scaled(base.imagefolder),
+        voc2007=scaled(base.voc2007),
+        voc2012=scaled(base.voc2012),
+        coco=scaled(base.coco),
+    )
     t0 = time.time()
     root = generate(args.root, spec, force=args.force)
     n = sum(1 for _ in root.rglob("*.jpg"))

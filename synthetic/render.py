@@ -28,8 +28,9 @@ def _unit_shape(name: str) -> list[tuple[float, float]]:
     if name == "square":
         return [(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75)]
     if name == "triangle":
-        return [(math.cos(t), math.sin(t)) for t in np.linspace(-math.pi / 2, 1.5 * math.pi, 3,
-                                                                 False)]
+        return [
+            (math.cos(t), math.sin(t)) for t in np.linspace(-math.pi / 2, 1.5 * math.pi, 3, False)
+        ]
     if name == "hexagon":
         return [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 6, False)]
     if name == "star":
@@ -41,8 +42,20 @@ def _unit_shape(name: str) -> list[tuple[float, float]]:
         return pts
     if name == "cross":
         a, b = 0.3, 0.95
-        return [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a),
-                (-b, a), (-b, -a), (-a, -a)]
+        return [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
     raise ValueError(f"unknown shape {name!r}; known: {CLASSES}")
 
 
@@ -108,7 +121,7 @@ def texture(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
         t = np.zeros((h, w), np.float32)
     elif kind == "stripes":
         a, period = rng.uniform(0, math.pi), rng.uniform(4, 12)
-        t = (np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period) > 0)
+        t = np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period) > 0
     elif kind == "checker":
         k = int(rng.integers(3, 9))
         t = ((xx // k + yy // k) % 2).astype(np.float32)
@@ -138,9 +151,15 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.asarray(canvas, np.float32) / 255
 
 
-def place_shape(rng: np.random.Generator, category: int, w: int, h: int,
-                scale: tuple[float, float], centre: tuple[float, float] = (0.1, 0.9),
-                rotate: bool = True) -> Polygon:
+def place_shape(
+    rng: np.random.Generator,
+    category: int,
+    w: int,
+    h: int,
+    scale: tuple[float, float],
+    centre: tuple[float, float] = (0.1, 0.9),
+    rotate: bool = True,
+) -> Polygon:
     """A random similarity (+ mild stretch) of a unit shape, as a polygon in pixels.
 
     ``scale``: circumradius / (min(w, h) / 2) range; ``centre``: the centre's range as a
@@ -148,8 +167,9 @@ def place_shape(rng: np.random.Generator, category: int, w: int, h: int,
     """
     r = rng.uniform(*scale) * min(w, h) / 2
     poly = Polygon(_unit_shape(CLASSES[category]))
-    poly = affinity.scale(poly, r * rng.uniform(0.85, 1.15), r * rng.uniform(0.85, 1.15),
-                          origin=(0, 0))
+    poly = affinity.scale(
+        poly, r * rng.uniform(0.85, 1.15), r * rng.uniform(0.85, 1.15), origin=(0, 0)
+    )
     if rotate:
         poly = affinity.rotate(poly, rng.uniform(0, 360), origin=(0, 0))
     return affinity.translate(poly, rng.uniform(*centre) * w, rng.uniform(*centre) * h)
@@ -190,8 +210,10 @@ def render_scene(
             if not isinstance(full, Polygon) or full.area < 0.7 * poly.area:
                 continue
             new_visible = [_clean(o.visible.difference(full)) for o in objects]
-            if any(v is None or v.area < min_visible * o.full.area
-                   for v, o in zip(new_visible, objects)):
+            if any(
+                v is None or v.area < min_visible * o.full.area
+                for v, o in zip(new_visible, objects)
+            ):
                 continue
             for o, v in zip(objects, new_visible):
                 o.visible = v

@@ -21,8 +21,15 @@ JPEG_QUALITY = 92
 DIFFICULT_MIN_SIDE = 10
 DIFFICULT_MIN_VISIBLE = 0.7
 
-_SPLIT_CODES = {"train": 1, "val": 2, "trainval": 3, "test": 4, "train2017": 5, "val2017": 6,
-                "voc2012_trainval": 7}
+_SPLIT_CODES = {
+    "train": 1,
+    "val": 2,
+    "trainval": 3,
+    "test": 4,
+    "train2017": 5,
+    "val2017": 6,
+    "voc2012_trainval": 7,
+}
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -47,8 +54,9 @@ def _save_jpeg(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, quality=JPEG_QUALITY)
 
 
-def write_imagefolder(root: Path, seed: int, size: int, per_class: dict[str, int],
-                      distractors: int = 2) -> None:
+def write_imagefolder(
+    root: Path, seed: int, size: int, per_class: dict[str, int], distractors: int = 2
+) -> None:
     """``root/{train,val}/<class>/<class>_<i>.jpg``: one large object of the class, drawn
     first, and up to ``distractors`` smaller objects of other classes partly in front of it.
 
@@ -63,8 +71,9 @@ def write_imagefolder(root: Path, seed: int, size: int, per_class: dict[str, int
                 others = [int(k) for k in rng.integers(len(CLASSES), size=n_other)]
                 others = [k for k in others if k != c]
                 w, h = _size(rng, size)
-                scene = render_scene(rng, w, h, [c] + others,
-                                     scale=[(0.45, 0.8)] + [(0.15, 0.3)] * len(others))
+                scene = render_scene(
+                    rng, w, h, [c] + others, scale=[(0.45, 0.8)] + [(0.15, 0.3)] * len(others)
+                )
                 image = scene.image
                 _save_jpeg(image, root / split / name / f"{name}_{i:05d}.jpg")
 
@@ -87,12 +96,13 @@ def write_silhouettes(root: Path, seed: int, size: int, per_class: dict[str, int
                     if poly.intersection(box(0, 0, size, size)).area > 0.85 * poly.area:
                         break
                 canvas = Image.new("L", (size, size), 26)
-                ImageDraw.Draw(canvas).polygon([tuple(p) for p in poly.exterior.coords],
-                                                fill=230)
+                ImageDraw.Draw(canvas).polygon([tuple(p) for p in poly.exterior.coords], fill=230)
                 noisy = np.asarray(canvas, np.float32) + rng.normal(0, 6, (size, size))
                 grey = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
-                _save_jpeg(np.repeat(grey[..., None], 3, axis=2),
-                           root / split / name / f"{name}_{i:05d}.jpg")
+                _save_jpeg(
+                    np.repeat(grey[..., None], 3, axis=2),
+                    root / split / name / f"{name}_{i:05d}.jpg",
+                )
 
 
 def _voc_xml(file_id: str, folder: str, scene: Scene) -> ET.Element:
@@ -108,8 +118,10 @@ def _voc_xml(file_id: str, folder: str, scene: Scene) -> ET.Element:
     ET.SubElement(ann, "segmented").text = "0"
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.box_xyxy()
-        difficult = (min(x1 - x0, y1 - y0) < DIFFICULT_MIN_SIDE
-                     or obj.visible_fraction < DIFFICULT_MIN_VISIBLE)
+        difficult = (
+            min(x1 - x0, y1 - y0) < DIFFICULT_MIN_SIDE
+            or obj.visible_fraction < DIFFICULT_MIN_VISIBLE
+        )
         o = ET.SubElement(ann, "object")
         ET.SubElement(o, "name").text = obj.name
         ET.SubElement(o, "pose").text = "Unspecified"
@@ -123,8 +135,9 @@ def _voc_xml(file_id: str, folder: str, scene: Scene) -> ET.Element:
     return ann
 
 
-def write_voc(root: Path, year: int, seed: int, size: int, splits: dict[str, int],
-              max_objects: int = 4) -> None:
+def write_voc(
+    root: Path, year: int, seed: int, size: int, splits: dict[str, int], max_objects: int = 4
+) -> None:
     """``root/VOC<year>/{JPEGImages,Annotations,ImageSets/Main}`` as in the VOC devkit.
 
     Args:
@@ -154,8 +167,9 @@ def write_voc(root: Path, year: int, seed: int, size: int, splits: dict[str, int
             (base / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text(text)
 
 
-def write_coco(root: Path, seed: int, size: int, splits: dict[str, int],
-               max_objects: int = 4) -> None:
+def write_coco(
+    root: Path, seed: int, size: int, splits: dict[str, int], max_objects: int = 4
+) -> None:
     """``root/coco/{train2017,val2017}/*.jpg`` and ``annotations/instances_<split>.json``
     with polygon segmentations (the visible region), exact area, bbox and iscrowd.
 
@@ -163,8 +177,7 @@ def write_coco(root: Path, seed: int, size: int, splits: dict[str, int],
         splits: images per split, e.g. {"train2017": 32, "val2017": 16}.
     """
     base = root / "coco"
-    categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in
-                  enumerate(CLASSES)]
+    categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASSES)]
     ann_id = 1
     for split, n in splits.items():
         images, annotations = [], []
@@ -177,15 +190,25 @@ def write_coco(root: Path, seed: int, size: int, splits: dict[str, int],
             images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
             for obj in scene.objects:
                 x0, y0, x1, y1 = obj.visible.bounds
-                annotations.append({
-                    "id": ann_id, "image_id": image_id, "category_id": obj.category + 1,
-                    "segmentation": obj.polygons(), "area": round(float(obj.visible.area), 2),
-                    "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "iscrowd": 0,
-                })
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": obj.category + 1,
+                        "segmentation": obj.polygons(),
+                        "area": round(float(obj.visible.area), 2),
+                        "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                        "iscrowd": 0,
+                    }
+                )
                 ann_id += 1
-        doc = {"info": {"description": "synthetic shapes, COCO layout", "version": "1.0"},
-               "licenses": [], "images": images, "annotations": annotations,
-               "categories": categories}
+        doc = {
+            "info": {"description": "synthetic shapes, COCO layout", "version": "1.0"},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         out = base / "annotations" / f"instances_{split}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc))

@@ -29,25 +29,53 @@ from tables.render import to_csv, to_latex, to_markdown
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--runs", nargs="+", type=Path, default=[Path("output")],
-                   help="results roots written by transfer/run_*.py --output (default: output)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where tables go (default: <first root>/tables)")
-    p.add_argument("--label", action="append", default=[], metavar="WEIGHTS=METHOD[:EPOCHS]",
-                   help="row label for a weights name whose checkpoint has no metadata, "
-                        "e.g. --label tv_r50=Supervised:90")
-    p.add_argument("--reference", default=None, metavar="METHOD[:EPOCHS]",
-                   help="paper row for the delta columns (default: CARE of the same epochs)")
-    p.add_argument("--source", default=None,
-                   help="which paper table's rows, e.g. care_supp_table3 (default: main table)")
-    p.add_argument("--compare", nargs=2, metavar=("WEIGHTS_A", "WEIGHTS_B"), default=None,
-                   help="Welch's t-test of B against A per column (p-values in the CSV)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        default=[Path("output")],
+        help="results roots written by transfer/run_*.py --output (default: output)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="where tables go (default: <first root>/tables)"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="WEIGHTS=METHOD[:EPOCHS]",
+        help="row label for a weights name whose checkpoint has no metadata, "
+        "e.g. --label tv_r50=Supervised:90",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="METHOD[:EPOCHS]",
+        help="paper row for the delta columns (default: CARE of the same epochs)",
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="which paper table's rows, e.g. care_supp_table3 (default: main table)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("WEIGHTS_A", "WEIGHTS_B"),
+        default=None,
+        help="Welch's t-test of B against A per column (p-values in the CSV)",
+    )
     p.add_argument("--decimals", type=int, default=1, help="decimals in Markdown / LaTeX")
-    p.add_argument("--reference-only", action="store_true",
-                   help="write the paper's tables alone (no runs needed)")
+    p.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="write the paper's tables alone (no runs needed)",
+    )
     p.add_argument("--no-paper", action="store_true", help="leave the paper's rows out")
     return p
 
@@ -66,8 +94,9 @@ def _labels(items: list[str]) -> dict[str, tuple[str, str]]:
 def main(args: argparse.Namespace) -> dict[str, Path]:
     out = args.out or (args.runs[0] / "tables")
     if args.source and args.source not in known_sources():
-        raise TablesError(f"--source {args.source!r} is in no reference table; known: "
-                          f"{sorted(known_sources())}")
+        raise TablesError(
+            f"--source {args.source!r} is in no reference table; known: {sorted(known_sources())}"
+        )
     groups = [] if args.reference_only else collect(args.runs)
     for g in groups:
         table_for(g.base_protocol if g.seeds else g.protocol.removesuffix("_smoke"))
@@ -77,30 +106,48 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         has_runs = any(g.seeds and g.base_protocol in spec.protocols for g in groups)
         if not has_runs and not (args.reference_only and spec.reference_csv):
             continue
-        rows = build_table(spec, groups, _labels(args.label), source=args.source,
-                           reference=args.reference, compare=tuple(args.compare or ()) or None,
-                           with_paper=not args.no_paper)
-        for ext, text in (("csv", to_csv(spec, rows)),
-                          ("md", to_markdown(spec, rows, args.decimals)),
-                          ("tex", to_latex(spec, rows, args.decimals))):
+        rows = build_table(
+            spec,
+            groups,
+            _labels(args.label),
+            source=args.source,
+            reference=args.reference,
+            compare=tuple(args.compare or ()) or None,
+            with_paper=not args.no_paper,
+        )
+        for ext, text in (
+            ("csv", to_csv(spec, rows)),
+            ("md", to_markdown(spec, rows, args.decimals)),
+            ("tex", to_latex(spec, rows, args.decimals)),
+        ):
             path = out / f"{spec.name}.{ext}"
             path.write_text(text)
             written[f"{spec.name}.{ext}"] = path
-        for protocol in sorted({g.protocol for g in groups
-                                if g.seeds and g.base_protocol in spec.protocols}):
+        for protocol in sorted(
+            {g.protocol for g in groups if g.seeds and g.base_protocol in spec.protocols}
+        ):
             png = plot_protocol(spec, groups, protocol, out / f"{protocol}.png", args.source)
             if png:
                 written[png.name] = png
-    summary = [{"protocol": g.protocol, "weights": g.weights, "finished": len(g.seeds),
-                "few_seeds": len(g.seeds) < MIN_SEEDS,
-                "unfinished": [str(p) for p in g.unfinished],
-                "failed": [{"seed": str(p), "error": e} for p, e in g.failed]} for g in groups]
+    summary = [
+        {
+            "protocol": g.protocol,
+            "weights": g.weights,
+            "finished": len(g.seeds),
+            "few_seeds": len(g.seeds) < MIN_SEEDS,
+            "unfinished": [str(p) for p in g.unfinished],
+            "failed": [{"seed": str(p), "error": e} for p, e in g.failed],
+        }
+        for g in groups
+    ]
     (out / "groups.json").write_text(json.dumps(summary, indent=1))
     for g in groups:
         flag = f" (fewer than {MIN_SEEDS} seeds)" if len(g.seeds) < MIN_SEEDS else ""
-        print(f"{g.protocol}/{g.weights}: {len(g.seeds)} finished{flag}"
-              + (f", {len(g.unfinished)} unfinished" if g.unfinished else "")
-              + (f", {len(g.failed)} FAILED" if g.failed else ""))
+        print(
+            f"{g.protocol}/{g.weights}: {len(g.seeds)} finished{flag}"
+            + (f", {len(g.unfinished)} unfinished" if g.unfinished else "")
+            + (f", {len(g.failed)} FAILED" if g.failed else "")
+        )
         for p, e in g.failed:
             print(f"  failed: {p}: {e}")
         for p in g.unfinished:

@@ -91,8 +91,11 @@ class Group:
         return len(self.seeds) < MIN_SEEDS
 
     def stat(self, task: str, metric: str) -> Stat | None:
-        vals = [s.metrics[task][metric] for s in self.seeds
-                if task in s.metrics and metric in s.metrics[task]]
+        vals = [
+            s.metrics[task][metric]
+            for s in self.seeds
+            if task in s.metrics and metric in s.metrics[task]
+        ]
         vals = [float(v) for v in vals if v is not None and not math.isnan(float(v))]
         return Stat(vals) if vals else None
 
@@ -134,14 +137,16 @@ def check_same_config(group: Group) -> None:
         if sha != ref_sha:
             raise TablesError(
                 f"refusing to merge seeds of {group.protocol}/{group.weights}: different weights "
-                f"files (sha256 {ref_sha} in {ref.path} vs {sha} in {s.path})")
+                f"files (sha256 {ref_sha} in {ref.path} vs {sha} in {s.path})"
+            )
         keys = (set(ref.config) | set(s.config)) - IGNORED_CONFIG_KEYS
         for key in sorted(keys):
             a, b = ref.config.get(key, "<absent>"), s.config.get(key, "<absent>")
             if a != b:
                 raise TablesError(
                     f"refusing to merge seeds of {group.protocol}/{group.weights}: config key "
-                    f"{key} differs ({a!r} in {ref.path} vs {b!r} in {s.path})")
+                    f"{key} differs ({a!r} in {ref.path} vs {b!r} in {s.path})"
+                )
 
 
 def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple[str, str, int], Path]) -> None:
@@ -150,12 +155,16 @@ def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple[str, str, int], Pat
         m = _read_json(seed_dir / "metrics.json")
         for key in ("protocol", "seed", "bbox"):
             if key not in m:
-                raise TablesError(f"{seed_dir / 'metrics.json'} lacks '{key}': not a metrics "
-                                  "file written by transfer/run_*.py")
+                raise TablesError(
+                    f"{seed_dir / 'metrics.json'} lacks '{key}': not a metrics "
+                    "file written by transfer/run_*.py"
+                )
         key = (group.protocol, group.weights, m["seed"])
         if key in seen:
-            raise TablesError(f"seed value {m['seed']} of {group.protocol}/{group.weights} "
-                              f"appears twice: {seen[key]} and {seed_dir}")
+            raise TablesError(
+                f"seed value {m['seed']} of {group.protocol}/{group.weights} "
+                f"appears twice: {seen[key]} and {seed_dir}"
+            )
         seen[key] = seed_dir
         group.seeds.append(SeedResult(seed_dir, m, _read_config(seed_dir)))
     elif (seed_dir / "failed.json").exists():
@@ -181,7 +190,8 @@ def collect(roots: list[str | Path]) -> list[Group]:
     if not groups:
         raise TablesError(
             f"no seed folders (<protocol>/<weights>/seed<k>/) under {', '.join(map(str, roots))}; "
-            "run transfer/run_voc.py or transfer/run_coco.py first")
+            "run transfer/run_voc.py or transfer/run_coco.py first"
+        )
     for g in groups.values():
         if g.seeds:
             check_same_config(g)

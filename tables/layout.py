@@ -29,8 +29,10 @@ class Column:
 
 
 def _block(prefix: str, block: str, protocol: str, task: str, sym: str) -> list[Column]:
-    return [Column(f"{prefix}_{m}", f"{sym}{m[2:]}" if m != "AP" else sym, block, protocol,
-                   task, m) for m in ("AP", "AP50", "AP75")]
+    return [
+        Column(f"{prefix}_{m}", f"{sym}{m[2:]}" if m != "AP" else sym, block, protocol, task, m)
+        for m in ("AP", "AP50", "AP75")
+    ]
 
 
 @dataclass(frozen=True)
@@ -48,21 +50,30 @@ class TableSpec:
 
 TABLES: dict[str, TableSpec] = {
     "table4": TableSpec(
-        "table4", "CARE Table 4: COCO Mask R-CNN R50-C4 1x and VOC07+12 Faster R-CNN R50-C4",
+        "table4",
+        "CARE Table 4: COCO Mask R-CNN R50-C4 1x and VOC07+12 Faster R-CNN R50-C4",
         _block("coco_det", "COCO det", "coco_c4_1x", "bbox", "APbb")
         + _block("coco_seg", "COCO seg", "coco_c4_1x", "segm", "APmk")
         + _block("voc", "VOC07+12 det", "voc_c4_24k", "bbox", "AP"),
-        "care_table4_c4.csv", "care_main_table4"),
+        "care_table4_c4.csv",
+        "care_main_table4",
+    ),
     "table5": TableSpec(
-        "table5", "CARE Table 5: COCO Mask R-CNN R50-FPN 1x",
+        "table5",
+        "CARE Table 5: COCO Mask R-CNN R50-FPN 1x",
         _block("coco_det", "COCO det", "coco_fpn_1x", "bbox", "APbb")
         + _block("coco_seg", "COCO seg", "coco_fpn_1x", "segm", "APmk"),
-        "care_table5_fpn.csv", "care_main_table5"),
+        "care_table5_fpn.csv",
+        "care_main_table5",
+    ),
     "c4_2x": TableSpec(
-        "c4_2x", "COCO Mask R-CNN R50-C4 2x (MoCo / MaskCo schedule)",
+        "c4_2x",
+        "COCO Mask R-CNN R50-C4 2x (MoCo / MaskCo schedule)",
         _block("coco_det", "COCO det", "coco_c4_2x", "bbox", "APbb")
         + _block("coco_seg", "COCO seg", "coco_c4_2x", "segm", "APmk"),
-        None, None),
+        None,
+        None,
+    ),
 }
 
 
@@ -109,8 +120,7 @@ def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
     rows = []
     for rec in records:
         if rec["source"] == source:
-            cells = {c.key: float(rec[c.key]) if rec[c.key] != "" else None
-                     for c in spec.columns}
+            cells = {c.key: float(rec[c.key]) if rec[c.key] != "" else None for c in spec.columns}
             rows.append(Row("paper", rec["method"], rec["epochs"], source=source, cells=cells))
     if not rows:
         raise TablesError(f"no reference rows with source {source!r} in {spec.reference_csv}")
@@ -131,8 +141,10 @@ def table_for(protocol: str) -> TableSpec:
         if protocol in spec.protocols:
             return spec
     known = sorted({p for s in TABLES.values() for p in s.protocols})
-    raise TablesError(f"no table knows protocol {protocol!r}; known protocols: {known} "
-                      "(and their '_smoke' variants)")
+    raise TablesError(
+        f"no table knows protocol {protocol!r}; known protocols: {known} "
+        "(and their '_smoke' variants)"
+    )
 
 
 def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]]) -> list[Row]:
@@ -169,8 +181,10 @@ def add_deltas(spec: TableSpec, rows: list[Row], reference: str | None = None) -
             method, _, epochs = reference.partition(":")
             cand = [r for r in paper if r.method == method and (not epochs or r.epochs == epochs)]
             if not cand:
-                raise TablesError(f"reference row {reference!r} not in {spec.name}; rows: "
-                                  f"{sorted({f'{r.method}:{r.epochs}' for r in paper})}")
+                raise TablesError(
+                    f"reference row {reference!r} not in {spec.name}; rows: "
+                    f"{sorted({f'{r.method}:{r.epochs}' for r in paper})}"
+                )
             ref = cand[0]
         else:
             care = [r for r in paper if r.method == "CARE" and r.epochs]
@@ -203,10 +217,15 @@ def add_significance(spec: TableSpec, rows: list[Row], a: str, b: str) -> None:
                 rb.pvalues[c.key] = welch(sa, sb)
 
 
-def build_table(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]],
-                source: str | None = None, reference: str | None = None,
-                compare: tuple[str, str] | None = None,
-                with_paper: bool = True) -> list[Row]:
+def build_table(
+    spec: TableSpec,
+    groups: list[Group],
+    labels: dict[str, tuple[str, str]],
+    source: str | None = None,
+    reference: str | None = None,
+    compare: tuple[str, str] | None = None,
+    with_paper: bool = True,
+) -> list[Row]:
     rows = (read_reference(spec, source) if with_paper else []) + our_rows(spec, groups, labels)
     add_deltas(spec, rows, reference)
     if compare:

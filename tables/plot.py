@@ -8,8 +8,9 @@ from tables.aggregate import Group
 from tables.layout import TableSpec, read_reference
 
 
-def plot_protocol(spec: TableSpec, groups: list[Group], protocol: str, out: Path,
-                  source: str | None = None) -> Path | None:
+def plot_protocol(
+    spec: TableSpec, groups: list[Group], protocol: str, out: Path, source: str | None = None
+) -> Path | None:
     """One PNG per (protocol, dataset kind): a panel per task (box AP, mask AP).
 
     Left of each panel: our rows, one box + the seeds as points; right: the paper's means for
@@ -29,8 +30,10 @@ def plot_protocol(spec: TableSpec, groups: list[Group], protocol: str, out: Path
     paper = read_reference(spec, source) if spec.reference_csv else []
     fig, axes = plt.subplots(1, len(cols), figsize=(6.5 * len(cols), 4.2), squeeze=False)
     for ax, col in zip(axes[0], cols):
-        data = [[s.metrics[col.task][col.metric] for s in g.seeds if col.task in s.metrics]
-                for g in ours]
+        data = [
+            [s.metrics[col.task][col.metric] for s in g.seeds if col.task in s.metrics]
+            for g in ours
+        ]
         names = [g.weights for g in ours]
         ax.boxplot(data, widths=0.5, showfliers=False)
         for i, vals in enumerate(data, start=1):
@@ -38,8 +41,11 @@ def plot_protocol(spec: TableSpec, groups: list[Group], protocol: str, out: Path
             ax.scatter(jitter, vals, s=18, zorder=3)
         ax.set_ylabel(f"{col.block} {col.label} (per seed)")
         ax.set_title(f"{protocol}: {col.block} {col.label}", fontsize=9)
-        means = [(f"paper: {r.method} {r.epochs}".strip(), r.cells[col.key]) for r in paper
-                 if r.cells.get(col.key) is not None]
+        means = [
+            (f"paper: {r.method} {r.epochs}".strip(), r.cells[col.key])
+            for r in paper
+            if r.cells.get(col.key) is not None
+        ]
         xs = [len(names) + 1 + k * 0.6 for k in range(len(means))]
         if means:
             target = ax.twinx() if synthetic else ax
@@ -47,8 +53,13 @@ def plot_protocol(spec: TableSpec, groups: list[Group], protocol: str, out: Path
             ax.set_xlim(0.4, xs[-1] + 0.6)
             if synthetic:
                 target.set_ylabel("paper mean (real data)", color="grey")
-        ax.set_xticks(list(range(1, len(names) + 1)) + xs, names + [m[0] for m in means],
-                      rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(
+            list(range(1, len(names) + 1)) + xs,
+            names + [m[0] for m in means],
+            rotation=60,
+            ha="right",
+            fontsize=7,
+        )
     fig.suptitle(("synthetic data: " if synthetic else "") + spec.title, fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

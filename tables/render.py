@@ -24,18 +24,46 @@ def _num(v: float | None) -> str:
 
 def to_csv(spec: TableSpec, rows: list[Row]) -> str:
     """One row per table row; for each column: mean, std, n, ci95, delta and p-value."""
-    head = ["table", "kind", "source", "method", "epochs", "weights", "synthetic", "n_seeds",
-            "few_seeds", "delta_ref", "p_vs"]
+    head = [
+        "table",
+        "kind",
+        "source",
+        "method",
+        "epochs",
+        "weights",
+        "synthetic",
+        "n_seeds",
+        "few_seeds",
+        "delta_ref",
+        "p_vs",
+    ]
     for c in spec.columns:
-        head += [c.key, f"{c.key}_std", f"{c.key}_n", f"{c.key}_ci95", f"{c.key}_delta",
-                 f"{c.key}_p"]
+        head += [
+            c.key,
+            f"{c.key}_std",
+            f"{c.key}_n",
+            f"{c.key}_ci95",
+            f"{c.key}_delta",
+            f"{c.key}_p",
+        ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     for r in rows:
         n = ";".join(f"{p}={k}" for p, k in sorted(r.n_seeds.items()))
-        line = [spec.name, r.kind, r.source, r.method, r.epochs, r.weights, int(r.synthetic), n,
-                int(r.few_seeds), r.delta_ref, r.p_vs]
+        line = [
+            spec.name,
+            r.kind,
+            r.source,
+            r.method,
+            r.epochs,
+            r.weights,
+            int(r.synthetic),
+            n,
+            int(r.few_seeds),
+            r.delta_ref,
+            r.p_vs,
+        ]
         for c in spec.columns:
             v = r.cells.get(c.key)
             if isinstance(v, Stat):
@@ -51,10 +79,14 @@ def best_two(spec: TableSpec, rows: list[Row], decimals: int) -> dict[str, set[i
     """Per column, indices of the rows holding the two highest (rounded) values; ties count."""
     out = {}
     for c in spec.columns:
-        vals = sorted({round(m, decimals) for r in rows if (m := r.mean(c.key)) is not None},
-                      reverse=True)[:2]
-        out[c.key] = {i for i, r in enumerate(rows)
-                      if (m := r.mean(c.key)) is not None and round(m, decimals) in vals}
+        vals = sorted(
+            {round(m, decimals) for r in rows if (m := r.mean(c.key)) is not None}, reverse=True
+        )[:2]
+        out[c.key] = {
+            i
+            for i, r in enumerate(rows)
+            if (m := r.mean(c.key)) is not None and round(m, decimals) in vals
+        }
     return out
 
 
@@ -91,10 +123,17 @@ def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
     bold = best_two(spec, rows, decimals)
     dkeys = _delta_keys(spec)
     labels = {c.key: f"{c.block} {c.label}" for c in spec.columns}
-    head = ["Method", "Epochs", "Seeds"] + [labels[c.key] for c in spec.columns] + \
-        [f"Δ {labels[k]}" for k in dkeys]
-    lines = [f"**{spec.title}**", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    head = (
+        ["Method", "Epochs", "Seeds"]
+        + [labels[c.key] for c in spec.columns]
+        + [f"Δ {labels[k]}" for k in dkeys]
+    )
+    lines = [
+        f"**{spec.title}**",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+    ]
     for i, r in enumerate(rows):
         cells = []
         for c in spec.columns:
@@ -104,10 +143,13 @@ def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
             cells.append(f"**{s}**" if i in bold[c.key] else s)
         deltas = [f"{r.delta[k]:+.{decimals}f}" if k in r.delta else "" for k in dkeys]
         name = r.label if r.kind == "ours" else r.method
-        lines.append("| " + " | ".join([name, r.epochs or "–", _seeds(r)] + cells + deltas)
-                     + " |")
-    notes = ["", "Paper rows: " + ", ".join(sorted({r.source for r in rows if r.source}))
-             if any(r.kind == "paper" for r in rows) else ""]
+        lines.append("| " + " | ".join([name, r.epochs or "–", _seeds(r)] + cells + deltas) + " |")
+    notes = [
+        "",
+        "Paper rows: " + ", ".join(sorted({r.source for r in rows if r.source}))
+        if any(r.kind == "paper" for r in rows)
+        else "",
+    ]
     if any(r.few_seeds for r in rows):
         notes.append("\\* fewer than 5 seeds (the protocol's number of trials).")
     if any(p < SIGNIFICANT for r in rows for p in r.pvalues.values()):
@@ -120,8 +162,13 @@ def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -143,10 +190,17 @@ def to_latex(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
             blocks[-1] = (c.block, blocks[-1][1] + 1)
         else:
             blocks.append((c.block, 1))
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(spec.title)}}}",
-           r"\begin{tabular}{l c " + " ".join("c" * n for _, n in blocks) + "}", r"\toprule"]
-    out.append(" & ".join(["", ""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(b)}}}"
-                                      for b, n in blocks]) + r" \\")
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_tex_escape(spec.title)}}}",
+        r"\begin{tabular}{l c " + " ".join("c" * n for _, n in blocks) + "}",
+        r"\toprule",
+    ]
+    out.append(
+        " & ".join(["", ""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(b)}}}" for b, n in blocks])
+        + r" \\"
+    )
     start = 3
     rules = []
     for _, n in blocks:

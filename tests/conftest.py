@@ -10,8 +10,11 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--extended", action="store_true",
-                     help="also run the tests marked extended (make test-extended)")
+    parser.addoption(
+        "--extended",
+        action="store_true",
+        help="also run the tests marked extended (make test-extended)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

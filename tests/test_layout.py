@@ -62,35 +62,50 @@ def test_the_import_check_catches_a_forbidden_import(tmp_path):
         (tmp_path / pkg).mkdir()
     (tmp_path / "pretrain" / "bad.py").write_text("import os\nfrom transfer.convert import x\n")
     (tmp_path / "common" / "worse.py").write_text("def f():\n    import pretrain.trainer\n")
-    assert forbidden_imports(tmp_path) == ["common/worse.py:2 imports pretrain",
-                                           "pretrain/bad.py:2 imports transfer"]
+    assert forbidden_imports(tmp_path) == [
+        "common/worse.py:2 imports pretrain",
+        "pretrain/bad.py:2 imports transfer",
+    ]
 
 
 def _runnable_modules() -> list[str]:
-    return sorted(str(p.relative_to(REPO)) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")
-                  if '__name__ == "__main__"' in p.read_text())
+    return sorted(
+        str(p.relative_to(REPO))
+        for pkg in PACKAGES
+        for p in (REPO / pkg).rglob("*.py")
+        if '__name__ == "__main__"' in p.read_text()
+    )
 
 
 def test_runnable_modules_are_the_expected_ones():
     assert _runnable_modules() == [
-        "pretrain/__main__.py", "pretrain/learning_signal.py", "pretrain/visualize.py",
-        "synthetic/__main__.py", "tables/__main__.py", "transfer/convert.py",
-        "transfer/launch.py", "transfer/run_coco.py", "transfer/run_voc.py"]
+        "pretrain/__main__.py",
+        "pretrain/learning_signal.py",
+        "pretrain/visualize.py",
+        "synthetic/__main__.py",
+        "tables/__main__.py",
+        "transfer/convert.py",
+        "transfer/launch.py",
+        "transfer/run_coco.py",
+        "transfer/run_voc.py",
+    ]
 
 
 @pytest.mark.parametrize("script", _runnable_modules())
 def test_every_script_path_runs(script):
     """``python <package>/<module>.py --help`` works from the repository root, like -m."""
-    res = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "usage:" in res.stdout
 
 
 def test_console_scripts_resolve():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"care-pretrain", "care-convert", "care-run-voc", "care-run-coco",
-            "care-tables"} <= set(scripts)
+    assert {"care-pretrain", "care-convert", "care-run-voc", "care-run-coco", "care-tables"} <= set(
+        scripts
+    )
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
@@ -102,8 +117,13 @@ def test_one_copy_of_the_shared_helpers():
     for pkg in PACKAGES[1:]:
         for path in (REPO / pkg).rglob("*.py"):
             text = path.read_text()
-            for needle in ("= 130", "SUITE_FORMAT =", "class StopFlag", "def atomic_write",
-                           "tempfile.mkstemp("):
+            for needle in (
+                "= 130",
+                "SUITE_FORMAT =",
+                "class StopFlag",
+                "def atomic_write",
+                "tempfile.mkstemp(",
+            ):
                 if needle in text:
                     hits.append(f"{path.relative_to(REPO)}: {needle}")
     assert hits == []

@@ -25,14 +25,30 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds, data counts
-    "small": dict(recipe="demo", iters=12, seeds=2,
-                  shapes=dict(size=96, imagefolder={"train": 16, "val": 8},
-                              voc2007={"trainval": 16, "test": 8}, voc2012={"trainval": 8},
-                              coco={"train2017": 16, "val2017": 8})),
-    "tiny": dict(recipe="demo-tiny", iters=2, seeds=1,
-                 shapes=dict(size=64, imagefolder={"train": 4, "val": 2},
-                             voc2007={"trainval": 4, "test": 3}, voc2012={"trainval": 2},
-                             coco={"train2017": 4, "val2017": 3})),
+    "small": dict(
+        recipe="demo",
+        iters=12,
+        seeds=2,
+        shapes=dict(
+            size=96,
+            imagefolder={"train": 16, "val": 8},
+            voc2007={"trainval": 16, "test": 8},
+            voc2012={"trainval": 8},
+            coco={"train2017": 16, "val2017": 8},
+        ),
+    ),
+    "tiny": dict(
+        recipe="demo-tiny",
+        iters=2,
+        seeds=1,
+        shapes=dict(
+            size=64,
+            imagefolder={"train": 4, "val": 2},
+            voc2007={"trainval": 4, "test": 3},
+            voc2012={"trainval": 2},
+            coco={"train2017": 4, "val2017": 3},
+        ),
+    ),
 }
 
 
@@ -45,8 +61,9 @@ def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
     from pretrain.recipes import recipe_config
     from pretrain.trainer import run
 
-    cfg = recipe_config(recipe, method=method, data=str(data),
-                        output=str(out / "pretrain" / method))
+    cfg = recipe_config(
+        recipe, method=method, data=str(data), output=str(out / "pretrain" / method)
+    )
     final = out / "weights" / f"{method}_{cfg.arch.replace('resnet', 'r')}.pth"
     if final.exists():
         print(f"{final}: done earlier, reused")
@@ -56,19 +73,41 @@ def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
 
 
 def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Path) -> int:
-    cmd = [sys.executable, *script, "--weights", weights, "--seeds", str(size["seeds"]),
-           "--dataset", "synthetic", "--output", str(out / "runs"), "--shapes-root",
-           str(shapes), "SOLVER.MAX_ITER", str(size["iters"]), "SOLVER.STEPS",
-           f"({max(1, size['iters'] * 2 // 3)},)", "TEST.PRECISE_BN.NUM_ITER", "2"]
+    cmd = [
+        sys.executable,
+        *script,
+        "--weights",
+        weights,
+        "--seeds",
+        str(size["seeds"]),
+        "--dataset",
+        "synthetic",
+        "--output",
+        str(out / "runs"),
+        "--shapes-root",
+        str(shapes),
+        "SOLVER.MAX_ITER",
+        str(size["iters"]),
+        "SOLVER.STEPS",
+        f"({max(1, size['iters'] * 2 // 3)},)",
+        "TEST.PRECISE_BN.NUM_ITER",
+        "2",
+    ]
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--out", type=Path, default=Path("output/demo"),
-                   help="everything goes here (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("output/demo"),
+        help="everything goes here (default: %(default)s)",
+    )
     p.add_argument("--tiny", action="store_true", help="smallest size (tests)")
     return p
 
@@ -85,13 +124,18 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     shapes = generate(out / "datasets" / "shapes", ShapesSpec(**size["shapes"]))
     print(f"written under {shapes}")
 
-    step(f"2/6 pretraining CARE and BYOL (recipe {size['recipe']}: {recipe['arch']}, "
-         f"{recipe['epochs']} epochs, {recipe['image_size']} px)")
-    weights = {m: pretrain(m, size["recipe"], shapes / "imagefolder", out)
-               for m in ("care", "byol")}
+    step(
+        f"2/6 pretraining CARE and BYOL (recipe {size['recipe']}: {recipe['arch']}, "
+        f"{recipe['epochs']} epochs, {recipe['image_size']} px)"
+    )
+    weights = {
+        m: pretrain(m, size["recipe"], shapes / "imagefolder", out) for m in ("care", "byol")
+    }
 
-    step("3-4/6 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
-         f"{size['seeds']} seed(s) each")
+    step(
+        "3-4/6 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
+        f"{size['seeds']} seed(s) each"
+    )
     failures = []
     for w in [str(weights["care"]), str(weights["byol"]), "none"]:
         for script in (["transfer/run_voc.py"], ["transfer/run_coco.py", "--arch", "c4"]):
@@ -100,18 +144,44 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
 
     step("5/6 tables and plots")
     short = recipe["arch"].replace("resnet", "r")
-    written = tables_cli.main(tables_cli.get_args_parser().parse_args(
-        ["--runs", str(out / "runs"), "--out", str(out / "tables"), "--compare",
-         f"byol_{short}", f"care_{short}", "--label", "random_init=Rand Init", "--decimals",
-         "2"]))
+    written = tables_cli.main(
+        tables_cli.get_args_parser().parse_args(
+            [
+                "--runs",
+                str(out / "runs"),
+                "--out",
+                str(out / "tables"),
+                "--compare",
+                f"byol_{short}",
+                f"care_{short}",
+                "--label",
+                "random_init=Rand Init",
+                "--decimals",
+                "2",
+            ]
+        )
+    )
 
     step("6/6 attention maps (Grad-CAM, CARE Fig. 4)")
     from pretrain import visualize
 
-    maps = visualize.main(visualize.get_args_parser().parse_args(
-        ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
-         str(shapes / "imagefolder" / "val"), "--out", str(out / "attention_maps.png"),
-         "--size", str(recipe["image_size"] * 2), "--max-images", "6"]))
+    maps = visualize.main(
+        visualize.get_args_parser().parse_args(
+            [
+                "--weights",
+                str(weights["care"]),
+                str(weights["byol"]),
+                "--images",
+                str(shapes / "imagefolder" / "val"),
+                "--out",
+                str(out / "attention_maps.png"),
+                "--size",
+                str(recipe["image_size"] * 2),
+                "--max-images",
+                "6",
+            ]
+        )
+    )
     written["attention_maps.png"] = maps
 
     print(f"\n=== done in {time.time() - t_all:.0f} s. Results:")

@@ -171,9 +171,20 @@ def download_sdist(dest: Path) -> Path:
     if not target.exists():
         log(f"downloading {SDIST_NAME}=={SDIST_VERSION} (sdist) from the package index")
         # Its setup.py imports torch at metadata time: hence no build isolation.
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-               ":all:", "--no-build-isolation", "-d", str(dest),
-               f"{SDIST_NAME}=={SDIST_VERSION}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            "-d",
+            str(dest),
+            f"{SDIST_NAME}=={SDIST_VERSION}",
+        ]
         subprocess.run(cmd, check=True)
     digest = sha256(target)
     if digest != SDIST_SHA256:
@@ -260,8 +271,20 @@ def build_wheel(cache: Path) -> Path:
             old.unlink()
         wheel_dir.mkdir(parents=True, exist_ok=True)
         log("building the pure-Python wheel")
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                        str(wheel_dir), str(root)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "-w",
+                str(wheel_dir),
+                str(root),
+            ],
+            check=True,
+        )
     stamp.write_text(json.dumps(marker))
     (wheel,) = wheel_dir.glob("detectron2-*.whl")
     log(f"built {wheel} ({len(marker['patches'])} patches)")
@@ -269,12 +292,20 @@ def build_wheel(cache: Path) -> Path:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache", type=Path, default=Path(".cache"),
-                   help="folder for the sdist and the built wheel (default: .cache)")
-    p.add_argument("--force", action="store_true",
-                   help="rebuild and reinstall even if an importable detectron2 exists")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".cache"),
+        help="folder for the sdist and the built wheel (default: .cache)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild and reinstall even if an importable detectron2 exists",
+    )
     p.add_argument("--build-only", action="store_true", help="build the wheel, do not install")
     return p
 
@@ -298,10 +329,22 @@ def main(args: argparse.Namespace) -> None:
     if args.build_only:
         return
     log(f"installing {wheel.name} and its dependencies")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--force-reinstall",
-                    "--no-deps", str(wheel)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *RUNTIME_REQUIREMENTS],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--force-reinstall",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", *RUNTIME_REQUIREMENTS], check=True
+    )
     info = existing_detectron2()
     if not info:
         raise SystemExit("detectron2 was installed but does not import; see the errors above")

@@ -38,8 +38,14 @@ def smoke_datasets(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(SYNTHETIC_PREFIX + n for n in names)
 
 
-def build_config(protocol: str, smoke: bool = False, weights: str = "",
-                 opts: Sequence[str] = (), device: str | None = None, freeze: bool = True):
+def build_config(
+    protocol: str,
+    smoke: bool = False,
+    weights: str = "",
+    opts: Sequence[str] = (),
+    device: str | None = None,
+    freeze: bool = True,
+):
     """``get_cfg() -> merge_from_file [-> smoke overlay] -> merge_from_list(opts) -> freeze()``.
 
     Args:

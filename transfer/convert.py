@@ -55,9 +55,21 @@ from common.checkpoints import (
 )
 from common.cli import UserError, run_cli
 
-__all__ = ["AUTHOR", "SUITE_FORMAT", "ConversionError", "Conversion", "convert_file",
-           "convert_state", "d2_to_torchvision_name", "extract_body", "file_sha256",
-           "infer_arch", "is_detectron2_pickle", "load_any", "torchvision_to_d2_name"]
+__all__ = [
+    "AUTHOR",
+    "SUITE_FORMAT",
+    "ConversionError",
+    "Conversion",
+    "convert_file",
+    "convert_state",
+    "d2_to_torchvision_name",
+    "extract_body",
+    "file_sha256",
+    "infer_arch",
+    "is_detectron2_pickle",
+    "load_any",
+    "torchvision_to_d2_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +91,17 @@ class Conversion:
     max_rel_diff: float | None = None
 
     def payload(self) -> dict:
-        return {"model": self.model, "__author__": AUTHOR, "matching_heuristics": True,
-                "suite_meta": {**self.meta, "arch": self.arch.name,
-                               "source_format": self.source_format,
-                               "max_rel_diff": self.max_rel_diff}}
+        return {
+            "model": self.model,
+            "__author__": AUTHOR,
+            "matching_heuristics": True,
+            "suite_meta": {
+                **self.meta,
+                "arch": self.arch.name,
+                "source_format": self.source_format,
+                "max_rel_diff": self.max_rel_diff,
+            },
+        }
 
 
 def build_d2_backbone(arch: Arch, norm: str = "BN"):
@@ -109,15 +128,18 @@ def build_torchvision_resnet(arch: Arch) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def compare_features(body: Mapping[str, torch.Tensor], model: Mapping[str, np.ndarray],
-                     arch: Arch, size: int = 96) -> float:
+def compare_features(
+    body: Mapping[str, torch.Tensor], model: Mapping[str, np.ndarray], arch: Arch, size: int = 96
+) -> float:
     """Max relative difference of res2..res5 between torchvision and Detectron2 (eval)."""
     tv = build_torchvision_resnet(arch).eval()
     missing, unexpected = tv.load_state_dict(dict(body), strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ConversionError(f"torchvision {arch.torchvision} refused the body: "
-                              f"missing {missing[:10]}, unexpected {unexpected[:10]}")
+        raise ConversionError(
+            f"torchvision {arch.torchvision} refused the body: "
+            f"missing {missing[:10]}, unexpected {unexpected[:10]}"
+        )
     d2 = build_d2_backbone(arch).eval()
     d2.load_state_dict({k: torch.from_numpy(v) for k, v in model.items()}, strict=True)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -135,8 +157,15 @@ def compare_features(body: Mapping[str, torch.Tensor], model: Mapping[str, np.nd
 def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) -> Conversion:
     """Convert a loaded checkpoint dict (see module docstring); raises ConversionError."""
     b = extract_body(obj, prefix)
-    body, arch, pre, label, where, dropped, meta = (b.tensors, b.arch, b.prefix, b.label,
-                                                    b.where, b.dropped, b.meta)
+    body, arch, pre, label, where, dropped, meta = (
+        b.tensors,
+        b.arch,
+        b.prefix,
+        b.label,
+        b.where,
+        b.dropped,
+        b.meta,
+    )
 
     model, mapping, seen = {}, [], {}
     for k in sorted(body):
@@ -144,14 +173,18 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
         if name in seen:
             raise ConversionError(f"{pre}{k} and {pre}{seen[name]} both map to {name}")
         seen[name] = k
-        model[name] = body[k].detach().float().cpu().numpy() \
-            if body[k].is_floating_point() else body[k].cpu().numpy()
+        model[name] = (
+            body[k].detach().float().cpu().numpy()
+            if body[k].is_floating_point()
+            else body[k].cpu().numpy()
+        )
         mapping.append((pre + k, name))
 
     expected = {k: tuple(v.shape) for k, v in build_d2_backbone(arch).state_dict().items()}
     # num_batches_tracked is optional in inputs (counts steps only)
-    missing = sorted(k for k in expected if k not in model and
-                     not k.endswith("num_batches_tracked"))
+    missing = sorted(
+        k for k in expected if k not in model and not k.endswith("num_batches_tracked")
+    )
     unexpected = sorted(k for k in model if k not in expected)
     if missing or unexpected:
         raise ConversionError(
@@ -160,8 +193,11 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
             f"{' ...' if len(missing) > 8 else ''}; unexpected {unexpected[:8]}. "
             "Is the checkpoint truncated, or of another architecture?"
         )
-    bad = [f"{k}: {model[k].shape} vs {expected[k]}" for k in model if
-           tuple(model[k].shape) != expected[k]]
+    bad = [
+        f"{k}: {model[k].shape} vs {expected[k]}"
+        for k in model
+        if tuple(model[k].shape) != expected[k]
+    ]
     if bad:
         raise ConversionError(f"shape mismatch for {arch.name}: {bad[:8]}")
     for k in expected:  # fill optional counters so the state dict is complete
@@ -174,12 +210,18 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
         if not conv.max_rel_diff <= TOLERANCE:
             raise ConversionError(
                 f"numerical check failed: Detectron2 features differ from torchvision's by "
-                f"{conv.max_rel_diff:.3g} (relative) > {TOLERANCE}")
+                f"{conv.max_rel_diff:.3g} (relative) > {TOLERANCE}"
+            )
     return conv
 
 
-def convert_file(src: str | Path, dst: str | Path, prefix: str | None = None,
-                 allow_pickle: bool = False, verify: bool = True) -> dict:
+def convert_file(
+    src: str | Path,
+    dst: str | Path,
+    prefix: str | None = None,
+    allow_pickle: bool = False,
+    verify: bool = True,
+) -> dict:
     """Convert ``src`` into ``dst`` (written atomically, only if every check passed).
 
     Returns a report: format, arch, max_rel_diff, number of tensors, dropped keys, meta.
@@ -191,16 +233,26 @@ def convert_file(src: str | Path, dst: str | Path, prefix: str | None = None,
         payload = dict(obj)
         payload.setdefault("__author__", AUTHOR)
         payload.setdefault("matching_heuristics", True)
-        report = {"source_format": "Detectron2 pickle (passed through)", "arch": None,
-                  "max_rel_diff": None, "tensors": len(obj["model"]), "dropped": [],
-                  "meta": dict(obj.get("suite_meta", {}))}
+        report = {
+            "source_format": "Detectron2 pickle (passed through)",
+            "arch": None,
+            "max_rel_diff": None,
+            "tensors": len(obj["model"]),
+            "dropped": [],
+            "meta": dict(obj.get("suite_meta", {})),
+        }
     else:
         conv = convert_state(obj, prefix=prefix, verify=verify)
         conv.meta.update(source=str(src), source_sha256=sha)
         payload = conv.payload()
-        report = {"source_format": conv.source_format, "arch": conv.arch.name,
-                  "max_rel_diff": conv.max_rel_diff, "tensors": len(conv.model),
-                  "dropped": conv.dropped, "meta": payload["suite_meta"]}
+        report = {
+            "source_format": conv.source_format,
+            "arch": conv.arch.name,
+            "max_rel_diff": conv.max_rel_diff,
+            "tensors": len(conv.model),
+            "dropped": conv.dropped,
+            "meta": payload["suite_meta"],
+        }
         for k, name in conv.mapping:
             logger.debug("%s -> %s", k, name)
     atomic_pickle(dst, payload)
@@ -210,42 +262,68 @@ def convert_file(src: str | Path, dst: str | Path, prefix: str | None = None,
 
 def summarise(report: dict) -> str:
     dropped = report["dropped"]
-    groups = sorted({k.split(".")[0] if not k.startswith("module.") else ".".join(
-        k.split(".")[:2]) for k in dropped})
-    lines = [f"read     {report['source']} ({report['source_format']})",
-             f"arch     {report['arch']}", f"tensors  {report['tensors']} -> {report['output']}"]
+    groups = sorted(
+        {
+            k.split(".")[0] if not k.startswith("module.") else ".".join(k.split(".")[:2])
+            for k in dropped
+        }
+    )
+    lines = [
+        f"read     {report['source']} ({report['source_format']})",
+        f"arch     {report['arch']}",
+        f"tensors  {report['tensors']} -> {report['output']}",
+    ]
     if report["max_rel_diff"] is not None:
-        lines.append(f"check    res2..res5 match torchvision: max relative diff "
-                     f"{report['max_rel_diff']:.2e} (<= {TOLERANCE})")
-    lines.append(f"dropped  {len(dropped)} tensors not in the ResNet body"
-                 + (f": {', '.join(groups)}" if groups else ""))
+        lines.append(
+            f"check    res2..res5 match torchvision: max relative diff "
+            f"{report['max_rel_diff']:.2e} (<= {TOLERANCE})"
+        )
+    lines.append(
+        f"dropped  {len(dropped)} tensors not in the ResNet body"
+        + (f": {', '.join(groups)}" if groups else "")
+    )
     return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Convert a pretraining checkpoint (care-suite, "
-                                "torchvision, MoCo, CARE release, Detectron2 .pkl) to "
-                                "Detectron2's format, with a numerical check.")
+    p = argparse.ArgumentParser(
+        description="Convert a pretraining checkpoint (care-suite, "
+        "torchvision, MoCo, CARE release, Detectron2 .pkl) to "
+        "Detectron2's format, with a numerical check."
+    )
     p.add_argument("src", type=Path, help="input checkpoint (.pth/.pt/.tar/.pkl)")
     p.add_argument("dst", type=Path, help="output Detectron2 pickle (.pkl)")
-    p.add_argument("--prefix", default=None,
-                   help="key prefix of the ResNet body when several are present "
-                        "(e.g. 'module.encoder_q.'); default: detected")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow torch files holding arbitrary Python objects (trusted files)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the numerical torchvision-vs-Detectron2 check (not advised)")
+    p.add_argument(
+        "--prefix",
+        default=None,
+        help="key prefix of the ResNet body when several are present "
+        "(e.g. 'module.encoder_q.'); default: detected",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow torch files holding arbitrary Python objects (trusted files)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the numerical torchvision-vs-Detectron2 check (not advised)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every key's mapping")
     return p
 
 
 def main(args: argparse.Namespace) -> dict:
     """Convert ``args.src`` to ``args.dst``; a ``CheckpointError`` says nothing was written."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
-        report = convert_file(args.src, args.dst, prefix=args.prefix,
-                              allow_pickle=args.allow_pickle, verify=not args.no_verify)
+        report = convert_file(
+            args.src,
+            args.dst,
+            prefix=args.prefix,
+            allow_pickle=args.allow_pickle,
+            verify=not args.no_verify,
+        )
     except UserError as e:
         raise type(e)(f"{e}; nothing was written") from e
     print(summarise(report))

@@ -24,19 +24,31 @@ SHAPES_SPLITS: dict[str, tuple[str, str, str]] = {
     "shapes_voc_2007_trainval": ("voc", "VOC2007", "trainval"),
     "shapes_voc_2012_trainval": ("voc", "VOC2012", "trainval"),
     "shapes_voc_2007_test": ("voc", "VOC2007", "test"),
-    "shapes_coco_2017_train": ("coco", "coco/train2017",
-                               "coco/annotations/instances_train2017.json"),
+    "shapes_coco_2017_train": (
+        "coco",
+        "coco/train2017",
+        "coco/annotations/instances_train2017.json",
+    ),
     "shapes_coco_2017_val": ("coco", "coco/val2017", "coco/annotations/instances_val2017.json"),
 }
 
 # Files that must exist for each real dataset name the protocols use.
 REAL_REQUIREMENTS: dict[str, list[str]] = {
-    "voc_2007_trainval": ["VOC2007/JPEGImages", "VOC2007/Annotations",
-                          "VOC2007/ImageSets/Main/trainval.txt"],
-    "voc_2012_trainval": ["VOC2012/JPEGImages", "VOC2012/Annotations",
-                          "VOC2012/ImageSets/Main/trainval.txt"],
-    "voc_2007_test": ["VOC2007/JPEGImages", "VOC2007/Annotations",
-                      "VOC2007/ImageSets/Main/test.txt"],
+    "voc_2007_trainval": [
+        "VOC2007/JPEGImages",
+        "VOC2007/Annotations",
+        "VOC2007/ImageSets/Main/trainval.txt",
+    ],
+    "voc_2012_trainval": [
+        "VOC2012/JPEGImages",
+        "VOC2012/Annotations",
+        "VOC2012/ImageSets/Main/trainval.txt",
+    ],
+    "voc_2007_test": [
+        "VOC2007/JPEGImages",
+        "VOC2007/Annotations",
+        "VOC2007/ImageSets/Main/test.txt",
+    ],
     "coco_2017_train": ["coco/train2017", "coco/annotations/instances_train2017.json"],
     "coco_2017_val": ["coco/val2017", "coco/annotations/instances_val2017.json"],
 }
@@ -68,8 +80,12 @@ def register_shapes(root: str | Path) -> list[str]:
 def check_real(names: list[str], root: str | Path | None = None) -> None:
     """Raise ``InputNotFound`` naming every missing path (and the synthetic alternative)."""
     root = Path(root) if root is not None else datasets_root()
-    missing = [str(root / rel) for n in names for rel in REAL_REQUIREMENTS.get(n, [])
-               if not (root / rel).exists()]
+    missing = [
+        str(root / rel)
+        for n in names
+        for rel in REAL_REQUIREMENTS.get(n, [])
+        if not (root / rel).exists()
+    ]
     if missing:
         lines = "\n  ".join(dict.fromkeys(missing))
         raise InputNotFound(

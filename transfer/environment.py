@@ -64,8 +64,13 @@ def environment_record() -> dict:
     if torch.cuda.is_available():
         for k in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(k)
-            gpus.append({"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                         "capability": f"{p.major}.{p.minor}"})
+            gpus.append(
+                {
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "capability": f"{p.major}.{p.minor}",
+                }
+            )
     try:
         d2 = detectron2_info()
     except ImportError:
@@ -79,9 +84,18 @@ def environment_record() -> dict:
         "gpus": gpus,
         "cpu_threads": torch.get_num_threads(),
         "detectron2": d2,
-        "packages": {m: _version(m) for m in
-                     ("torchvision", "numpy", "Pillow", "pycocotools", "faster-coco-eval", "fvcore",
-                      "submitit")},
+        "packages": {
+            m: _version(m)
+            for m in (
+                "torchvision",
+                "numpy",
+                "Pillow",
+                "pycocotools",
+                "faster-coco-eval",
+                "fvcore",
+                "submitit",
+            )
+        },
     }
 
 

@@ -59,8 +59,9 @@ def _cocoeval_class(impl: str):
 def evaluate_on_coco(coco_gt, results: list[dict], iou_type: str, impl: str = "auto"):
     """detectron2's COCO evaluation of ``results`` with the chosen COCOeval (its object)."""
     with _cocoeval_class(coco_impl(impl)) as fast:
-        return coco_evaluation._evaluate_predictions_on_coco(coco_gt, results, iou_type,
-                                                             use_fast_impl=fast)
+        return coco_evaluation._evaluate_predictions_on_coco(
+            coco_gt, results, iou_type, use_fast_impl=fast
+        )
 
 
 class SuiteCOCOEvaluator(COCOEvaluator):
@@ -68,8 +69,9 @@ class SuiteCOCOEvaluator(COCOEvaluator):
 
     def __init__(self, dataset_name: str, output_dir: str | None = None, impl: str = "auto"):
         self.impl = coco_impl(impl)
-        super().__init__(dataset_name, output_dir=output_dir,
-                         use_fast_impl=self.impl != "pycocotools")
+        super().__init__(
+            dataset_name, output_dir=output_dir, use_fast_impl=self.impl != "pycocotools"
+        )
 
     def _eval_predictions(self, predictions, img_ids=None):
         with _cocoeval_class(self.impl):
@@ -97,9 +99,14 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
                 with open(template.format(name), "w") as f:
                     f.write("\n".join(predictions.get(cls_id, [""])))
                 for thresh in range(50, 100, 5):
-                    _, _, ap = voc_eval(template, self._anno_file_template, self._image_set_path,
-                                        name, ovthresh=thresh / 100.0,
-                                        use_07_metric=self._is_2007)
+                    _, _, ap = voc_eval(
+                        template,
+                        self._anno_file_template,
+                        self._image_set_path,
+                        name,
+                        ovthresh=thresh / 100.0,
+                        use_07_metric=self._is_2007,
+                    )
                     aps[thresh].append(ap * 100)
         m_ap = {iou: float(np.mean(v)) for iou, v in aps.items()}
         bbox = OrderedDict(AP=float(np.mean(list(m_ap.values()))), AP50=m_ap[50], AP75=m_ap[75])

@@ -34,16 +34,27 @@ def run_seed_process(spec: SeedSpec) -> int:
     from transfer.trainer import TrainingInterrupted, train_seed
 
     try:
-        launch(train_seed, spec.num_gpus, num_machines=spec.num_machines,
-               machine_rank=spec.machine_rank, dist_url=spec.dist_url, args=(spec,))
+        launch(
+            train_seed,
+            spec.num_gpus,
+            num_machines=spec.num_machines,
+            machine_rank=spec.machine_rank,
+            dist_url=spec.dist_url,
+            args=(spec,),
+        )
     except (TrainingInterrupted, KeyboardInterrupt) as e:
         print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - any failure of a seed is recorded, others go on
         if spec.machine_rank == 0:
-            atomic_write_json(Path(spec.seed_dir) / "failed.json", {
-                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            atomic_write_json(
+                Path(spec.seed_dir) / "failed.json",
+                {
+                    "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc(),
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
         print(f"seed {spec.seed_index} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
@@ -90,8 +101,14 @@ class SlurmSeedJob:
 def submit_slurm(specs: list[SeedSpec], args: argparse.Namespace, folder: Path) -> list:
     """One Slurm job per seed (``--num-machines`` nodes x ``--num-gpus`` GPUs each)."""
     gpus = max(args.num_gpus or 0, 0)
-    executor = make_executor(folder, args, nodes=args.num_machines, gpus_per_node=gpus,
-                             tasks_per_node=1, name=folder.parent.name)
+    executor = make_executor(
+        folder,
+        args,
+        nodes=args.num_machines,
+        gpus_per_node=gpus,
+        tasks_per_node=1,
+        name=folder.parent.name,
+    )
     return [executor.submit(SlurmSeedJob(), spec) for spec in specs]
 
 

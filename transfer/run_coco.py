@@ -30,13 +30,23 @@ def protocol_for(arch: str, schedule: str) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--arch", choices=["c4", "fpn"], default="c4",
-                   help="Mask R-CNN backbone: R50-C4 (CARE Table 4) or R50-FPN (Table 5)")
-    p.add_argument("--schedule", choices=["1x", "2x"], default="1x",
-                   help="1x = 90k iterations (CARE), 2x = 180k (MoCo, MaskCo); C4 only")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--arch",
+        choices=["c4", "fpn"],
+        default="c4",
+        help="Mask R-CNN backbone: R50-C4 (CARE Table 4) or R50-FPN (Table 5)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["1x", "2x"],
+        default="1x",
+        help="1x = 90k iterations (CARE), 2x = 180k (MoCo, MaskCo); C4 only",
+    )
     return add_common_args(p)
 
 

@@ -42,33 +42,64 @@ def seed_value(k: int) -> int:
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags shared by run_voc.py and run_coco.py (docs/protocols.md defaults)."""
-    p.add_argument("--weights", required=True,
-                   help="pretrained backbone: a pretraining checkpoint (.pth/.pt/.tar, converted "
-                        "and cached), a Detectron2 .pkl, or 'none' for random initialisation")
-    p.add_argument("--seeds", type=int, default=5,
-                   help="number of seeds (protocol: 5 trials); seed k uses seed value "
-                        f"{SEED_BASE}+k")
-    p.add_argument("--dataset", choices=["real", "synthetic"], default="real",
-                   help="real: $DETECTRON2_DATASETS; synthetic: built-in shapes with the "
-                        "protocol's smoke config (small images, few iterations, CPU-friendly)")
-    p.add_argument("--output", type=Path, default=Path("output"),
-                   help="results root (default: %(default)s)")
-    p.add_argument("--shapes-root", type=Path, default=None,
-                   help="where the synthetic data is written (default: <output>/datasets/shapes)")
-    p.add_argument("--num-gpus", type=int, default=None,
-                   help="GPUs per machine (default: all visible; 0 = CPU)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="pretrained backbone: a pretraining checkpoint (.pth/.pt/.tar, converted "
+        "and cached), a Detectron2 .pkl, or 'none' for random initialisation",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help=f"number of seeds (protocol: 5 trials); seed k uses seed value {SEED_BASE}+k",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=["real", "synthetic"],
+        default="real",
+        help="real: $DETECTRON2_DATASETS; synthetic: built-in shapes with the "
+        "protocol's smoke config (small images, few iterations, CPU-friendly)",
+    )
+    p.add_argument(
+        "--output", type=Path, default=Path("output"), help="results root (default: %(default)s)"
+    )
+    p.add_argument(
+        "--shapes-root",
+        type=Path,
+        default=None,
+        help="where the synthetic data is written (default: <output>/datasets/shapes)",
+    )
+    p.add_argument(
+        "--num-gpus",
+        type=int,
+        default=None,
+        help="GPUs per machine (default: all visible; 0 = CPU)",
+    )
     p.add_argument("--num-machines", type=int, default=1, help="machines (default: 1)")
     p.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
-    p.add_argument("--dist-url", default="auto",
-                   help="torch.distributed init URL, e.g. tcp://host:port (default: auto, "
-                        "single machine)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision (off by default: the protocol is fp32; CUDA only)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow weights files holding Python objects (trusted files only)")
+    p.add_argument(
+        "--dist-url",
+        default="auto",
+        help="torch.distributed init URL, e.g. tcp://host:port (default: auto, single machine)",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision (off by default: the protocol is fp32; CUDA only)",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow weights files holding Python objects (trusted files only)",
+    )
     add_slurm_args(p)
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="trailing KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 100")
+    p.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="trailing KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 100",
+    )
     return p
 
 
@@ -80,12 +111,18 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
     from transfer.convert import convert_file, file_sha256, summarise
 
     if weights.lower() in RANDOM_INIT:
-        return {"path": "", "stem": "random_init", "source": None, "sha256": None,
-                "meta": {"method": "Rand Init"}}
+        return {
+            "path": "",
+            "stem": "random_init",
+            "source": None,
+            "sha256": None,
+            "meta": {"method": "Rand Init"},
+        }
     src = Path(weights)
     if not src.is_file():
-        raise InputNotFound(f"--weights {weights}: no such file (or pass 'none' for "
-                                "random initialisation)")
+        raise InputNotFound(
+            f"--weights {weights}: no such file (or pass 'none' for random initialisation)"
+        )
     sha = file_sha256(src)
     stem = src.stem
     cached = output / "weights" / f"{stem}-{sha[:12]}.pkl"
@@ -97,8 +134,14 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
     else:
         report = json.loads(report_path.read_text())
         print(f"weights: reusing {cached} (converted from {src})")
-    return {"path": str(cached.resolve()), "stem": stem, "source": str(src.resolve()),
-            "sha256": sha, "meta": report.get("meta", {}), "arch": report.get("arch")}
+    return {
+        "path": str(cached.resolve()),
+        "stem": stem,
+        "source": str(src.resolve()),
+        "sha256": sha,
+        "meta": report.get("meta", {}),
+        "arch": report.get("arch"),
+    }
 
 
 def arch_opts(arch: str | None) -> list[str]:
@@ -108,9 +151,11 @@ def arch_opts(arch: str | None) -> list[str]:
         return []
     a = arch_by_name(arch)
     if not a.bottleneck:
-        raise ConfigError(f"the weights are a {arch}; the detection protocols need a "
-                          "bottleneck ResNet (ResNet-50 / 101 / 152 / 50 x2): Detectron2's C4 "
-                          "head is a bottleneck res5")
+        raise ConfigError(
+            f"the weights are a {arch}; the detection protocols need a "
+            "bottleneck ResNet (ResNet-50 / 101 / 152 / 50 x2): Detectron2's C4 "
+            "head is a bottleneck res5"
+        )
     opts = []
     if a.depth != 50:
         opts += ["MODEL.RESNETS.DEPTH", str(a.depth)]
@@ -179,8 +224,10 @@ def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
     opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
     protocol_name = f"{protocol}_smoke" if smoke else protocol
     result = RunPlan(output / protocol_name / weights["stem"])
-    print(f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
-          f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}")
+    print(
+        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
+        f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
+    )
     info = {k: weights[k] for k in ("stem", "source", "sha256", "meta")}
     for k in range(args.seeds):
         seed_dir = result.run_dir / f"seed{k}"
@@ -191,12 +238,27 @@ def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
             continue
         if status == "failed":
             (seed_dir / "failed.json").unlink()  # a re-run retries a failed seed
-        result.specs.append(SeedSpec(
-            protocol=protocol, protocol_name=protocol_name, smoke=smoke, dataset=args.dataset,
-            shapes_root=shapes_root, weights=weights["path"], weights_info=info, seed_index=k,
-            seed=seed_value(k), seed_dir=str(seed_dir), opts=opts, num_gpus=num_gpus,
-            num_machines=args.num_machines, machine_rank=args.machine_rank,
-            dist_url=args.dist_url, amp=args.amp, device=device))
+        result.specs.append(
+            SeedSpec(
+                protocol=protocol,
+                protocol_name=protocol_name,
+                smoke=smoke,
+                dataset=args.dataset,
+                shapes_root=shapes_root,
+                weights=weights["path"],
+                weights_info=info,
+                seed_index=k,
+                seed=seed_value(k),
+                seed_dir=str(seed_dir),
+                opts=opts,
+                num_gpus=num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                amp=args.amp,
+                device=device,
+            )
+        )
     return result
 
 
@@ -210,8 +272,11 @@ def launch_local(run: RunPlan) -> int | None:
         print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
         code = run_local(spec)
         if code in (EXIT_INTERRUPTED, -signal.SIGINT):
-            print(f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
-                  "command to resume", file=sys.stderr)
+            print(
+                f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
+                "command to resume",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         run.statuses[k] = "finished" if code == 0 else "failed"
     return None
@@ -250,8 +315,11 @@ def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
         seed_dir = run_dir / f"seed{k}"
         if (seed_dir / "metrics.json").exists():
             m = json.loads((seed_dir / "metrics.json").read_text())
-            aps = "  ".join(f"{task} AP {m[task]['AP']:.2f} AP50 {m[task]['AP50']:.2f}"
-                            for task in ("bbox", "segm") if task in m)
+            aps = "  ".join(
+                f"{task} AP {m[task]['AP']:.2f} AP50 {m[task]['AP50']:.2f}"
+                for task in ("bbox", "segm")
+                if task in m
+            )
             print(f"seed {k}: {statuses[k]:<18} {aps}  ({m['wall_time_s']:.0f} s)")
         else:
             err = ""
@@ -259,8 +327,10 @@ def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
                 err = json.loads((seed_dir / "failed.json").read_text())["error"]
             print(f"seed {k}: {statuses[k]:<18} {err}")
     if failed:
-        print(f"FAILED seeds: {failed} (details in seed<k>/failed.json; a re-run retries them)",
-              file=sys.stderr)
+        print(
+            f"FAILED seeds: {failed} (details in seed<k>/failed.json; a re-run retries them)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 

@@ -46,8 +46,13 @@ class ProgressHook(HookBase):
         if comm.is_main_process():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter,
-                             desc="train", unit="it", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=self.trainer.max_iter,
+                initial=self.trainer.start_iter,
+                desc="train",
+                unit="it",
+                dynamic_ncols=True,
+            )
         self._t = time.perf_counter()
 
     def after_step(self):
@@ -88,8 +93,9 @@ class InterruptHook(HookBase):
         if any_rank(self.stop.requested, device):
             it = self.trainer.iter
             self.trainer.checkpointer.save(f"model_{it:07d}", iteration=it)
-            raise TrainingInterrupted(f"stopped by signal after iteration {it}; "
-                                      "re-run the same command to resume")
+            raise TrainingInterrupted(
+                f"stopped by signal after iteration {it}; re-run the same command to resume"
+            )
 
     def after_train(self):
         self.stop.restore()
@@ -111,8 +117,10 @@ class SuiteTrainer(DefaultTrainer):
     def build_writers(self):
         # detectron2's JSONWriter would write OUTPUT_DIR/metrics.json, the name the suite
         # keeps for final results; training scalars go to train_metrics.jsonl instead.
-        return [CommonMetricPrinter(self.max_iter),
-                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "train_metrics.jsonl"))]
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "train_metrics.jsonl")),
+        ]
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -135,7 +143,7 @@ def backbone_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for k, v in state.items():
         for prefix in ("backbone.bottom_up.", "backbone.", "roi_heads."):
             if k.startswith(prefix):
-                name = k[len(prefix):]
+                name = k[len(prefix) :]
                 if name.split(".")[0] in ("stem", "res2", "res3", "res4", "res5"):
                     out[name] = v
                 break
@@ -153,8 +161,9 @@ def verify_backbone_loaded(model: torch.nn.Module, weights: str) -> int:
     got = backbone_tensors(model)
     expected = {k for k in src if not k.endswith("num_batches_tracked")}
     missing = sorted(expected - set(got))
-    wrong = sorted(k for k in expected & set(got)
-                   if not np.array_equal(got[k].detach().cpu().numpy(), src[k]))
+    wrong = sorted(
+        k for k in expected & set(got) if not np.array_equal(got[k].detach().cpu().numpy(), src[k])
+    )
     if missing or wrong:
         raise RuntimeError(
             f"the backbone was not loaded from {weights}: {len(missing)} tensors absent in the "
@@ -177,10 +186,17 @@ def _seed_trainer(spec: SeedSpec) -> SuiteTrainer:
 
     if spec.dataset == "synthetic":
         register_shapes(spec.shapes_root)
-    opts = list(spec.opts) + ["OUTPUT_DIR", spec.seed_dir, "SEED", str(spec.seed),
-                              "SOLVER.AMP.ENABLED", str(bool(spec.amp))]
-    cfg = build_config(spec.protocol, smoke=spec.smoke, weights=spec.weights or "",
-                       opts=opts, device=spec.device)
+    opts = list(spec.opts) + [
+        "OUTPUT_DIR",
+        spec.seed_dir,
+        "SEED",
+        str(spec.seed),
+        "SOLVER.AMP.ENABLED",
+        str(bool(spec.amp)),
+    ]
+    cfg = build_config(
+        spec.protocol, smoke=spec.smoke, weights=spec.weights or "", opts=opts, device=spec.device
+    )
     default_setup(cfg, argparse.Namespace(**spec.to_json()))
     trainer = SuiteTrainer(cfg)
     trainer.resume_or_load(resume=True)
@@ -206,9 +222,14 @@ def _train_recording_session(trainer: SuiteTrainer, sessions_path: Path) -> None
         raise
     finally:
         if comm.is_main_process():
-            sessions = _sessions(sessions_path) + [{
-                "start_iter": start_iter, "end_iter": min(trainer.iter, trainer.max_iter),
-                "status": status, "wall_time_s": round(time.time() - t0, 2)}]
+            sessions = _sessions(sessions_path) + [
+                {
+                    "start_iter": start_iter,
+                    "end_iter": min(trainer.iter, trainer.max_iter),
+                    "status": status,
+                    "wall_time_s": round(time.time() - t0, 2),
+                }
+            ]
             atomic_write_json(sessions_path, {"sessions": sessions})
 
 

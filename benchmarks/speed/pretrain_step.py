@@ -46,8 +46,9 @@ def training_step(method: str, arch: str, device: str, amp: str):
     cuda = device.startswith("cuda")
     mf = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(memory_format=mf)
-    opt = torch.optim.SGD(model.param_groups(), lr=0.1, momentum=0.9,
-                          weight_decay=1e-4, foreach=True)
+    opt = torch.optim.SGD(
+        model.param_groups(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True
+    )
     device_type = "cuda" if cuda else "cpu"
     amp_step = AmpStep(opt, amp_dtype(amp, device_type), device_type)
 
@@ -63,13 +64,15 @@ def training_step(method: str, arch: str, device: str, amp: str):
     return step, mf, sync, model.needs_boxes
 
 
-def model_speed(method: str, arch: str, size: int, batch: int, device: str, amp: str,
-                steps: int, warmup: int) -> float:
+def model_speed(
+    method: str, arch: str, size: int, batch: int, device: str, amp: str, steps: int, warmup: int
+) -> float:
     import torch
 
     step, mf, sync, needs_boxes = training_step(method, arch, device, amp)
-    views = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
-             for _ in range(2)]
+    views = [
+        torch.randn(batch, 3, size, size, device=device).to(memory_format=mf) for _ in range(2)
+    ]
     extra = []
     if needs_boxes:  # MaskCo: the masked box in each view
         from pretrain.maskco import random_boxes
@@ -116,8 +119,9 @@ def write_jpegs(images: int, src_size: int) -> Path:
     return tmp / "train"
 
 
-def view_batches(folder: Path, size: int, batch: int, workers: int, pipeline: str,
-                 device: str, epochs: int):
+def view_batches(
+    folder: Path, size: int, batch: int, workers: int, pipeline: str, device: str, epochs: int
+):
     """Yields BYOL's two views (N, 3, S, S) per batch, on ``device``, from the files
     through the ``pil`` or ``device`` pipeline, for ``epochs`` passes."""
     from torch.utils.data import DataLoader
@@ -130,9 +134,16 @@ def view_batches(folder: Path, size: int, batch: int, workers: int, pipeline: st
     ds = ViewsDataset(folder, views, raw=raw)
     counter = BadImageCounter(raw=raw)
     augment = DeviceAugment(views)
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=counter,
-                        persistent_workers=workers > 0, shuffle=True, drop_last=True,
-                        pin_memory=device.startswith("cuda"))
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=counter,
+        persistent_workers=workers > 0,
+        shuffle=True,
+        drop_last=True,
+        pin_memory=device.startswith("cuda"),
+    )
     for _ in range(epochs):
         for item in loader:
             b = counter.take(item)
@@ -142,8 +153,9 @@ def view_batches(folder: Path, size: int, batch: int, workers: int, pipeline: st
                 yield [v.to(device, non_blocking=True) for v in b[0]]
 
 
-def data_speed(folder: Path, size: int, batch: int, workers: int, pipeline: str,
-               device: str) -> float:
+def data_speed(
+    folder: Path, size: int, batch: int, workers: int, pipeline: str, device: str
+) -> float:
     """Images/s of decode + two BYOL views (the first pass warms workers and page cache)."""
     import torch
 
@@ -160,8 +172,17 @@ def data_speed(folder: Path, size: int, batch: int, workers: int, pipeline: str,
     return n / (time.perf_counter() - t0)
 
 
-def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int,
-                     workers: int, pipeline: str, device: str, amp: str) -> float:
+def end_to_end_speed(
+    method: str,
+    arch: str,
+    folder: Path,
+    size: int,
+    batch: int,
+    workers: int,
+    pipeline: str,
+    device: str,
+    amp: str,
+) -> float:
     """Training images/s of the real training loop (``pretrain.trainer.Trainer``, two epochs
     on the JPEG files, the second one timed): loader, views (``pipeline``), the step with
     its host sync and logging, as a user's run does it."""
@@ -173,14 +194,27 @@ def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int
 
     on = pipeline == "device" and not METHODS[method].needs_boxes
     with tempfile.TemporaryDirectory() as out:
-        cfg = PretrainConfig(method=method, arch=arch, data=str(folder.parent), output=out,
-                             epochs=2, batch_size=batch, image_size=size, workers=workers,
-                             amp=amp, batch_aug="on" if on else "off",
-                             knn_every=0, save_every=100, log_every=1, warmup_epochs=0.0)
+        cfg = PretrainConfig(
+            method=method,
+            arch=arch,
+            data=str(folder.parent),
+            output=out,
+            epochs=2,
+            batch_size=batch,
+            image_size=size,
+            workers=workers,
+            amp=amp,
+            batch_aug="on" if on else "off",
+            knn_every=0,
+            save_every=100,
+            log_every=1,
+            warmup_epochs=0.0,
+        )
         trainer = Trainer(cfg)
         if not trainer.device.startswith(device.split(":")[0]):
-            raise ValueError(f"--end-to-end runs the Trainer, which picks {trainer.device}; "
-                             f"asked for {device}")
+            raise ValueError(
+                f"--end-to-end runs the Trainer, which picks {trainer.device}; asked for {device}"
+            )
         trainer.fit()
     # the timed epoch's first step also waits for the epoch's loader workers to start, once
     # per epoch (per ~10k steps on ImageNet): left out, as the warm-up epoch is
@@ -191,8 +225,11 @@ def end_to_end_speed(method: str, arch: str, folder: Path, size: int, batch: int
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+",
-                   default=["care", "byol", "simsiam", "simsiam_gsg", "byol_gsg", "maskco"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["care", "byol", "simsiam", "simsiam_gsg", "byol_gsg", "maskco"],
+    )
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=128, help="per GPU (paper: 128)")
@@ -200,15 +237,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 8, 16],
-                   help="loader worker counts to time (default: 0 8 16)")
-    p.add_argument("--data-images", type=int, default=4096,
-                   help="JPEG files to time on (enough batches for every worker)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 8, 16],
+        help="loader worker counts to time (default: 0 8 16)",
+    )
+    p.add_argument(
+        "--data-images",
+        type=int,
+        default=4096,
+        help="JPEG files to time on (enough batches for every worker)",
+    )
     p.add_argument("--data-src-size", type=int, default=500, help="JPEG width (ImageNet ~500)")
-    p.add_argument("--pipelines", nargs="+", choices=["pil", "device"], default=None,
-                   help="data pipelines to time (default: pil, and device where CUDA)")
-    p.add_argument("--end-to-end", nargs="*", default=["care", "byol"], metavar="METHOD",
-                   help="methods to time end to end from the JPEG files (default: care byol)")
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        choices=["pil", "device"],
+        default=None,
+        help="data pipelines to time (default: pil, and device where CUDA)",
+    )
+    p.add_argument(
+        "--end-to-end",
+        nargs="*",
+        default=["care", "byol"],
+        metavar="METHOD",
+        help="methods to time end to end from the JPEG files (default: care byol)",
+    )
     p.add_argument("--json", type=Path, default=None)
     return p
 
@@ -223,8 +279,9 @@ def main(args: argparse.Namespace) -> dict:
     cuda = device.startswith("cuda")
     pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
     for m in args.methods:
-        ips = model_speed(m, args.arch, args.size, args.batch, device, args.amp, args.steps,
-                          args.warmup)
+        ips = model_speed(
+            m, args.arch, args.size, args.batch, device, args.amp, args.steps, args.warmup
+        )
         res["model"][m] = ips
         print(f"model alone  {m:<11} {ips:9.1f} images/s", flush=True)
     folder = write_jpegs(args.data_images, args.data_src_size)
@@ -236,13 +293,21 @@ def main(args: argparse.Namespace) -> dict:
     e2e_pipe = "device" if "device" in pipelines else pipelines[0]
     for m in args.end_to_end:
         w = max(args.workers)
-        ips = end_to_end_speed(m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device,
-                               args.amp)
+        ips = end_to_end_speed(
+            m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device, args.amp
+        )
         share = ips / res["model"][m] if m in res["model"] else float("nan")
-        res["end_to_end"][m] = {"images_per_s": ips, "pipeline": e2e_pipe, "workers": w,
-                                "of_model_alone": share}
-        print(f"end to end   {m:<11} {ips:9.1f} images/s ({e2e_pipe}, {w} workers; "
-              f"{100 * share:.0f}% of model alone)", flush=True)
+        res["end_to_end"][m] = {
+            "images_per_s": ips,
+            "pipeline": e2e_pipe,
+            "workers": w,
+            "of_model_alone": share,
+        }
+        print(
+            f"end to end   {m:<11} {ips:9.1f} images/s ({e2e_pipe}, {w} workers; "
+            f"{100 * share:.0f}% of model alone)",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return res

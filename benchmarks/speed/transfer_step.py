@@ -31,13 +31,23 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SCRIPTS = {"voc_c4_24k": ["transfer/run_voc.py"],
-           "coco_c4_1x": ["transfer/run_coco.py", "--arch", "c4"],
-           "coco_fpn_1x": ["transfer/run_coco.py", "--arch", "fpn"]}
+SCRIPTS = {
+    "voc_c4_24k": ["transfer/run_voc.py"],
+    "coco_c4_1x": ["transfer/run_coco.py", "--arch", "c4"],
+    "coco_fpn_1x": ["transfer/run_coco.py", "--arch", "fpn"],
+}
 
 
-def bare_step(protocol: str, smoke: bool, device: str, amp: bool, iters: int, warmup: int,
-              ims: int | None, shapes_root: str) -> float:
+def bare_step(
+    protocol: str,
+    smoke: bool,
+    device: str,
+    amp: bool,
+    iters: int,
+    warmup: int,
+    ims: int | None,
+    shapes_root: str,
+) -> float:
     """Images/s of model forward + backward + optimizer step on cached batches."""
     import torch
     from detectron2.data import build_detection_train_loader
@@ -49,8 +59,14 @@ def bare_step(protocol: str, smoke: bool, device: str, amp: bool, iters: int, wa
     from transfer.datasets import register_shapes
 
     register_shapes(shapes_root)
-    opts = ["DATASETS.TRAIN", "('shapes_voc_2007_trainval',)" if protocol.startswith("voc")
-            else "('shapes_coco_2017_train',)", "DATALOADER.NUM_WORKERS", "2"]
+    opts = [
+        "DATASETS.TRAIN",
+        "('shapes_voc_2007_trainval',)"
+        if protocol.startswith("voc")
+        else "('shapes_coco_2017_train',)",
+        "DATALOADER.NUM_WORKERS",
+        "2",
+    ]
     if ims:
         opts += ["SOLVER.IMS_PER_BATCH", str(ims)]
     cfg = build_config(protocol, smoke=smoke, device=device, opts=opts)
@@ -85,15 +101,44 @@ def in_child(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def runner_job(protocol: str, smoke: bool, iters: int, ims: int | None, weights: str,
-               shapes_root: str, amp: bool, num_gpus: int) -> float:
+def runner_job(
+    protocol: str,
+    smoke: bool,
+    iters: int,
+    ims: int | None,
+    weights: str,
+    shapes_root: str,
+    amp: bool,
+    num_gpus: int,
+) -> float:
     """Images/s of a short real runner job (detectron2's own timing, warm-up excluded)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, *SCRIPTS[protocol], "--weights", weights, "--seeds", "1",
-               "--dataset", "synthetic", "--output", tmp, "--shapes-root", shapes_root,
-               "--num-gpus", str(num_gpus)] + (["--amp"] if amp else [])
-        opts = ["SOLVER.MAX_ITER", str(iters), "TEST.PRECISE_BN.ENABLED", "False",
-                "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "100000"]
+        cmd = [
+            sys.executable,
+            *SCRIPTS[protocol],
+            "--weights",
+            weights,
+            "--seeds",
+            "1",
+            "--dataset",
+            "synthetic",
+            "--output",
+            tmp,
+            "--shapes-root",
+            shapes_root,
+            "--num-gpus",
+            str(num_gpus),
+        ] + (["--amp"] if amp else [])
+        opts = [
+            "SOLVER.MAX_ITER",
+            str(iters),
+            "TEST.PRECISE_BN.ENABLED",
+            "False",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100000",
+        ]
         if not smoke:
             opts += full_size_opts(protocol)
         if ims:
@@ -119,12 +164,20 @@ def full_size_opts(protocol: str) -> list[str]:
     from transfer.config import build_config
 
     full = build_config(protocol, smoke=False, device="cpu")
-    return ["INPUT.MIN_SIZE_TRAIN", str(tuple(full.INPUT.MIN_SIZE_TRAIN)),
-            "INPUT.MAX_SIZE_TRAIN", str(full.INPUT.MAX_SIZE_TRAIN),
-            "SOLVER.IMS_PER_BATCH", str(full.SOLVER.IMS_PER_BATCH),
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(full.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
-            "MODEL.RPN.BATCH_SIZE_PER_IMAGE", str(full.MODEL.RPN.BATCH_SIZE_PER_IMAGE),
-            "DATALOADER.NUM_WORKERS", "8"]
+    return [
+        "INPUT.MIN_SIZE_TRAIN",
+        str(tuple(full.INPUT.MIN_SIZE_TRAIN)),
+        "INPUT.MAX_SIZE_TRAIN",
+        str(full.INPUT.MAX_SIZE_TRAIN),
+        "SOLVER.IMS_PER_BATCH",
+        str(full.SOLVER.IMS_PER_BATCH),
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        str(full.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+        str(full.MODEL.RPN.BATCH_SIZE_PER_IMAGE),
+        "DATALOADER.NUM_WORKERS",
+        "8",
+    ]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -134,10 +187,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="smoke configs (small images)")
     p.add_argument("--iters", type=int, default=20, help="timed bare steps (default: 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed bare steps (default: 5)")
-    p.add_argument("--runner-iters", type=int, default=40,
-                   help="iterations of the runner job; 0 skips it (default: 40)")
-    p.add_argument("--ims-per-batch", type=int, default=None,
-                   help="override the batch (default: the config's; 16 for full protocols)")
+    p.add_argument(
+        "--runner-iters",
+        type=int,
+        default=40,
+        help="iterations of the runner job; 0 skips it (default: 40)",
+    )
+    p.add_argument(
+        "--ims-per-batch",
+        type=int,
+        default=None,
+        help="override the batch (default: the config's; 16 for full protocols)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     return p
 
@@ -160,15 +221,40 @@ def main(args: argparse.Namespace) -> list[dict]:
         row = {"protocol": protocol, "device": gpu, "smoke": args.smoke}
         # each bare measurement in its own process: the full protocols' steps hold ~60 GB,
         # which must be free for the next one and for the runner job
-        row["bare_fp32"] = in_child(bare_step, protocol, args.smoke, device, False,
-                                    args.iters, args.warmup, args.ims_per_batch, shapes)
+        row["bare_fp32"] = in_child(
+            bare_step,
+            protocol,
+            args.smoke,
+            device,
+            False,
+            args.iters,
+            args.warmup,
+            args.ims_per_batch,
+            shapes,
+        )
         if device == "cuda":
-            row["bare_amp"] = in_child(bare_step, protocol, args.smoke, device, True,
-                                       args.iters, args.warmup, args.ims_per_batch, shapes)
+            row["bare_amp"] = in_child(
+                bare_step,
+                protocol,
+                args.smoke,
+                device,
+                True,
+                args.iters,
+                args.warmup,
+                args.ims_per_batch,
+                shapes,
+            )
         if args.runner_iters:
-            row["runner_fp32"] = runner_job(protocol, args.smoke, args.runner_iters,
-                                            args.ims_per_batch, str(weights), shapes, False,
-                                            1 if device == "cuda" else 0)
+            row["runner_fp32"] = runner_job(
+                protocol,
+                args.smoke,
+                args.runner_iters,
+                args.ims_per_batch,
+                str(weights),
+                shapes,
+                False,
+                1 if device == "cuda" else 0,
+            )
             row["runner_vs_bare"] = row["runner_fp32"] / row["bare_fp32"]
         rows.append(row)
         cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float))

@@ -50,13 +50,18 @@ class Demo:
 def test_flags_come_from_the_fields():
     p = add_flags(argparse.ArgumentParser(), Demo)
     assert given(p.parse_args([]), Demo) == {}  # nothing typed, nothing given
-    args = p.parse_args(["--size", "5", "--scale", "0.3", "0.9", "--ks", "1", "--name", "b",
-                         "--no-on"])
-    assert given(args, Demo) == {"size": 5, "scale": (0.3, 0.9), "ks": (1,), "name": "b",
-                                 "on": False}
+    args = p.parse_args(
+        ["--size", "5", "--scale", "0.3", "0.9", "--ks", "1", "--name", "b", "--no-on"]
+    )
+    assert given(args, Demo) == {
+        "size": 5,
+        "scale": (0.3, 0.9),
+        "ks": (1,),
+        "name": "b",
+        "on": False,
+    }
     assert Demo(**given(args, Demo)) == Demo(5, (0.3, 0.9), (1,), "b", False)
-    assert "(default: 0.2 1.0)" in p.format_help() and "a switch (default: True)" in \
-        p.format_help()
+    assert "(default: 0.2 1.0)" in p.format_help() and "a switch (default: True)" in p.format_help()
     with pytest.raises(SystemExit):
         p.parse_args(["--name", "c"])
 
@@ -101,8 +106,9 @@ def test_stop_flag_catches_sigterm_and_restores_the_handler():
 
 
 def _agree(rank: int, port: int, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                         rank=rank, world_size=2)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
     res = [any_rank(rank == 1), every_rank(rank == 1), any_rank(False), every_rank(True)]
     torch.save(res, f"{out}/{rank}.pt")
     torch.distributed.destroy_process_group()

@@ -37,8 +37,22 @@ def test_no_flag_means_the_dataclass_default():
 
 
 def test_flags_reach_the_config_and_the_method_options():
-    cfg = parse("--method", "care", "--epochs", "3", "--crop-scale", "0.3", "1.0",
-                "--lambda-att", "10", "--n-blocks", "2", "--no-channels-last", "--proj-dim", "64")
+    cfg = parse(
+        "--method",
+        "care",
+        "--epochs",
+        "3",
+        "--crop-scale",
+        "0.3",
+        "1.0",
+        "--lambda-att",
+        "10",
+        "--n-blocks",
+        "2",
+        "--no-channels-last",
+        "--proj-dim",
+        "64",
+    )
     assert (cfg.epochs, cfg.crop_scale, cfg.channels_last) == (3, (0.3, 1.0), False)
     assert (cfg.options.lambda_att, cfg.options.n_blocks, cfg.options.proj_dim) == (10.0, 2, 64)
     assert cfg.options.proj_hidden == 4096  # the method's default fills the rest
@@ -49,12 +63,28 @@ def test_flags_reach_the_config_and_the_method_options():
 def test_a_flag_of_another_method_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--method simsiam has no option lambda_att"):
         parse("--method", "simsiam", "--lambda-att", "10")
-    res = subprocess.run([sys.executable, "-m", "pretrain", "--method", "simsiam",
-                          "--lambda-att", "10", "--output", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain",
+            "--method",
+            "simsiam",
+            "--lambda-att",
+            "10",
+            "--output",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
-        res.stderr.strip().splitlines()[0]] and "has no option lambda_att" in res.stderr
+    assert (
+        res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[0]]
+        and "has no option lambda_att" in res.stderr
+    )
 
 
 def test_recipes_then_flags():

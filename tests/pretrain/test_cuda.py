@@ -26,7 +26,8 @@ def _jpeg(seed: int, h: int = 120, w: int = 160, subsampling: int = -1) -> torch
     small = rng.integers(0, 256, (h // 10, w // 10, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(small).resize((w, h), Image.BICUBIC).save(
-        buf, "JPEG", quality=90, subsampling=subsampling)
+        buf, "JPEG", quality=90, subsampling=subsampling
+    )
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
@@ -47,8 +48,10 @@ def test_nvjpeg_batch_decode_matches_libjpeg_and_drops_a_corrupt_file(subsamplin
         ref = decode_jpeg(p).int()
         assert img.is_cuda and img.shape == ref.shape
         diff = (img.cpu().int() - ref).abs().float()
-        print(f"4:{'4:4' if subsampling == 0 else '2:0'} image {i}: mean |diff| "
-              f"{diff.mean():.2f}, max {diff.max():.0f}")
+        print(
+            f"4:{'4:4' if subsampling == 0 else '2:0'} image {i}: mean |diff| "
+            f"{diff.mean():.2f}, max {diff.max():.0f}"
+        )
         assert diff.mean() < mean_tol, (i, diff.mean(), diff.max())
 
 
@@ -62,8 +65,7 @@ def test_device_views_on_cuda_match_the_same_views_on_cpu():
     aug = DeviceAugment(views)
     images = [decode_jpeg(_jpeg(s)) for s in range(16)]
     torch.manual_seed(0)
-    params = [default_collate([v.build().draw(160, 120, None) for _ in images])
-              for v in views]
+    params = [default_collate([v.build().draw(160, 120, None) for _ in images]) for v in views]
     cpu = aug([im.clone() for im in images], params)
     gpu = aug([im.cuda() for im in images], params)
     for c, g in zip(cpu, gpu):
@@ -120,14 +122,16 @@ def test_amp_and_channels_last_loss_matches_fp32(method):
     amp_step = AmpStep(opt, torch.float16, "cuda")  # the Trainer's step, with its scaler
     for _ in range(30):  # the scale starts at 2**16: the first steps may overflow
         with amp_step.autocast():
-            loss = model([v.to(memory_format=torch.channels_last) for v in views],
-                         *extra)["loss"]
+            loss = model([v.to(memory_format=torch.channels_last) for v in views], *extra)["loss"]
         amp_step.step(loss)
         model.update_target(0.99)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    moved = [not torch.equal(p, state[k]) for k, p in model.named_parameters()
-             if k.startswith("backbone")]
+    moved = [
+        not torch.equal(p, state[k])
+        for k, p in model.named_parameters()
+        if k.startswith("backbone")
+    ]
     assert moved and all(moved), f"{sum(moved)} of {len(moved)} backbone tensors updated"
 
 
@@ -146,17 +150,25 @@ def test_roi_align_features_on_cuda_match_cpu():
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
 
 
-@pytest.mark.parametrize("method,batch_aug", [("care", "on"), ("byol", "off"),
-                                              ("maskco", "off")])
+@pytest.mark.parametrize("method,batch_aug", [("care", "on"), ("byol", "off"), ("maskco", "off")])
 def test_pretraining_run_on_cuda(tmp_path, shapes_root, method, batch_aug):
     """A whole run on CUDA (bf16, channels_last, pinned loader; ``--batch-aug on`` decodes
     and augments on the GPU): finite losses, checkpoint and kNN written."""
     from pretrain.recipes import recipe_config
     from pretrain.trainer import Trainer
 
-    cfg = recipe_config("test", method=method, data=str(shapes_root / "imagefolder"),
-                        output=str(tmp_path), epochs=2, batch_size=16, image_size=64,
-                        workers=2, knn_every=2, batch_aug=batch_aug)
+    cfg = recipe_config(
+        "test",
+        method=method,
+        data=str(shapes_root / "imagefolder"),
+        output=str(tmp_path),
+        epochs=2,
+        batch_size=16,
+        image_size=64,
+        workers=2,
+        knn_every=2,
+        batch_aug=batch_aug,
+    )
     t = Trainer(cfg)
     assert t.device.startswith("cuda") and t.batch_aug == (batch_aug == "on")
     t.fit()

@@ -16,18 +16,30 @@ from pretrain.data import ResumableSampler, list_images
 
 
 def _rank(rank: int, port: int, data: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
     from pretrain.recipes import recipe_config
     from pretrain.trainer import Trainer
 
-    cfg = recipe_config("test", method="byol", data=data, output=out, epochs=1,
-                        knn_every=0, max_bad_frac=0.5)
+    cfg = recipe_config(
+        "test", method="byol", data=data, output=out, epochs=1, knn_every=0, max_bad_frac=0.5
+    )
     t = Trainer(cfg)
     t.fit()
-    Path(out, f"rank{rank}.json").write_text(json.dumps(
-        {"global_step": t.global_step, "skipped_steps": t.skipped_steps,
-         "bad_images": t.bad_images + 0}))
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "global_step": t.global_step,
+                "skipped_steps": t.skipped_steps,
+                "bad_images": t.bad_images + 0,
+            }
+        )
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -42,9 +54,13 @@ def test_a_rank_with_an_all_corrupt_batch_does_not_hang_the_others(tmp_path, sha
     for idx in list(sampler)[:8]:
         Path(samples[idx][0]).write_bytes(b"not an image")
     steps = len(samples) // 16
-    ctx = mp.start_processes(_rank, args=(29700 + os.getpid() % 200, str(data),
-                                          str(tmp_path / "run")), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _rank,
+        args=(29700 + os.getpid() % 200, str(data), str(tmp_path / "run")),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
     deadline = time.time() + 240
     while not ctx.join(timeout=5):
         if time.time() > deadline:

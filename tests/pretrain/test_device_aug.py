@@ -50,11 +50,18 @@ def _texture(h=70, w=90, seed=0) -> Image.Image:
 def test_draw_then_apply_equals_torchvision_transforms(cfg):
     """ViewTransform (draw, then apply) gives bit-identical views to torchvision's own
     transforms in the documented order, and leaves the RNG where they leave it."""
-    ref = T.Compose([
-        T.RandomResizedCrop(cfg.size, cfg.scale, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(), T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
-        T.RandomGrayscale(cfg.gray_p), _Blur(cfg.blur_p, cfg.blur_sigma()),
-        _Solarize(cfg.solarize_p), T.ToTensor(), T.Normalize(MEAN, STD)])
+    ref = T.Compose(
+        [
+            T.RandomResizedCrop(cfg.size, cfg.scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
+            T.RandomGrayscale(cfg.gray_p),
+            _Blur(cfg.blur_p, cfg.blur_sigma()),
+            _Solarize(cfg.solarize_p),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
     view = cfg.build()
     img = _texture()
     for seed in range(40):
@@ -72,10 +79,12 @@ def test_batched_ops_equal_torchvision_functional_ops():
     hue = torch.tensor([-0.5, -0.1, 0.0, 0.07, 0.5])
     sigma = torch.tensor([0.3, 1.0, 2.5, 0.8, 1.6])
     k = 2 * int(np.ceil(3 * 2.5)) + 1
-    per_op = [(D.brightness(x.clone(), f), TF.adjust_brightness, f),
-              (D.contrast(x.clone(), f), TF.adjust_contrast, f),
-              (D.saturation(x.clone(), f), TF.adjust_saturation, f),
-              (D.hue(x.clone(), hue), TF.adjust_hue, hue)]
+    per_op = [
+        (D.brightness(x.clone(), f), TF.adjust_brightness, f),
+        (D.contrast(x.clone(), f), TF.adjust_contrast, f),
+        (D.saturation(x.clone(), f), TF.adjust_saturation, f),
+        (D.hue(x.clone(), hue), TF.adjust_hue, hue),
+    ]
     for out, ref, fs in per_op:
         for i in range(5):
             torch.testing.assert_close(out[i], ref(x[i], float(fs[i])), atol=1e-5, rtol=0)
@@ -93,16 +102,26 @@ def test_photometric_follows_each_samples_draws():
     solarize: the batched result equals applying torchvision's ops one image at a time."""
     n = 6
     x = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    p = {"flip": torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool),
-         "jitter": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool),
-         "order": torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2], [2, 3, 0, 1],
-                                [1, 3, 0, 2], [3, 0, 2, 1]]),
-         "factors": torch.tensor([[1.3, 0.7, 1.2, 0.05], [0.8, 1.3, 0.6, -0.08],
-                                  [1.1, 1.1, 1.1, 0.1], [0.7, 0.9, 1.4, 0.02],
-                                  [1.2, 0.6, 0.9, -0.03], [1.0, 1.2, 0.5, 0.09]]),
-         "gray": torch.tensor([0, 0, 1, 0, 1, 0], dtype=torch.bool),
-         "sigma": torch.tensor([0.0, 1.2, 0.0, 0.5, 0.9, 0.0]),
-         "solarize": torch.tensor([0, 1, 0, 0, 1, 1], dtype=torch.bool)}
+    p = {
+        "flip": torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool),
+        "jitter": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool),
+        "order": torch.tensor(
+            [[0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2], [2, 3, 0, 1], [1, 3, 0, 2], [3, 0, 2, 1]]
+        ),
+        "factors": torch.tensor(
+            [
+                [1.3, 0.7, 1.2, 0.05],
+                [0.8, 1.3, 0.6, -0.08],
+                [1.1, 1.1, 1.1, 0.1],
+                [0.7, 0.9, 1.4, 0.02],
+                [1.2, 0.6, 0.9, -0.03],
+                [1.0, 1.2, 0.5, 0.09],
+            ]
+        ),
+        "gray": torch.tensor([0, 0, 1, 0, 1, 0], dtype=torch.bool),
+        "sigma": torch.tensor([0.0, 1.2, 0.0, 0.5, 0.9, 0.0]),
+        "solarize": torch.tensor([0, 1, 0, 0, 1, 1], dtype=torch.bool),
+    }
     out = D.photometric(x.clone(), p, [True] * 4)
     k = 2 * int(np.ceil(3 * 1.2)) + 1
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
@@ -198,11 +217,25 @@ def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):
     sorted((data / "circle").glob("*.jpg"))[0].write_bytes(b"garbage")
     losses = {}
     for mode in ("on", "off"):
-        t = Trainer(PretrainConfig(
-            method="byol", arch="resnet18", data=str(data.parent), output=str(tmp_path / mode),
-            epochs=1, batch_size=8, image_size=32, crop_scale=(0.3, 1.0), warmup_epochs=0.5,
-            workers=1, knn_every=0, log_every=1, max_bad_frac=0.5, batch_aug=mode,
-            options={"proj_hidden": 64, "proj_dim": 16, "pred_hidden": 64}))
+        t = Trainer(
+            PretrainConfig(
+                method="byol",
+                arch="resnet18",
+                data=str(data.parent),
+                output=str(tmp_path / mode),
+                epochs=1,
+                batch_size=8,
+                image_size=32,
+                crop_scale=(0.3, 1.0),
+                warmup_epochs=0.5,
+                workers=1,
+                knn_every=0,
+                log_every=1,
+                max_bad_frac=0.5,
+                batch_aug=mode,
+                options={"proj_hidden": 64, "proj_dim": 16, "pred_hidden": 64},
+            )
+        )
         assert t.batch_aug == (mode == "on")
         t.fit()
         assert t.bad_images == 1 and (t.global_step, t.images_seen) == (2, 15)
@@ -239,7 +272,8 @@ def test_prefetcher_order_skips_errors_and_close(threaded):
     with pytest.raises(ValueError, match="unreadable batch 5"):
         list(D.DevicePrefetcher(items, bad, "cpu", threaded=threaded))
     before = threading.active_count()
-    with contextlib.closing(iter(D.DevicePrefetcher(range(10**6), lambda i: i, "cpu",
-                                                    threaded=threaded))) as it:
+    with contextlib.closing(
+        iter(D.DevicePrefetcher(range(10**6), lambda i: i, "cpu", threaded=threaded))
+    ) as it:
         assert [next(it) for _ in range(3)] == [0, 1, 2]
     assert threading.active_count() == before  # the worker thread has ended

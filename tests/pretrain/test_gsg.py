@@ -43,8 +43,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("pair,z21,z22,expected", CASES,
-                         ids=["11-21", "11-22", "12-21", "12-22"])
+@pytest.mark.parametrize("pair,z21,z22,expected", CASES, ids=["11-21", "11-22", "12-21", "12-22"])
 @pytest.mark.parametrize("distance", ["normalized", "raw"])
 def test_gsg_direction_and_loss_by_hand(pair, z21, z22, expected, distance):
     z1 = _t((1.0, 0.0), z21).requires_grad_()  # view 1 of image 0 and of image 1
@@ -96,15 +95,22 @@ def test_pairing_with_an_exact_copy_reduces_to_one_simsiam_term(cls, monkeypatch
     assert losses[0].item() == pytest.approx(single.item(), abs=1e-5)
     assert losses[3].item() == pytest.approx(single.item(), abs=1e-5)
     # and the method's loss is the mean of the per-sample losses with that pairing
-    assert m.compute_loss([v1, v2])["loss"].item() == pytest.approx(losses.mean().item(),
-                                                                      abs=1e-5)
+    assert m.compute_loss([v1, v2])["loss"].item() == pytest.approx(losses.mean().item(), abs=1e-5)
 
 
 def test_simsiam_loss_and_heads_by_hand():
     m = SimSiam("resnet18", SimSiam.Options(**SMALL))
     proj = m.projector.net
-    assert [type(x).__name__ for x in proj] == ["Linear", "BatchNorm1d", "ReLU", "Linear",
-                                                "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    assert [type(x).__name__ for x in proj] == [
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "BatchNorm1d",
+    ]
     assert all(x.bias is None for x in proj if isinstance(x, torch.nn.Linear))
     assert not proj[-1].affine and proj[1].affine
     assert isinstance(m.predictor, MLP) and m.predictor.net[0].out_features == 16
@@ -120,25 +126,34 @@ def test_simsiam_loss_and_heads_by_hand():
     with torch.no_grad():
         m.predictor.weight.copy_(torch.diag(torch.tensor([2.0, -1.0])))
     loss = m.compute_loss([None, None])["loss"]
-    expected = 0.5 * (-(6 - 4) / (5 ** 0.5 * 5) - (6 - 4) / (52 ** 0.5 * 2 ** 0.5))
+    expected = 0.5 * (-(6 - 4) / (5**0.5 * 5) - (6 - 4) / (52**0.5 * 2**0.5))
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     loss.backward()
     assert z1.grad is not None  # through the predictor; the targets' copies are detached
-    assert torch.allclose(z1.grad, torch.autograd.grad(
-        0.5 * negative_cosine(m.predictor(z1), z2).sum(), z1)[0])
+    assert torch.allclose(
+        z1.grad, torch.autograd.grad(0.5 * negative_cosine(m.predictor(z1), z2).sum(), z1)[0]
+    )
 
 
 def test_method_defaults_and_explicit_values():
     ss = PretrainConfig(method="simsiam")
-    assert (ss.crop_scale, ss.warmup_epochs, ss.aug, ss.fix_pred_lr) == ((0.2, 1.0), 0.0,
-                                                                         "simsiam", True)
+    assert (ss.crop_scale, ss.warmup_epochs, ss.aug, ss.fix_pred_lr) == (
+        (0.2, 1.0),
+        0.0,
+        "simsiam",
+        True,
+    )
     o = ss.options
     assert (o.proj_hidden, o.proj_dim, o.pred_hidden) == (2048, 2048, 512)
     bg = PretrainConfig(method="byol_gsg")
     assert (bg.tau_schedule, bg.base_tau) == ("constant", 0.99)
     care = PretrainConfig(method="care")
     assert (care.crop_scale, care.warmup_epochs, care.aug, care.tau_schedule) == (
-        (0.08, 1.0), 10.0, "byol", "cosine")
+        (0.08, 1.0),
+        10.0,
+        "byol",
+        "cosine",
+    )
     assert care.options.proj_hidden == 4096
     mine = PretrainConfig(method="simsiam", crop_scale=(0.5, 1.0), options={"proj_dim": 64})
     assert mine.crop_scale == (0.5, 1.0) and mine.options.proj_dim == 64
@@ -160,9 +175,20 @@ def folder(shapes_root):
 
 @pytest.mark.parametrize("method", ["simsiam", "byol_gsg"])
 def test_fixed_predictor_lr_and_tau_schedule(tmp_path, folder, method):
-    cfg = PretrainConfig(method=method, arch="resnet18", data=str(folder), output=str(tmp_path),
-                         epochs=2, batch_size=8, image_size=32, workers=0, knn_every=0,
-                         warmup_epochs=0.5, options=SMALL, crop_scale=(0.3, 1.0))
+    cfg = PretrainConfig(
+        method=method,
+        arch="resnet18",
+        data=str(folder),
+        output=str(tmp_path),
+        epochs=2,
+        batch_size=8,
+        image_size=32,
+        workers=0,
+        knn_every=0,
+        warmup_epochs=0.5,
+        options=SMALL,
+        crop_scale=(0.3, 1.0),
+    )
     t = Trainer(cfg)
     loader = torch.utils.data.DataLoader(t.dataset, batch_size=8)
     views, _, _ = next(iter(loader))

@@ -25,10 +25,15 @@ pytestmark = pytest.mark.slow
 # 50.0% (SimSiam), 50.7% (BYOL), 47.9% (SimSiam-GSG), 48.6% (BYOL-GSG). All but SimSiam are
 # left out of `make test` for CI time (20 minutes in all; a CI run with BYOL too took 19 min on
 # a slow day); `make test-extended` runs them.
-@pytest.mark.parametrize("method", [
-    "simsiam", pytest.param("byol", marks=pytest.mark.extended),
-    pytest.param("simsiam_gsg", marks=pytest.mark.extended),
-    pytest.param("byol_gsg", marks=pytest.mark.extended)])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "simsiam",
+        pytest.param("byol", marks=pytest.mark.extended),
+        pytest.param("simsiam_gsg", marks=pytest.mark.extended),
+        pytest.param("byol_gsg", marks=pytest.mark.extended),
+    ],
+)
 def test_knn_beats_random_init(tmp_path, method):
     res = learning_signal(method, tmp_path, epochs=30)
     assert res["final"] >= res["init"] + 5.0, res
@@ -47,6 +52,7 @@ def test_maskco_knn_beats_random_init_at_96px(tmp_path):
     """MaskCo needs room for its boxes: its RoIAlign reads res5, 1 x 1 at 32 px (every box
     reads the same cell) and 2 x 2 at 64 px, where it did not gain. At 96 px (3 x 3), with
     the masked box filled with noise: 35.4% at random init -> 65.3% after 360 steps (9 min)."""
-    res = learning_signal("maskco", tmp_path, epochs=30, image_size=96,
-                          options={"mask_fill": "noise"})
+    res = learning_signal(
+        "maskco", tmp_path, epochs=30, image_size=96, options={"mask_fill": "noise"}
+    )
     assert res["final"] >= res["init"] + 5.0, res

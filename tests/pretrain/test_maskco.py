@@ -61,8 +61,7 @@ def test_views_record_their_crop_and_flip():
         x0, y0, w, h, flip = geom.tolist()
         # the view's left column comes from x0 (or x0 + w when flipped), top row from y0
         left = x[:, 2].mean().item()
-        assert left == pytest.approx(x0 + w - 2.5 * w / S if flip else x0 + 2.5 * w / S,
-                                     abs=3.0)
+        assert left == pytest.approx(x0 + w - 2.5 * w / S if flip else x0 + 2.5 * w / S, abs=3.0)
         assert y[2, :].mean().item() == pytest.approx(y0 + 2.5 * h / S, abs=3.0)
     assert flips == {True, False}
 
@@ -90,8 +89,10 @@ def test_masked_box_and_roialign_land_on_the_same_region_after_flips():
         # ... and the pixels outside it keep the image
         x0, y0, x1, y1 = qb.tolist()
         outside = torch.ones(S, S, dtype=torch.bool)
-        outside[max(0, int(y0) - 1):int(math.ceil(y1)) + 1,
-                max(0, int(x0) - 1):int(math.ceil(x1)) + 1] = False
+        outside[
+            max(0, int(y0) - 1) : int(math.ceil(y1)) + 1,
+            max(0, int(x0) - 1) : int(math.ceil(x1)) + 1,
+        ] = False
         assert (query[:, outside].abs().sum(0) > 0.05).float().mean() > 0.95
         # and __call__ gives the same views and boxes, masked
         torch.manual_seed(seed)
@@ -132,7 +133,7 @@ def test_negatives_never_include_the_positive():
         assert valid[i, 0] and not valid[i, own].any()  # ... which is never a negative
         others = [j for j in range(1 + n * k) if j > 0 and not own.start <= j < own.stop]
         assert valid[i, others].all()
-        assert torch.equal(valid[i, 1 + n * k:], valid_intra[i])
+        assert torch.equal(valid[i, 1 + n * k :], valid_intra[i])
     iou = box_iou_rows(pos_boxes, intra)
     assert (iou[valid_intra] < 0.3).all()
     assert valid_intra.float().mean() > 0.5  # most rows find enough non-overlapping boxes
@@ -142,10 +143,12 @@ def test_negatives_never_include_the_positive():
     k_inter2[0] = torch.randn(k, d)
     keys2, valid2 = assemble_keys(k_pos, k_inter2, k_intra, valid_intra)
     assert info_nce(q[:1], keys[:1], 0.2, valid[:1]).item() == pytest.approx(
-        info_nce(q[:1], keys2[:1], 0.2, valid2[:1]).item(), abs=1e-6)
+        info_nce(q[:1], keys2[:1], 0.2, valid2[:1]).item(), abs=1e-6
+    )
     # ... while query 1 sees them as negatives
     assert info_nce(q[1:2], keys[1:2], 0.2, valid[1:2]).item() != pytest.approx(
-        info_nce(q[1:2], keys2[1:2], 0.2, valid2[1:2]).item(), abs=1e-6)
+        info_nce(q[1:2], keys2[1:2], 0.2, valid2[1:2]).item(), abs=1e-6
+    )
 
 
 def test_box_iou_rows_by_hand():
@@ -156,8 +159,9 @@ def test_box_iou_rows_by_hand():
 
 def test_maskco_step_routes_gradients_to_the_online_network_only():
     torch.manual_seed(0)
-    m = MaskCo("resnet18", MaskCoOptions(proj_hidden=32, proj_dim=8, mph_dim=16,
-                                      intra_negatives=True))
+    m = MaskCo(
+        "resnet18", MaskCoOptions(proj_hidden=32, proj_dim=8, mph_dim=16, intra_negatives=True)
+    )
     assert set(m.target) == {"backbone", "mph", "projector"}
     views = [torch.randn(3, 3, S, S), torch.randn(3, 3, S, S)]
     boxes = torch.tensor([[[8.0, 8.0, 40.0, 40.0], [10.0, 12.0, 50.0, 44.0]]]).repeat(3, 1, 1)

@@ -27,8 +27,9 @@ SMALL = RECIPES["test"]["options"]
 
 def tiny(tmp: Path, data: Path, method: str = "byol", **kw) -> PretrainConfig:
     """The ``test`` recipe on ``data`` without the kNN probe."""
-    return recipe_config("test", method=method, data=str(data), output=str(tmp),
-                         **{"knn_every": 0, **kw})
+    return recipe_config(
+        "test", method=method, data=str(data), output=str(tmp), **{"knn_every": 0, **kw}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,9 @@ def test_resume_is_exact(tmp_path, folder, method):
 def test_final_checkpoint_converts_for_transfer(tmp_path, folder, method):
     from transfer.convert import convert_file
 
-    out = run(tiny(tmp_path, folder, method=method, epochs=1,
-                   out=str(tmp_path / f"{method}_r18.pth")))
+    out = run(
+        tiny(tmp_path, folder, method=method, epochs=1, out=str(tmp_path / f"{method}_r18.pth"))
+    )
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["meta"]["method"] == method.upper() and ckpt["meta"]["epochs"] == 1
     assert ckpt["meta"]["hparams"]["method"] == method
@@ -114,8 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, folder, monkeyp
         t.fit()
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert ckpt["state"]["global_step"] == 12 and ckpt["state"]["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["backbone"].values()
-               if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ckpt["backbone"].values() if v.is_floating_point())
 
 
 def test_resume_refuses_other_settings(tmp_path, folder):
@@ -125,12 +126,40 @@ def test_resume_refuses_other_settings(tmp_path, folder):
 
 
 def test_sigterm_writes_a_resumable_checkpoint(tmp_path, folder):
-    cmd = [sys.executable, "-m", "pretrain", "--method", "byol", "--arch", "resnet18",
-           "--data", str(folder), "--output", str(tmp_path), "--epochs", "2", "--batch-size",
-           "8", "--image-size", "32", "--workers", "0", "--knn-every", "0", "--log-every", "1",
-           "--proj-hidden", "64", "--pred-hidden", "64", "--proj-dim", "16"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain",
+        "--method",
+        "byol",
+        "--arch",
+        "resnet18",
+        "--data",
+        str(folder),
+        "--output",
+        str(tmp_path),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--knn-every",
+        "0",
+        "--log-every",
+        "1",
+        "--proj-hidden",
+        "64",
+        "--pred-hidden",
+        "64",
+        "--proj-dim",
+        "16",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -144,8 +173,10 @@ def test_sigterm_writes_a_resumable_checkpoint(tmp_path, folder):
     assert 2 <= stopped < 24
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resumed from {tmp_path / 'checkpoint.pth'}: epoch {state['epoch']}, step {stopped}" \
+    assert (
+        f"resumed from {tmp_path / 'checkpoint.pth'}: epoch {state['epoch']}, step {stopped}"
         in res.stdout
+    )
 
 
 def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
@@ -157,15 +188,16 @@ def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
     model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
-    half = [v[rank * 4:(rank + 1) * 4] for v in views]
+    half = [v[rank * 4 : (rank + 1) * 4] for v in views]
     loss = ddp(half)["loss"]
     loss.backward()
     opt.step()
     t = torch.tensor([loss.item()])
     torch.distributed.all_reduce(t)
     if rank == 0:
-        torch.save({"loss": t.item() / 2, "params": model.backbone.state_dict()},
-                   Path(out_dir) / "ddp.pth")
+        torch.save(
+            {"loss": t.item() / 2, "params": model.backbone.state_dict()}, Path(out_dir) / "ddp.pth"
+        )
     torch.distributed.destroy_process_group()
 
 
@@ -189,7 +221,7 @@ def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path):
     torch.manual_seed(0)
     model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
     opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
-    losses = [model([v[i * 4:(i + 1) * 4] for v in views])["loss"] for i in range(2)]
+    losses = [model([v[i * 4 : (i + 1) * 4] for v in views])["loss"] for i in range(2)]
     loss = sum(losses) / 2
     loss.backward()
     opt.step()

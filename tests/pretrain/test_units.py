@@ -110,7 +110,7 @@ def test_abs_attention_equals_explicit_logits():
     attn = MHSA(dim=16, heads=2, size=3, pos="abs")
     x = torch.randn(1, 16, 3, 3)
     q, k, v = attn.qkv(x).reshape(1, 3, 2, 8, 9).unbind(1)
-    q, k, v = q.transpose(-1, -2) * 8 ** -0.5, k.transpose(-1, -2), v.transpose(-1, -2)
+    q, k, v = q.transpose(-1, -2) * 8**-0.5, k.transpose(-1, -2), v.transpose(-1, -2)
     logits = q @ k.transpose(-1, -2) + q @ attn.position(3, 3).t()
     ref = (logits.softmax(-1) @ v).transpose(-1, -2).reshape(1, 16, 3, 3)
     torch.testing.assert_close(attn(x), ref)
@@ -159,8 +159,9 @@ def test_blur_sigma_scales_with_view_size_and_crop_recipe_is_geometric_only():
     x0, y0, w, h, flip = geom.tolist()
     from torchvision.transforms import functional as TF
 
-    ref = TF.resized_crop(img, int(y0), int(x0), int(h), int(w), [24, 24],
-                          interpolation=TF.InterpolationMode.BICUBIC)
+    ref = TF.resized_crop(
+        img, int(y0), int(x0), int(h), int(w), [24, 24], interpolation=TF.InterpolationMode.BICUBIC
+    )
     ref = TF.hflip(ref) if flip else ref
     mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
     expected = (TF.to_tensor(ref) - mean[:, None, None]) / std[:, None, None]

@@ -34,8 +34,9 @@ def test_gradcam_weights_are_the_pooled_feature():
         _, a = trunk(x)
         g = a.mean(dim=(2, 3), keepdim=True) / (a.shape[2] * a.shape[3])
         ref = torch.relu((g * a).sum(1, keepdim=True))
-        ref = torch.nn.functional.interpolate(ref, size=(64, 64), mode="bilinear",
-                                              align_corners=False)[:, 0]
+        ref = torch.nn.functional.interpolate(
+            ref, size=(64, 64), mode="bilinear", align_corners=False
+        )[:, 0]
     torch.testing.assert_close(visualize.gradcam(trunk, x), ref)
 
 
@@ -46,8 +47,20 @@ def test_cli_draws_a_png(tmp_path):
     imgs.mkdir()
     for i in range(2):
         Image.new("RGB", (40, 30), (40 * i, 100, 200)).save(imgs / f"{i}.jpg")
-    out = visualize.main(visualize.get_args_parser().parse_args(
-        ["--weights", str(src), str(src), "--images", str(imgs), "--out",
-         str(tmp_path / "m.png"), "--size", "64"]))
+    out = visualize.main(
+        visualize.get_args_parser().parse_args(
+            [
+                "--weights",
+                str(src),
+                str(src),
+                "--images",
+                str(imgs),
+                "--out",
+                str(tmp_path / "m.png"),
+                "--size",
+                "64",
+            ]
+        )
+    )
     with Image.open(out) as im:
         assert im.size[0] > 200

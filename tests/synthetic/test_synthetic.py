@@ -12,9 +12,14 @@ import pytest
 from synthetic import CLASSES, ShapesSpec, generate
 from synthetic.writers import DIFFICULT_MIN_SIDE, DIFFICULT_MIN_VISIBLE, _detection_scene, _rng
 
-TINY = ShapesSpec(seed=3, size=96, imagefolder={"train": 2, "val": 1},
-                  voc2007={"trainval": 3, "test": 2}, voc2012={"trainval": 2},
-                  coco={"train2017": 3, "val2017": 2})
+TINY = ShapesSpec(
+    seed=3,
+    size=96,
+    imagefolder={"train": 2, "val": 1},
+    voc2007={"trainval": 3, "test": 2},
+    voc2012={"trainval": 2},
+    coco={"train2017": 3, "val2017": 2},
+)
 
 
 def _files(root: Path) -> list[Path]:
@@ -82,9 +87,14 @@ def test_voc_boxes_and_difficult_round_trip(registered_shapes):
         # difficult flags, as detectron2's VOC evaluator reads them from the XML
         xml = registered_shapes / "VOC2007" / "Annotations" / f"{rec['image_id']}.xml"
         flags = [r["difficult"] for r in parse_rec(str(xml))]
-        want_flags = [int(min(o.box_xyxy()[2] - o.box_xyxy()[0], o.box_xyxy()[3] - o.box_xyxy()[1])
-                          < DIFFICULT_MIN_SIDE or o.visible_fraction < DIFFICULT_MIN_VISIBLE)
-                      for o in scene.objects]
+        want_flags = [
+            int(
+                min(o.box_xyxy()[2] - o.box_xyxy()[0], o.box_xyxy()[3] - o.box_xyxy()[1])
+                < DIFFICULT_MIN_SIDE
+                or o.visible_fraction < DIFFICULT_MIN_VISIBLE
+            )
+            for o in scene.objects
+        ]
         assert flags == want_flags
         n_difficult += sum(flags)
     assert n_difficult > 0, "the test split should exercise the difficult flag"
@@ -141,8 +151,9 @@ def test_silhouettes_layout_grey_levels_and_shape_masks(tmp_path):
     write_silhouettes(tmp_path / "b", 1, 48, {"train": 3, "val": 2})
     files = _files(tmp_path / "a")
     assert len(files) == len(CLASSES) * 5 and files == _files(tmp_path / "b")
-    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-               for f in files)
+    assert all(
+        (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files
+    )
     fills = {}
     for f in files:
         img = np.asarray(Image.open(tmp_path / "a" / f))

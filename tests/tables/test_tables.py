@@ -16,21 +16,41 @@ from tables import __main__ as cli
 from tables.aggregate import Stat, TablesError, collect, welch
 from tables.layout import REFERENCE_DIR
 
-CONFIG = {"MODEL": {"WEIGHTS": "/x/w.pkl", "PIXEL_STD": [58.395, 57.12, 57.375]},
-          "SOLVER": {"BASE_LR": 0.02, "MAX_ITER": 24000}, "SEED": 0, "OUTPUT_DIR": "/x"}
+CONFIG = {
+    "MODEL": {"WEIGHTS": "/x/w.pkl", "PIXEL_STD": [58.395, 57.12, 57.375]},
+    "SOLVER": {"BASE_LR": 0.02, "MAX_ITER": 24000},
+    "SEED": 0,
+    "OUTPUT_DIR": "/x",
+}
 
 
-def make_seed(root: Path, protocol: str, weights: str, k: int, tasks: dict, *,
-              meta: dict | None = None, config: dict | None = None, sha: str = "abc",
-              dataset: str = "real") -> Path:
+def make_seed(
+    root: Path,
+    protocol: str,
+    weights: str,
+    k: int,
+    tasks: dict,
+    *,
+    meta: dict | None = None,
+    config: dict | None = None,
+    sha: str = "abc",
+    dataset: str = "real",
+) -> Path:
     d = root / protocol / weights / f"seed{k}"
     d.mkdir(parents=True)
     cfg = json.loads(json.dumps(config or CONFIG))
     cfg["SEED"], cfg["OUTPUT_DIR"] = 1000 + k, str(d)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    m = {"protocol": protocol, "base_protocol": protocol.removesuffix("_smoke"),
-         "dataset": dataset, "seed": 1000 + k, "seed_index": k, "wall_time_s": 1.0,
-         "weights": {"stem": weights, "sha256": sha, "meta": meta or {}}, **tasks}
+    m = {
+        "protocol": protocol,
+        "base_protocol": protocol.removesuffix("_smoke"),
+        "dataset": dataset,
+        "seed": 1000 + k,
+        "seed_index": k,
+        "wall_time_s": 1.0,
+        "weights": {"stem": weights, "sha256": sha, "meta": meta or {}},
+        **tasks,
+    }
     (d / "metrics.json").write_text(json.dumps(m))
     return d
 
@@ -40,8 +60,10 @@ def voc(ap: float, ap50: float, ap75: float) -> dict:
 
 
 def coco(det: float, seg: float) -> dict:
-    return {"bbox": {"AP": det, "AP50": det + 20, "AP75": det + 3},
-            "segm": {"AP": seg, "AP50": seg + 20, "AP75": seg + 2}}
+    return {
+        "bbox": {"AP": det, "AP50": det + 20, "AP75": det + 3},
+        "segm": {"AP": seg, "AP50": seg + 20, "AP75": seg + 2},
+    }
 
 
 def test_stat_by_hand():
@@ -106,12 +128,18 @@ def _csv_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
-@pytest.mark.parametrize("table,source", [("table4", "care_main_table4"),
-                                          ("table4", "care_supp_table3"),
-                                          ("table5", "care_main_table5")])
+@pytest.mark.parametrize(
+    "table,source",
+    [
+        ("table4", "care_main_table4"),
+        ("table4", "care_supp_table3"),
+        ("table5", "care_main_table5"),
+    ],
+)
 def test_reference_rows_reproduce_the_paper(table, source, tmp_path):
-    args = cli.get_args_parser().parse_args(["--reference-only", "--out", str(tmp_path),
-                                             "--source", source])
+    args = cli.get_args_parser().parse_args(
+        ["--reference-only", "--out", str(tmp_path), "--source", source]
+    )
     cli.main(args)
     ours = _csv_rows(tmp_path / f"{table}.csv")
     paper_file = "care_table4_c4.csv" if table == "table4" else "care_table5_fpn.csv"
@@ -130,21 +158,47 @@ def _our_runs(root: Path) -> None:
     meta_care = {"method": "CARE", "epochs": 200}
     meta_byol = {"method": "BYOL", "epochs": 200}
     for k in range(5):
-        make_seed(root, "voc_c4_24k", "care_r50", k, voc(58.5 + 0.1 * k, 83.5, 65.0),
-                  meta=meta_care, sha="c")
-        make_seed(root, "coco_c4_1x", "care_r50", k, coco(39.8 + 0.1 * k, 34.9), meta=meta_care,
-                  sha="c")
-        make_seed(root, "voc_c4_24k", "byol_r50", k, voc(56.0 + 0.1 * k, 82.0, 63.0),
-                  meta=meta_byol, sha="b")
+        make_seed(
+            root,
+            "voc_c4_24k",
+            "care_r50",
+            k,
+            voc(58.5 + 0.1 * k, 83.5, 65.0),
+            meta=meta_care,
+            sha="c",
+        )
+        make_seed(
+            root, "coco_c4_1x", "care_r50", k, coco(39.8 + 0.1 * k, 34.9), meta=meta_care, sha="c"
+        )
+        make_seed(
+            root,
+            "voc_c4_24k",
+            "byol_r50",
+            k,
+            voc(56.0 + 0.1 * k, 82.0, 63.0),
+            meta=meta_byol,
+            sha="b",
+        )
     for k in range(2):
-        make_seed(root, "voc_c4_24k_smoke", "care_r50", k, voc(0.5 + k, 1.0, 0.1),
-                  meta=meta_care, sha="c", dataset="synthetic")
+        make_seed(
+            root,
+            "voc_c4_24k_smoke",
+            "care_r50",
+            k,
+            voc(0.5 + k, 1.0, 0.1),
+            meta=meta_care,
+            sha="c",
+            dataset="synthetic",
+        )
 
 
 def test_tables_latex_matches_csv_and_bolds_best_two(tmp_path):
     _our_runs(tmp_path)
-    written = cli.main(cli.get_args_parser().parse_args(
-        ["--runs", str(tmp_path), "--compare", "byol_r50", "care_r50"]))
+    written = cli.main(
+        cli.get_args_parser().parse_args(
+            ["--runs", str(tmp_path), "--compare", "byol_r50", "care_r50"]
+        )
+    )
     rows = _csv_rows(written["table4.csv"])
     care = next(r for r in rows if r["weights"] == "care_r50" and r["synthetic"] == "0")
     assert float(care["voc_AP"]) == pytest.approx(58.7) and care["voc_AP_n"] == "5"
@@ -159,8 +213,11 @@ def test_tables_latex_matches_csv_and_bolds_best_two(tmp_path):
     assert voc_cell == r"\mathbf{58.7 \pm 0.2}^{\dagger}"
     assert cells[0] == r"\mathbf{40.0 \pm 0.2}"  # COCO det AP 39.8..40.2 beats the paper
     # best two per column: VOC AP -> ours (58.7) and the paper's CARE 400 (57.9), not 200
-    bold_voc = [x.split(" & ")[:2] for x in tex.splitlines()
-                if " & " in x and len(x.split(" & ")) > 8 and r"\mathbf" in x.split(" & ")[8]]
+    bold_voc = [
+        x.split(" & ")[:2]
+        for x in tex.splitlines()
+        if " & " in x and len(x.split(" & ")) > 8 and r"\mathbf" in x.split(" & ")[8]
+    ]
     assert bold_voc == [["CARE", "400"], ["CARE (care\\_r50)", "200"]]
     md = written["table4.md"].read_text()
     assert "| CARE (care_r50) | 200 | 5 |" in md and "2*" in md and "(synthetic)" in md

@@ -23,8 +23,10 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
     written = demo.main(demo.get_args_parser().parse_args(["--out", str(out), "--tiny"]))
     # pretraining checkpoints in the documented format, with finite kNN metrics
     for method in ("care", "byol"):
-        metrics = [json.loads(x) for x in
-                   (out / "pretrain" / method / "metrics.jsonl").read_text().splitlines()]
+        metrics = [
+            json.loads(x)
+            for x in (out / "pretrain" / method / "metrics.jsonl").read_text().splitlines()
+        ]
         knn = [m["knn_top1_k20"] for m in metrics if "knn_top1_k20" in m]
         assert knn and all(0 <= v <= 100 for v in knn)
         assert (out / "weights" / f"{method}_r50.pth").stat().st_size > 1e6
@@ -32,8 +34,9 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
     # is NaN, as in COCOeval, when the 3 validation images hold no such object)
     for protocol in ("voc_c4_24k_smoke", "coco_c4_1x_smoke"):
         for weights in ("care_r50", "byol_r50", "random_init"):
-            m = json.loads((out / "runs" / protocol / weights / "seed0" /
-                            "metrics.json").read_text())
+            m = json.loads(
+                (out / "runs" / protocol / weights / "seed0" / "metrics.json").read_text()
+            )
             assert all(math.isfinite(m["bbox"][k]) for k in ("AP", "AP50", "AP75"))
     # the tables parse and carry our three rows beside the paper's
     rows = list(csv.DictReader(open(written["table4.csv"])))

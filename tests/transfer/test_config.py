@@ -7,43 +7,75 @@ import pytest
 from transfer.config import CONFIG_DIR, PROTOCOLS, build_config, smoke_datasets
 
 COMMON = {  # every protocol (MoCo's detection protocol for self-supervised weights)
-    "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530], "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
-    "INPUT.FORMAT": "RGB", "MODEL.RESNETS.STRIDE_IN_1X1": False, "MODEL.RESNETS.DEPTH": 50,
-    "MODEL.BACKBONE.FREEZE_AT": 0, "TEST.PRECISE_BN.ENABLED": True,
-    "SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02,
+    "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530],
+    "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
+    "INPUT.FORMAT": "RGB",
+    "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    "MODEL.RESNETS.DEPTH": 50,
+    "MODEL.BACKBONE.FREEZE_AT": 0,
+    "TEST.PRECISE_BN.ENABLED": True,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.BASE_LR": 0.02,
 }
 EXPECTED = {
-    "voc_c4_24k": {"MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
-                   "MODEL.RESNETS.NORM": "naiveSyncBN", "MODEL.MASK_ON": False,
-                   "MODEL.ROI_HEADS.NUM_CLASSES": 20, "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
-                   "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
-                   "INPUT.MIN_SIZE_TRAIN": tuple(range(480, 801, 32)), "INPUT.MIN_SIZE_TEST": 800,
-                   "DATASETS.TRAIN": ("voc_2007_trainval", "voc_2012_trainval"),
-                   "DATASETS.TEST": ("voc_2007_test",), "SOLVER.MAX_ITER": 24000,
-                   "SOLVER.STEPS": (18000, 22000), "SOLVER.WARMUP_ITERS": 100},
-    "coco_c4_1x": {"MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm", "MODEL.MASK_ON": True,
-                   "MODEL.ROI_HEADS.NUM_CLASSES": 80,
-                   "INPUT.MIN_SIZE_TRAIN": tuple(range(640, 801, 32)),
-                   "DATASETS.TRAIN": ("coco_2017_train",), "DATASETS.TEST": ("coco_2017_val",),
-                   "SOLVER.MAX_ITER": 90000, "SOLVER.STEPS": (60000, 80000)},
-    "coco_c4_2x": {"MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm", "MODEL.MASK_ON": True,
-                   "SOLVER.MAX_ITER": 180000, "SOLVER.STEPS": (120000, 160000)},
-    "coco_fpn_1x": {"MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
-                    "MODEL.RESNETS.NORM": "SyncBN", "MODEL.FPN.NORM": "SyncBN",
-                    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
-                    "MODEL.ROI_BOX_HEAD.NUM_CONV": 4, "MODEL.ROI_BOX_HEAD.NUM_FC": 1,
-                    "MODEL.ROI_BOX_HEAD.NORM": "SyncBN", "MODEL.ROI_MASK_HEAD.NUM_CONV": 4,
-                    "MODEL.ROI_MASK_HEAD.NORM": "SyncBN", "MODEL.MASK_ON": True,
-                    "MODEL.ROI_HEADS.NUM_CLASSES": 80, "SOLVER.MAX_ITER": 90000,
-                    "SOLVER.STEPS": (60000, 80000), "SOLVER.WARMUP_ITERS": 1000},
+    "voc_c4_24k": {
+        "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
+        "MODEL.RESNETS.NORM": "naiveSyncBN",
+        "MODEL.MASK_ON": False,
+        "MODEL.ROI_HEADS.NUM_CLASSES": 20,
+        "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
+        "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
+        "INPUT.MIN_SIZE_TRAIN": tuple(range(480, 801, 32)),
+        "INPUT.MIN_SIZE_TEST": 800,
+        "DATASETS.TRAIN": ("voc_2007_trainval", "voc_2012_trainval"),
+        "DATASETS.TEST": ("voc_2007_test",),
+        "SOLVER.MAX_ITER": 24000,
+        "SOLVER.STEPS": (18000, 22000),
+        "SOLVER.WARMUP_ITERS": 100,
+    },
+    "coco_c4_1x": {
+        "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
+        "MODEL.MASK_ON": True,
+        "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+        "INPUT.MIN_SIZE_TRAIN": tuple(range(640, 801, 32)),
+        "DATASETS.TRAIN": ("coco_2017_train",),
+        "DATASETS.TEST": ("coco_2017_val",),
+        "SOLVER.MAX_ITER": 90000,
+        "SOLVER.STEPS": (60000, 80000),
+    },
+    "coco_c4_2x": {
+        "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
+        "MODEL.MASK_ON": True,
+        "SOLVER.MAX_ITER": 180000,
+        "SOLVER.STEPS": (120000, 160000),
+    },
+    "coco_fpn_1x": {
+        "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+        "MODEL.RESNETS.NORM": "SyncBN",
+        "MODEL.FPN.NORM": "SyncBN",
+        "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV": 4,
+        "MODEL.ROI_BOX_HEAD.NUM_FC": 1,
+        "MODEL.ROI_BOX_HEAD.NORM": "SyncBN",
+        "MODEL.ROI_MASK_HEAD.NUM_CONV": 4,
+        "MODEL.ROI_MASK_HEAD.NORM": "SyncBN",
+        "MODEL.MASK_ON": True,
+        "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+        "SOLVER.MAX_ITER": 90000,
+        "SOLVER.STEPS": (60000, 80000),
+        "SOLVER.WARMUP_ITERS": 1000,
+    },
 }
 
 
 def get(cfg, dotted: str):
     for part in dotted.split("."):
         cfg = cfg[part]
-    return tuple(cfg) if isinstance(cfg, (list, tuple)) and dotted.startswith(
-        ("DATASETS", "INPUT", "SOLVER")) else cfg
+    return (
+        tuple(cfg)
+        if isinstance(cfg, (list, tuple)) and dotted.startswith(("DATASETS", "INPUT", "SOLVER"))
+        else cfg
+    )
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -56,19 +88,28 @@ def test_protocol_values(protocol):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_smoke_overlay_changes_data_and_size_only(protocol):
-    full, smoke = build_config(protocol, device="cpu"), build_config(protocol, smoke=True,
-                                                                     device="cpu")
+    full, smoke = (
+        build_config(protocol, device="cpu"),
+        build_config(protocol, smoke=True, device="cpu"),
+    )
     assert smoke.DATASETS.TRAIN == smoke_datasets(full.DATASETS.TRAIN)
     assert all(n.startswith("shapes_") for n in smoke.DATASETS.TEST)
     assert smoke.MODEL.ROI_HEADS.NUM_CLASSES == 6 and smoke.SOLVER.MAX_ITER == 30
-    for key in ("MODEL.META_ARCHITECTURE", "MODEL.BACKBONE.NAME", "MODEL.RESNETS.NORM",
-                "MODEL.ROI_HEADS.NAME", "MODEL.MASK_ON", "MODEL.PIXEL_MEAN", "INPUT.FORMAT"):
+    for key in (
+        "MODEL.META_ARCHITECTURE",
+        "MODEL.BACKBONE.NAME",
+        "MODEL.RESNETS.NORM",
+        "MODEL.ROI_HEADS.NAME",
+        "MODEL.MASK_ON",
+        "MODEL.PIXEL_MEAN",
+        "INPUT.FORMAT",
+    ):
         assert get(smoke, key) == get(full, key), key
 
 
 def test_configs_chain_from_one_base():
     files = {p.name: p.read_text() for p in CONFIG_DIR.glob("*.yaml")}
-    assert 'PIXEL_MEAN' in files["Base-RCNN-SSL.yaml"]
+    assert "PIXEL_MEAN" in files["Base-RCNN-SSL.yaml"]
     assert sum("PIXEL_MEAN" in t for t in files.values()) == 1  # defined once
     assert '_BASE_: "Base-RCNN-SSL.yaml"' in files["Base-RCNN-C4-SSL.yaml"]
     assert '_BASE_: "Base-RCNN-SSL.yaml"' in files["Base-RCNN-FPN-SSL.yaml"]

@@ -46,20 +46,33 @@ def _formats(sd: dict) -> dict[str, tuple[dict, set[str]]]:
     moco.update({"module.encoder_k." + k: v.clone() for k, v in body.items()})
     moco["module.queue"] = torch.randn(8, 16)
     care = {"module.student_encoder." + k: v for k, v in body.items()}
-    care.update({"module.student_encoder.trans.0.conv.weight": torch.randn(4, 4, 1, 1),
-                 "module.student_encoder.fc1.0.weight": torch.randn(8, 2048),
-                 "module.student_encoder.fc2.0.weight": torch.randn(8, 8)})
+    care.update(
+        {
+            "module.student_encoder.trans.0.conv.weight": torch.randn(4, 4, 1, 1),
+            "module.student_encoder.fc1.0.weight": torch.randn(8, 2048),
+            "module.student_encoder.fc2.0.weight": torch.randn(8, 8),
+        }
+    )
     care.update({"module.teacher_encoder." + k: v.clone() for k, v in body.items()})
-    suite = {"format": cv.SUITE_FORMAT, "backbone": dict(body),
-             "meta": {"method": "care", "epochs": 3, "arch": "resnet50"}}
+    suite = {
+        "format": cv.SUITE_FORMAT,
+        "backbone": dict(body),
+        "meta": {"method": "care", "epochs": 3, "arch": "resnet50"},
+    }
     return {
         "torchvision": (dict(sd), {"fc.weight", "fc.bias"}),
-        "moco": ({"epoch": 200, "arch": "resnet50", "state_dict": moco},
-                 {"module.queue", "module.encoder_q.fc.0.weight", "module.encoder_k.conv1.weight"}),
-        "care_official": ({"model": care, "epoch": 200},
-                          {"module.student_encoder.trans.0.conv.weight",
-                           "module.student_encoder.fc1.0.weight",
-                           "module.teacher_encoder.layer4.2.bn3.weight"}),
+        "moco": (
+            {"epoch": 200, "arch": "resnet50", "state_dict": moco},
+            {"module.queue", "module.encoder_q.fc.0.weight", "module.encoder_k.conv1.weight"},
+        ),
+        "care_official": (
+            {"model": care, "epoch": 200},
+            {
+                "module.student_encoder.trans.0.conv.weight",
+                "module.student_encoder.fc1.0.weight",
+                "module.teacher_encoder.layer4.2.bn3.weight",
+            },
+        ),
         "suite": (suite, set()),
     }
 
@@ -79,14 +92,19 @@ def test_each_format_converts_equivalently(fmt, r50_state, tmp_path):
     model = out["model"]
     # hand-checked names of the mapping (docs/protocols.md)
     np.testing.assert_array_equal(model["stem.conv1.weight"], r50_state["conv1.weight"].numpy())
-    np.testing.assert_array_equal(model["stem.conv1.norm.running_var"],
-                                  r50_state["bn1.running_var"].numpy())
-    np.testing.assert_array_equal(model["res3.0.conv2.norm.bias"],
-                                  r50_state["layer2.0.bn2.bias"].numpy())
-    np.testing.assert_array_equal(model["res5.0.shortcut.weight"],
-                                  r50_state["layer4.0.downsample.0.weight"].numpy())
-    np.testing.assert_array_equal(model["res5.0.shortcut.norm.running_mean"],
-                                  r50_state["layer4.0.downsample.1.running_mean"].numpy())
+    np.testing.assert_array_equal(
+        model["stem.conv1.norm.running_var"], r50_state["bn1.running_var"].numpy()
+    )
+    np.testing.assert_array_equal(
+        model["res3.0.conv2.norm.bias"], r50_state["layer2.0.bn2.bias"].numpy()
+    )
+    np.testing.assert_array_equal(
+        model["res5.0.shortcut.weight"], r50_state["layer4.0.downsample.0.weight"].numpy()
+    )
+    np.testing.assert_array_equal(
+        model["res5.0.shortcut.norm.running_mean"],
+        r50_state["layer4.0.downsample.1.running_mean"].numpy(),
+    )
     assert not any(k.startswith(("fc", "trans")) for k in model)
     if fmt == "suite":
         assert out["suite_meta"]["method"] == "care" and out["suite_meta"]["epochs"] == 3
@@ -113,8 +131,11 @@ def test_truncated_checkpoint_is_refused_naming_keys(r50_state, tmp_path):
 
 
 def test_non_resnet_checkpoint_is_refused(tmp_path):
-    vit = {"cls_token": torch.zeros(1, 1, 8), "blocks.0.attn.qkv.weight": torch.randn(24, 8),
-           "patch_embed.proj.weight": torch.randn(8, 3, 16, 16)}
+    vit = {
+        "cls_token": torch.zeros(1, 1, 8),
+        "blocks.0.attn.qkv.weight": torch.randn(24, 8),
+        "patch_embed.proj.weight": torch.randn(8, 3, 16, 16),
+    }
     src, dst = tmp_path / "vit.pth", tmp_path / "vit.pkl"
     torch.save({"model": vit}, src)
     with pytest.raises(cv.ConversionError, match=r"layer1\.0\.conv1\.weight.*blocks\.0\.attn"):
@@ -173,8 +194,11 @@ def test_corrupt_checkpoint_is_named_as_such(r50_state, tmp_path, damage):
     src = tmp_path / "r50.pth"
     torch.save({"state_dict": r50_state}, src)
     data = src.read_bytes()
-    src.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x80\x02garbage" * 9,
-                     "empty": b""}[damage])
+    src.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"\x80\x02garbage" * 9, "empty": b""}[
+            damage
+        ]
+    )
     with pytest.raises(cv.ConversionError, match="not a readable checkpoint") as e:
         cv.load_any(src)
     assert "--allow-pickle" not in str(e.value)
@@ -184,9 +208,13 @@ def test_convert_runs_from_its_file_path(r50_state, tmp_path):
     """``python transfer/convert.py IN OUT`` works like ``python -m transfer.convert``."""
     src = tmp_path / "r50.pth"
     torch.save(r50_state, src)
-    res = subprocess.run([sys.executable, "transfer/convert.py", str(src),
-                          str(tmp_path / "r50.pkl")], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "transfer/convert.py", str(src), str(tmp_path / "r50.pkl")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "r50.pkl").is_file() and "ResNet-50" in res.stdout
 

@@ -52,10 +52,15 @@ def _fake_results(coco_gt) -> list[dict]:
         x, y, w, h = a["bbox"]
         for right in (True, False):
             j = rng.normal(0, 2, 4)
-            out.append({"image_id": a["image_id"], "score": float(rng.random()),
-                        "category_id": a["category_id"] if right else 1 + a["category_id"] % 6,
-                        "bbox": [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])],
-                        "segmentation": coco_gt.annToRLE(a)})
+            out.append(
+                {
+                    "image_id": a["image_id"],
+                    "score": float(rng.random()),
+                    "category_id": a["category_id"] if right else 1 + a["category_id"] % 6,
+                    "bbox": [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])],
+                    "segmentation": coco_gt.annToRLE(a),
+                }
+            )
     return out
 
 

@@ -31,8 +31,12 @@ def test_core_modules_import():
 def test_rebuild_has_no_removed_numpy_or_pillow_names():
     pkg = Path(INFO["path"])
     bad = re.compile(r"\bnp\.(bool|int|float|str|object)\b(?![_\w])|Image\.LINEAR|pkg_resources")
-    offenders = [f"{p.relative_to(pkg)}:{i}" for p in pkg.rglob("*.py")
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
+    offenders = [
+        f"{p.relative_to(pkg)}:{i}"
+        for p in pkg.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if bad.search(line)
+    ]
     assert offenders == []
 
 
@@ -108,7 +112,8 @@ def _gt_instances(record: dict, keep_class=True):
         from detectron2.structures.masks import polygons_to_bitmask
 
         inst.pred_masks = torch.stack(
-            [torch.from_numpy(polygons_to_bitmask(p, h, w)) for p in masks.polygons])
+            [torch.from_numpy(polygons_to_bitmask(p, h, w)) for p in masks.polygons]
+        )
     return inst
 
 
@@ -117,9 +122,17 @@ def _evaluate(evaluator, dataset: str, keep_class=True) -> dict:
 
     evaluator.reset()
     for rec in DatasetCatalog.get(dataset):
-        evaluator.process([{"image_id": rec["image_id"], "height": rec["height"],
-                            "width": rec["width"], "file_name": rec["file_name"]}],
-                          [{"instances": _gt_instances(rec, keep_class)}])
+        evaluator.process(
+            [
+                {
+                    "image_id": rec["image_id"],
+                    "height": rec["height"],
+                    "width": rec["width"],
+                    "file_name": rec["file_name"],
+                }
+            ],
+            [{"instances": _gt_instances(rec, keep_class)}],
+        )
     return evaluator.evaluate()
 
 

@@ -35,9 +35,13 @@ def small_shapes(tmp_path_factory):
     """A smaller tree than the session's: evaluation dominates these tests' time."""
     from synthetic import ShapesSpec, generate
 
-    spec = ShapesSpec(seed=1, imagefolder={"train": 1, "val": 1},
-                      voc2007={"trainval": 8, "test": 6}, voc2012={"trainval": 4},
-                      coco={"train2017": 8, "val2017": 6})
+    spec = ShapesSpec(
+        seed=1,
+        imagefolder={"train": 1, "val": 1},
+        voc2007={"trainval": 8, "test": 6},
+        voc2012={"trainval": 4},
+        coco={"train2017": 8, "val2017": 6},
+    )
     return generate(tmp_path_factory.mktemp("small_shapes"), spec)
 
 
@@ -48,8 +52,20 @@ def out(tmp_path_factory, small_shapes):
 
 def _args(module, out, weights, *extra, opts=FAST):
     root, shapes = out
-    argv = ["--weights", str(weights), "--seeds", "2", "--dataset", "synthetic", "--output",
-            str(root), "--shapes-root", str(shapes), *extra, *opts]
+    argv = [
+        "--weights",
+        str(weights),
+        "--seeds",
+        "2",
+        "--dataset",
+        "synthetic",
+        "--output",
+        str(root),
+        "--shapes-root",
+        str(shapes),
+        *extra,
+        *opts,
+    ]
     return module.get_args_parser().parse_args(argv)
 
 
@@ -111,10 +127,26 @@ def test_backbone_really_loaded(weights, tmp_path, registered_shapes):
 
 
 def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
-    cmd = [sys.executable, "transfer/run_voc.py", "--weights", str(weights), "--seeds", "1",
-           "--dataset", "synthetic", "--output", str(tmp_path), "--shapes-root",
-           str(small_shapes), "SOLVER.MAX_ITER", "14", "SOLVER.CHECKPOINT_PERIOD", "1000",
-           "TEST.PRECISE_BN.NUM_ITER", "1"]
+    cmd = [
+        sys.executable,
+        "transfer/run_voc.py",
+        "--weights",
+        str(weights),
+        "--seeds",
+        "1",
+        "--dataset",
+        "synthetic",
+        "--output",
+        str(tmp_path),
+        "--shapes-root",
+        str(small_shapes),
+        "SOLVER.MAX_ITER",
+        "14",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "TEST.PRECISE_BN.NUM_ITER",
+        "1",
+    ]
     seed_dir = tmp_path / "voc_c4_24k_smoke" / "tv_r50" / "seed0"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "driver.log"
@@ -154,24 +186,30 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
 def test_nan_loss_fails_the_seed_and_others_go_on(out, weights, tmp_path, capsys):
     _, shapes = out
     # a zero pixel std divides by zero: the first loss is not finite
-    args = _args(run_voc, (tmp_path, shapes), weights,
-                 opts=FAST + ["MODEL.PIXEL_STD", "[0.0, 0.0, 0.0]"])
+    args = _args(
+        run_voc, (tmp_path, shapes), weights, opts=FAST + ["MODEL.PIXEL_STD", "[0.0, 0.0, 0.0]"]
+    )
     assert run_voc.main(args) == 1
     for k in (0, 1):
-        failed = json.loads((tmp_path / "voc_c4_24k_smoke/tv_r50" / f"seed{k}" /
-                             "failed.json").read_text())
+        failed = json.loads(
+            (tmp_path / "voc_c4_24k_smoke/tv_r50" / f"seed{k}" / "failed.json").read_text()
+        )
         assert "FloatingPointError" in failed["error"]
     assert "FAILED seeds: [0, 1]" in capsys.readouterr().err
 
 
 def test_missing_real_dataset_names_paths(tmp_path, weights, monkeypatch, capsys):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
-    args = run_voc.get_args_parser().parse_args(["--weights", str(weights), "--seeds", "1",
-                                                 "--output", str(tmp_path)])
+    args = run_voc.get_args_parser().parse_args(
+        ["--weights", str(weights), "--seeds", "1", "--output", str(tmp_path)]
+    )
     from transfer.runner import cli_main
 
-    monkeypatch.setattr(sys, "argv", ["run_voc.py"] + ["--weights", str(weights), "--seeds",
-                                                       "1", "--output", str(tmp_path)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["run_voc.py"] + ["--weights", str(weights), "--seeds", "1", "--output", str(tmp_path)],
+    )
     assert cli_main(run_voc.main, run_voc.get_args_parser()) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "VOC2007" / "Annotations") in err
@@ -180,8 +218,13 @@ def test_missing_real_dataset_names_paths(tmp_path, weights, monkeypatch, capsys
 
 
 def test_script_help_runs_from_repo_root():
-    res = subprocess.run([sys.executable, "transfer/run_coco.py", "--help"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "transfer/run_coco.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and "--arch" in res.stdout and "--launcher" in res.stdout
 
 
