@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.cli import ConfigError
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -52,7 +54,7 @@ ARCHS: dict[str, Arch] = {
 def get_arch(key: str) -> Arch:
     """The architecture of an ``--arch`` value; a clear error for an unknown one."""
     if key not in ARCHS:
-        raise ValueError(f"unknown arch {key!r}; choose from {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown arch {key!r}; choose from {', '.join(ARCHS)}")
     return ARCHS[key]
 
 
@@ -61,7 +63,7 @@ def arch_by_name(name: str) -> Arch:
     for a in ARCHS.values():
         if a.name == name:
             return a
-    raise ValueError(
+    raise ConfigError(
         f"unknown architecture {name!r}; known: {', '.join(a.name for a in ARCHS.values())}"
     )
 

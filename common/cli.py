@@ -25,6 +25,10 @@ class ConfigError(UserError, ValueError):
     """An invalid setting (a flag value, a config key)."""
 
 
+class BadInput(UserError, ValueError):
+    """Input data of the wrong layout or kind (an empty folder, a checkpoint of another kind)."""
+
+
 class InputNotFound(UserError, FileNotFoundError):
     """A file or folder the command needs is missing."""
 

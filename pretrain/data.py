@@ -20,6 +20,8 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
+from common.cli import BadInput, ConfigError, InputNotFound
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT_HELP = (
     "expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (ImageNet "
@@ -200,7 +202,7 @@ AUGMENTATIONS = {"byol": byol_views, "simsiam": simsiam_views, "crop": crop_view
 def views_for(aug: str, size: int, scale: tuple[float, float]) -> list[AugConfig]:
     """The two views' augmentations of a named recipe (``--aug``)."""
     if aug not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation recipe {aug!r}; choose from {list(AUGMENTATIONS)}")
+        raise ConfigError(f"unknown augmentation recipe {aug!r}; choose from {list(AUGMENTATIONS)}")
     return AUGMENTATIONS[aug](size, scale)
 
 
@@ -222,10 +224,10 @@ def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     Raises FileNotFoundError / ValueError with the expected layout when it is not there.
     """
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; {LAYOUT_HELP}")
+        raise InputNotFound(f"{folder} does not exist; {LAYOUT_HELP}")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not classes:
-        raise ValueError(f"{folder} has no class sub-folders; {LAYOUT_HELP}")
+        raise BadInput(f"{folder} has no class sub-folders; {LAYOUT_HELP}")
     samples = [
         (str(p), i)
         for i, c in enumerate(classes)
@@ -233,7 +235,7 @@ def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
         if p.suffix.lower() in IMG_EXTENSIONS
     ]
     if not samples:
-        raise ValueError(
+        raise BadInput(
             f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}/<class>/; {LAYOUT_HELP}"
         )
     return samples, classes

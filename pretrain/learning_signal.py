@@ -35,6 +35,7 @@ def learning_signal(
     out: str | Path,
     seed: int = 0,
     per_class: int = 64,
+    val_per_class: int = 24,
     options: dict | None = None,
     **overrides,
 ) -> dict:
@@ -45,11 +46,11 @@ def learning_signal(
     The recipe's ``workers`` 0: the 48 px images load faster in the training process than
     worker processes hand them over on 2 cores (170 s against 212 s for SimSiam)."""
     out = Path(out)
-    data = out / "silhouettes"
+    data = out / f"silhouettes-{seed}-{per_class}-{val_per_class}"
     if not data.is_dir():  # written under a temporary name, so a partial tree is never used
         tmp = out / "silhouettes.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        write_silhouettes(tmp, seed, 48, {"train": per_class, "val": 24})
+        write_silhouettes(tmp, seed, 48, {"train": per_class, "val": val_per_class})
         tmp.rename(data)
     cfg = recipe_config(
         "learning-signal",

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from common.archs import get_arch
+from common.cli import ConfigError
 
 
 class ResNetTrunk(nn.Module):
@@ -104,7 +105,9 @@ class MHSA(nn.Module):
     def __init__(self, dim: int, heads: int, size: int, pos: str = "abs"):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} not divisible by heads {heads}")
+            raise ConfigError(
+                f"T-stream width {dim} (--mid-dim) is not divisible by --heads {heads}"
+            )
         self.heads, self.head_dim, self.pos = heads, dim // heads, pos
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
         d = self.head_dim

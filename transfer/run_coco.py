@@ -19,13 +19,16 @@ if not __package__:  # run as a file path: import the suite from the repository 
 
 import argparse
 
+from common.cli import ConfigError
 from transfer.runner import add_common_args, cli_main, run_protocol
 
 
 def protocol_for(arch: str, schedule: str) -> str:
     """``coco_c4_1x``, ``coco_c4_2x`` or ``coco_fpn_1x`` (the protocols CARE/MoCo report)."""
     if arch == "fpn" and schedule != "1x":
-        raise SystemExit("R50-FPN is defined for the 1x schedule only (CARE Table 5)")
+        raise ConfigError(
+            "R50-FPN is defined for the 1x schedule only (CARE Table 5): drop --schedule 2x"
+        )
     return f"coco_{arch}_{schedule}"
 
 

@@ -43,9 +43,12 @@ def _rank(rank: int, port: int, data: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_a_rank_with_an_all_corrupt_batch_does_not_hang_the_others(tmp_path, shapes_root):
+def test_a_rank_with_an_all_corrupt_batch_does_not_hang_the_others(
+    tmp_path, shapes_root, monkeypatch
+):
     import torch.multiprocessing as mp
 
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # two CPU ranks, also on a GPU machine
     data = tmp_path / "data"
     shutil.copytree(shapes_root / "imagefolder", data)
     samples, _ = list_images(data / "train")
