@@ -12,8 +12,20 @@ from pretrain.recipes import recipe_config
 
 
 def test_slurm_job_resumes_an_interrupted_run(tmp_path, shapes_root):
-    args = ["--recipe", "test", "--method", "byol", "--data", str(shapes_root / "imagefolder"),
-            "--output", str(tmp_path), "--epochs", "1", "--knn-every", "0"]
+    args = [
+        "--recipe",
+        "test",
+        "--method",
+        "byol",
+        "--data",
+        str(shapes_root / "imagefolder"),
+        "--output",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--knn-every",
+        "0",
+    ]
     # the run is stopped after 3 steps (as a preemption's SIGTERM would), checkpoint kept
     assert cli([*args, "--stop-after-steps", "3"]) == EXIT_INTERRUPTED
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["state"]["global_step"] == 3
