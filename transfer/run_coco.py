@@ -19,8 +19,8 @@ if not __package__:  # run as a file path: import the suite from the repository 
 
 import argparse
 
-from common.cli import ConfigError
-from transfer.runner import add_common_args, cli_main, run_protocol
+from common.cli import ConfigError, run_cli
+from transfer.runner import add_common_args, run_protocol
 
 
 def protocol_for(arch: str, schedule: str) -> str:
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return cli_main(main, get_args_parser(), argv)
+    return run_cli(main, get_args_parser(), argv)
 
 
 if __name__ == "__main__":

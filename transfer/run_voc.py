@@ -18,7 +18,8 @@ if not __package__:  # run as a file path: import the suite from the repository 
 
 import argparse
 
-from transfer.runner import add_common_args, cli_main, run_protocol
+from common.cli import run_cli
+from transfer.runner import add_common_args, run_protocol
 
 PROTOCOL = "voc_c4_24k"
 
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return cli_main(main, get_args_parser(), argv)
+    return run_cli(main, get_args_parser(), argv)
 
 
 if __name__ == "__main__":

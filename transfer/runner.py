@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common.archs import arch_by_name
 from common.atomic import atomic_write_json
-from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, InputNotFound, run_cli
+from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, InputNotFound
 from common.slurm import add_slurm_args
 from transfer.config import PROTOCOLS, build_config
 from transfer.spec import SeedSpec
@@ -333,8 +333,3 @@ def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
-
-
-def cli_main(main, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Run a runner script's ``main``; bad input ends with one clear line, no traceback."""
-    return run_cli(main, parser, argv)

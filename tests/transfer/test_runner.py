@@ -203,14 +203,13 @@ def test_missing_real_dataset_names_paths(tmp_path, weights, monkeypatch, capsys
     args = run_voc.get_args_parser().parse_args(
         ["--weights", str(weights), "--seeds", "1", "--output", str(tmp_path)]
     )
-    from transfer.runner import cli_main
 
     monkeypatch.setattr(
         sys,
         "argv",
         ["run_voc.py"] + ["--weights", str(weights), "--seeds", "1", "--output", str(tmp_path)],
     )
-    assert cli_main(run_voc.main, run_voc.get_args_parser()) == 2
+    assert run_voc.cli() == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "VOC2007" / "Annotations") in err
     assert "--dataset synthetic" in err
