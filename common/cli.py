@@ -37,6 +37,15 @@ class Interrupted(UserError):
     """SIGINT / SIGTERM: the run stopped after writing a resumable state."""
 
 
+def doc_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the module docstring's first paragraph and whose epilog
+    (usage examples, notes) is the rest, kept as written."""
+    head, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(
+        description=head, epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def run_cli(
     main: Callable[[argparse.Namespace], object],
     parser: argparse.ArgumentParser,

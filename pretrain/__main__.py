@@ -24,7 +24,7 @@ if not __package__:  # run as a file path: import the suite from the repository 
 import argparse
 from dataclasses import fields
 
-from common.cli import run_cli
+from common.cli import doc_parser, run_cli
 from common.flags import add_flags, given
 from common.slurm import add_slurm_args
 from pretrain.base import HeadSizes
@@ -53,11 +53,7 @@ def _group_title(cls) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = doc_parser(__doc__)
     p.add_argument(
         "--recipe",
         choices=list(RECIPES),

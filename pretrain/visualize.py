@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common.checkpoints import CheckpointError, read_backbone
-from common.cli import InputNotFound, run_cli
+from common.cli import InputNotFound, doc_parser, run_cli
 from pretrain.data import eval_transform
 from pretrain.models import ResNetTrunk
 
@@ -97,11 +97,7 @@ def draw(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = doc_parser(__doc__)
     p.add_argument("--weights", nargs="+", required=True, help="checkpoints to compare")
     p.add_argument(
         "--images", type=Path, required=True, help="folder of images (searched recursively)"

@@ -21,7 +21,7 @@ if not __package__:  # run as a file path: import the suite from the repository 
 import argparse
 import json
 
-from common.cli import run_cli
+from common.cli import doc_parser, run_cli
 from tables.aggregate import MIN_SEEDS, TablesError, collect
 from tables.layout import TABLES, build_table, known_sources, table_for
 from tables.plot import plot_protocol
@@ -29,11 +29,7 @@ from tables.render import to_csv, to_latex, to_markdown
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = doc_parser(__doc__)
     p.add_argument(
         "--runs",
         nargs="+",

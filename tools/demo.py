@@ -97,11 +97,9 @@ def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Pat
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    from common.cli import doc_parser
+
+    p = doc_parser(__doc__)
     p.add_argument(
         "--out",
         type=Path,

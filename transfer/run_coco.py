@@ -19,7 +19,7 @@ if not __package__:  # run as a file path: import the suite from the repository 
 
 import argparse
 
-from common.cli import ConfigError, run_cli
+from common.cli import ConfigError, doc_parser, run_cli
 from transfer.runner import add_common_args, run_protocol
 
 
@@ -33,11 +33,7 @@ def protocol_for(arch: str, schedule: str) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = doc_parser(__doc__)
     p.add_argument(
         "--arch",
         choices=["c4", "fpn"],

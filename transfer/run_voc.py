@@ -18,18 +18,14 @@ if not __package__:  # run as a file path: import the suite from the repository 
 
 import argparse
 
-from common.cli import run_cli
+from common.cli import doc_parser, run_cli
 from transfer.runner import add_common_args, run_protocol
 
 PROTOCOL = "voc_c4_24k"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = doc_parser(__doc__)
     return add_common_args(p)
 
 
