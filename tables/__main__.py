@@ -87,44 +87,37 @@ def _labels(items: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def main(args: argparse.Namespace) -> dict[str, Path]:
-    out = args.out or (args.runs[0] / "tables")
-    if args.source and args.source not in known_sources():
-        raise TablesError(
-            f"--source {args.source!r} is in no reference table; known: {sorted(known_sources())}"
-        )
-    groups = [] if args.reference_only else collect(args.runs)
-    for g in groups:
-        table_for(g.base_protocol if g.seeds else g.protocol.removesuffix("_smoke"))
+def write_table(spec, groups, args: argparse.Namespace, out: Path) -> dict[str, Path]:
+    """One table as CSV / Markdown / LaTeX, plus a per-seed plot of each of its protocols."""
+    rows = build_table(
+        spec,
+        groups,
+        _labels(args.label),
+        source=args.source,
+        reference=args.reference,
+        compare=tuple(args.compare or ()) or None,
+        with_paper=not args.no_paper,
+    )
     written: dict[str, Path] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    for spec in TABLES.values():
-        has_runs = any(g.seeds and g.base_protocol in spec.protocols for g in groups)
-        if not has_runs and not (args.reference_only and spec.reference_csv):
-            continue
-        rows = build_table(
-            spec,
-            groups,
-            _labels(args.label),
-            source=args.source,
-            reference=args.reference,
-            compare=tuple(args.compare or ()) or None,
-            with_paper=not args.no_paper,
-        )
-        for ext, text in (
-            ("csv", to_csv(spec, rows)),
-            ("md", to_markdown(spec, rows, args.decimals)),
-            ("tex", to_latex(spec, rows, args.decimals)),
-        ):
-            path = out / f"{spec.name}.{ext}"
-            path.write_text(text)
-            written[f"{spec.name}.{ext}"] = path
-        for protocol in sorted(
-            {g.protocol for g in groups if g.seeds and g.base_protocol in spec.protocols}
-        ):
-            png = plot_protocol(spec, groups, protocol, out / f"{protocol}.png", args.source)
-            if png:
-                written[png.name] = png
+    for ext, text in (
+        ("csv", to_csv(spec, rows)),
+        ("md", to_markdown(spec, rows, args.decimals)),
+        ("tex", to_latex(spec, rows, args.decimals)),
+    ):
+        path = out / f"{spec.name}.{ext}"
+        path.write_text(text)
+        written[f"{spec.name}.{ext}"] = path
+    for protocol in sorted(
+        {g.protocol for g in groups if g.seeds and g.base_protocol in spec.protocols}
+    ):
+        png = plot_protocol(spec, groups, protocol, out / f"{protocol}.png", args.source)
+        if png:
+            written[png.name] = png
+    return written
+
+
+def summarise_groups(groups, out: Path) -> None:
+    """``groups.json`` and one line per group: finished, unfinished and failed seeds."""
     summary = [
         {
             "protocol": g.protocol,
@@ -148,6 +141,24 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             print(f"  failed: {p}: {e}")
         for p in g.unfinished:
             print(f"  unfinished: {p}")
+
+
+def main(args: argparse.Namespace) -> dict[str, Path]:
+    out = args.out or (args.runs[0] / "tables")
+    if args.source and args.source not in known_sources():
+        raise TablesError(
+            f"--source {args.source!r} is in no reference table; known: {sorted(known_sources())}"
+        )
+    groups = [] if args.reference_only else collect(args.runs)
+    for g in groups:
+        table_for(g.base_protocol if g.seeds else g.protocol.removesuffix("_smoke"))
+    written: dict[str, Path] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in TABLES.values():
+        has_runs = any(g.seeds and g.base_protocol in spec.protocols for g in groups)
+        if has_runs or (args.reference_only and spec.reference_csv):
+            written.update(write_table(spec, groups, args, out))
+    summarise_groups(groups, out)
     for path in written.values():
         print(f"wrote {path}")
     return written

@@ -110,10 +110,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def tables_and_maps(
+    out: Path, shapes: Path, weights: dict[str, Path], arch: str, image_size: int
+) -> dict[str, Path]:
+    """Steps 5 and 6: the tables and plots of every finished seed, then the attention maps."""
+    from pretrain import visualize
+    from tables import __main__ as tables_cli
+
+    step("5/6 tables and plots")
+    short = arch.replace("resnet", "r")
+    argv = ["--runs", str(out / "runs"), "--out", str(out / "tables"), "--compare",
+            f"byol_{short}", f"care_{short}", "--label", "random_init=Rand Init",
+            "--decimals", "2"]  # fmt: skip
+    written = tables_cli.main(tables_cli.get_args_parser().parse_args(argv))
+
+    step("6/6 attention maps (Grad-CAM, CARE Fig. 4)")
+    argv = ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
+            str(shapes / "imagefolder" / "val"), "--out", str(out / "attention_maps.png"),
+            "--size", str(image_size * 2), "--max-images", "6"]  # fmt: skip
+    written["attention_maps.png"] = visualize.main(visualize.get_args_parser().parse_args(argv))
+    return written
+
+
+def report(out: Path, written: dict[str, Path], seconds: float) -> None:
+    print(f"\n=== done in {seconds:.0f} s. Results:")
+    for name in ("table4.md", "table4.csv", "table4.tex", "attention_maps.png"):
+        if name in written:
+            print(f"  {written[name]}")
+    for path in sorted(p for k, p in written.items() if k.endswith(".png") and "maps" not in k):
+        print(f"  {path}")
+    if (out / "tables" / "table4.md").exists():
+        print("\n" + (out / "tables" / "table4.md").read_text())
+
+
 def main(args: argparse.Namespace) -> dict[str, Path]:
     from pretrain.recipes import RECIPES
     from synthetic import ShapesSpec, generate
-    from tables import __main__ as tables_cli
 
     size = SIZES["tiny" if args.tiny else "small"]
     recipe = RECIPES[size["recipe"]]
@@ -140,56 +172,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             if transfer(script, w, size, out, shapes) != 0:
                 failures.append(f"{script[0]} --weights {w}")
 
-    step("5/6 tables and plots")
-    short = recipe["arch"].replace("resnet", "r")
-    written = tables_cli.main(
-        tables_cli.get_args_parser().parse_args(
-            [
-                "--runs",
-                str(out / "runs"),
-                "--out",
-                str(out / "tables"),
-                "--compare",
-                f"byol_{short}",
-                f"care_{short}",
-                "--label",
-                "random_init=Rand Init",
-                "--decimals",
-                "2",
-            ]
-        )
-    )
-
-    step("6/6 attention maps (Grad-CAM, CARE Fig. 4)")
-    from pretrain import visualize
-
-    maps = visualize.main(
-        visualize.get_args_parser().parse_args(
-            [
-                "--weights",
-                str(weights["care"]),
-                str(weights["byol"]),
-                "--images",
-                str(shapes / "imagefolder" / "val"),
-                "--out",
-                str(out / "attention_maps.png"),
-                "--size",
-                str(recipe["image_size"] * 2),
-                "--max-images",
-                "6",
-            ]
-        )
-    )
-    written["attention_maps.png"] = maps
-
-    print(f"\n=== done in {time.time() - t_all:.0f} s. Results:")
-    for name in ("table4.md", "table4.csv", "table4.tex", "attention_maps.png"):
-        if name in written:
-            print(f"  {written[name]}")
-    for path in sorted(p for k, p in written.items() if k.endswith(".png") and "maps" not in k):
-        print(f"  {path}")
-    if (out / "tables" / "table4.md").exists():
-        print("\n" + (out / "tables" / "table4.md").read_text())
+    written = tables_and_maps(out, shapes, weights, recipe["arch"], recipe["image_size"])
+    report(out, written, time.time() - t_all)
     if failures:
         print("FAILED: " + "; ".join(failures), file=sys.stderr)
         raise SystemExit(1)
