@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+from common.archs import get_arch
 from common.flags import opt
 from pretrain.models import ResNetTrunk
 
@@ -33,16 +34,17 @@ class HeadSizes:
         None, "predictor hidden width (per method: 4096 BYOL / CARE, 512 SimSiam family)"
     )
 
-    def with_defaults(self, defaults: dict):
-        """A copy with every ``None`` field taken from ``defaults``."""
-        return replace(
-            self,
-            **{
-                f.name: defaults[f.name]
-                for f in fields(self)
-                if getattr(self, f.name) is None and f.name in defaults
-            },
-        )
+    def with_defaults(self, defaults: dict, feature_dim: int | None = None):
+        """A copy with every ``None`` field taken from ``defaults``; the default
+        ``"feature_dim"`` stands for the backbone's pooled width (2048 for ResNet-50)."""
+        filled = {
+            f.name: defaults[f.name]
+            for f in fields(self)
+            if getattr(self, f.name) is None and f.name in defaults
+        }
+        if feature_dim is not None:
+            filled = {k: feature_dim if v == "feature_dim" else v for k, v in filled.items()}
+        return replace(self, **filled)
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +58,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     name = "base"
     momentum_modules: tuple[str, ...] = ()
     n_views = 2
+    zero_init_residual = False  # the SimSiam family's encoders: last BN gamma of a block = 0
     needs_boxes = False  # compute_loss(views, boxes): the data give each view's box (MaskCo)
     min_batch = 1  # per process: GSG pairs images and MaskCo takes negatives within the batch
     # BYOL / CARE (docs/methods.md, CARE); subclasses override what their paper changes
@@ -67,6 +70,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         "crop_scale": (0.08, 1.0),
         "aug": "byol",
         "fix_pred_lr": False,
+        "lr_schedule": "step",
     }
     head_defaults: dict = {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
     Options: type[HeadSizes] = HeadSizes  # the method's options (a subclass adds its own)
@@ -76,8 +80,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         cfg = cfg if cfg is not None else self.Options()
         if not isinstance(cfg, self.Options):
             raise TypeError(f"{self.name} takes {self.Options.__name__}, got {type(cfg).__name__}")
-        self.cfg = cfg.with_defaults(self.head_defaults)
-        self.backbone = ResNetTrunk(arch)
+        self.cfg = cfg.with_defaults(self.head_defaults, get_arch(arch).feature_dim)
+        self.backbone = ResNetTrunk(arch, zero_init_residual=self.zero_init_residual)
         self.build_heads()
         self.target = nn.ModuleDict(
             {name: copy.deepcopy(getattr(self, name)) for name in self.momentum_modules}
@@ -94,6 +98,16 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         ``(image, view_transforms) -> (views, *extra)`` run in the loader workers (MaskCo's
         masked pair with its boxes). ``extra`` reaches ``compute_loss`` after the views."""
         return None
+
+    @classmethod
+    def views_needed(cls, options: HeadSizes) -> int:
+        """Views drawn per image (GSG's official code: four crops)."""
+        return cls.n_views
+
+    def local_bn_modules(self) -> tuple[str, ...]:
+        """Submodules whose BatchNorms keep per-GPU statistics under DDP (the rest become
+        SyncBatchNorm on CUDA), e.g. CARE's T-stream as in its official code."""
+        return ()
 
     @abc.abstractmethod
     def compute_loss(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:

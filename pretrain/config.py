@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common.archs import ARCHS
+from common.archs import ARCHS, get_arch
 from common.cli import ConfigError, InputNotFound
 from common.flags import opt
 from pretrain.base import HeadSizes
@@ -75,7 +75,19 @@ class PretrainConfig:
         "EMA momentum: cosine to 1 (CARE / BYOL) or constant (BYOL-GSG, MaskCo); per method",
         choices=("cosine", "constant"),
     )
+    lr_schedule: str | None = opt(
+        None,
+        "when the cosine lr is updated: every step (CARE / BYOL official code) or once per "
+        "epoch (the SimSiam family's official code); per method",
+        choices=("step", "epoch"),
+    )
     image_size: int = opt(224, "crop size in pixels")
+    crop_interpolation: str = opt(
+        "bilinear",
+        "RandomResizedCrop's resize: bilinear (torchvision's default, the official CARE and "
+        "GSG pipelines) or bicubic",
+        choices=("bilinear", "bicubic"),
+    )
     crop_scale: tuple[float, float] | None = opt(
         None,
         "RandomResizedCrop area range (per method: 0.08 1.0 BYOL / CARE, 0.2 1.0 "
@@ -139,7 +151,9 @@ class PretrainConfig:
                 f"--method {self.method} takes {cls.Options.__name__}, got "
                 f"{type(self.options).__name__}"
             )
-        self.options = self.options.with_defaults(cls.head_defaults)
+        self.options = self.options.with_defaults(
+            cls.head_defaults, get_arch(self.arch).feature_dim
+        )
         self._validate(cls)
 
     def _validate(self, cls) -> None:
@@ -148,6 +162,8 @@ class PretrainConfig:
             "batch_aug": ("auto", "on", "off"),
             "amp": ("auto", "bf16", "fp16", "none"),
             "aug": tuple(AUGMENTATIONS),
+            "lr_schedule": ("step", "epoch"),
+            "crop_interpolation": ("bilinear", "bicubic"),
         }
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:

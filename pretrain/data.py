@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +40,7 @@ class AugConfig:
     gray_p: float = 0.2
     blur_p: float = 1.0
     solarize_p: float = 0.0
+    interpolation: str = "bilinear"  # the crop's resize: torchvision's default (or bicubic)
 
     def blur_sigma(self) -> tuple[float, float]:
         """Blur sigma range in pixels: BYOL's (0.1, 2.0) at 224 px, scaled with the view
@@ -54,7 +55,8 @@ RATIO = (3 / 4, 4 / 3)
 
 
 class ViewTransform:
-    """One view: RandomResizedCrop (bicubic) + horizontal flip, then the photometric part
+    """One view: RandomResizedCrop (bilinear by default, as torchvision's) + horizontal flip,
+    then the photometric part
     (colour jitter with probability, grayscale, Gaussian blur, solarize, normalise).
 
     ``draw(width, height)`` draws every random choice of one view as a dict of tensors
@@ -132,7 +134,7 @@ class ViewTransform:
             h,
             w,
             [self.cfg.size, self.cfg.size],
-            interpolation=T.InterpolationMode.BICUBIC,
+            interpolation=T.InterpolationMode(self.cfg.interpolation),
         )
         if p["flip"]:
             out = TF.hflip(out)
@@ -199,11 +201,19 @@ def crop_views(size: int, scale: tuple[float, float] = (0.5, 1.0)) -> list[AugCo
 AUGMENTATIONS = {"byol": byol_views, "simsiam": simsiam_views, "crop": crop_views}
 
 
-def views_for(aug: str, size: int, scale: tuple[float, float]) -> list[AugConfig]:
-    """The two views' augmentations of a named recipe (``--aug``)."""
+def views_for(
+    aug: str,
+    size: int,
+    scale: tuple[float, float],
+    n_views: int = 2,
+    interpolation: str = "bilinear",
+) -> list[AugConfig]:
+    """The views' augmentations of a named recipe (``--aug``): its pair, repeated to
+    ``n_views`` (GSG's four crops: the pair twice), each resizing with ``interpolation``."""
     if aug not in AUGMENTATIONS:
         raise ConfigError(f"unknown augmentation recipe {aug!r}; choose from {list(AUGMENTATIONS)}")
-    return AUGMENTATIONS[aug](size, scale)
+    pair = [replace(v, interpolation=interpolation) for v in AUGMENTATIONS[aug](size, scale)]
+    return [pair[i % 2] for i in range(n_views)]
 
 
 def eval_transform(size: int) -> T.Compose:

@@ -3,7 +3,7 @@
 The loader workers only read each file's bytes and draw its views' random choices
 (``ViewTransform.draw``: the same draws, from the same per-sample seeds, as the PIL path).
 On the device, ``decode_images`` decodes the JPEGs in one call (nvjpeg on CUDA) and
-``DeviceAugment`` makes each view: a per-image resized crop (bicubic, antialiased), then
+``DeviceAugment`` makes each view: a per-image resized crop (antialiased), then
 flip, colour jitter (each sample's own order), grayscale, Gaussian blur and solarize on
 the whole batch at once, then normalisation. A 16-core PIL pipeline tops out near
 770 images/s (docs/performance.md), below what one H100 trains at. On CUDA, ``DevicePrefetcher``
@@ -11,7 +11,7 @@ makes the next batch's views in a background thread on its own stream while the 
 training step runs.
 
 Differences from the PIL path, by design: values stay float between ops (PIL rounds to
-uint8 after each), the crop resize is torch's antialiased bicubic, and the blur is an exact
+uint8 after each), the crop resize is torch's antialiased one, and the blur is an exact
 Gaussian (kernel 2 * ceil(3 sigma) + 1, reflect padding) where PIL's is an approximation.
 ``tests/test_device_aug.py`` compares each op with torchvision's functional op under the
 same draws, and the whole view with the PIL path's.
@@ -171,15 +171,18 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, hgt, wid)
 
 
-def resized_crop(img: torch.Tensor, crop: list[int], size: int) -> torch.Tensor:
+def resized_crop(
+    img: torch.Tensor, crop: list[int], size: int, mode: str = "bilinear"
+) -> torch.Tensor:
     """(3, H, W) uint8 or float 0-255 -> the crop (top, left, h, w) resized to (3, size,
-    size), float in 0-255 (bicubic, antialiased; not clamped: bicubic overshoots)."""
+    size), float in 0-255 (``mode`` bilinear or bicubic, antialiased as PIL; not clamped:
+    bicubic overshoots)."""
     top, left, h, w = crop
     x = img[None, :, top : top + h, left : left + w]
     x = F.interpolate(
         x if x.is_floating_point() else x.float(),
         size=(size, size),
-        mode="bicubic",
+        mode=mode,
         antialias=True,
         align_corners=False,
     )
@@ -215,7 +218,9 @@ class DeviceAugment:
         floats = [img.float() for img in images]  # once for all views
         for cfg, active, p in zip(self.views, self.active, params):
             crops = p["crop"].tolist()
-            x = torch.stack([resized_crop(img, c, cfg.size) for img, c in zip(floats, crops)])
+            x = torch.stack(
+                [resized_crop(img, c, cfg.size, cfg.interpolation) for img, c in zip(floats, crops)]
+            )
             x = x.div_(255).clamp_(0, 1)
             x = photometric(x, p, list(active))
             mean, std = self._mean_std(x.device)

@@ -226,6 +226,7 @@ class MaskCo(Method):
         "crop_scale": (0.2, 1.0),
         "aug": "simsiam",
         "fix_pred_lr": False,
+        "lr_schedule": "step",
     }
     head_defaults = {"proj_hidden": 2048, "proj_dim": 128, "pred_hidden": 0}
     Options = MaskCoOptions

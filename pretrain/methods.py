@@ -9,6 +9,7 @@ head sizes (``head_defaults``); a value given explicitly always wins.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -24,6 +25,7 @@ from pretrain.models import MLP, TStream
 __all__ = [
     "BYOL",
     "BYOLGSG",
+    "BYOLGSGPaper",
     "CARE",
     "CAREOptions",
     "GSGOptions",
@@ -52,19 +54,22 @@ class BYOL(Method):
         self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim)
         self.predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim)
 
+    t_input = 0  # which backbone map feeds CARE's T-stream: 0 = res4 (parallel), 1 = res5
+
     def c_stream(self, views):
-        """Online predictions, online res4 maps, target projections (no grad)."""
-        preds, res4s = [], []
+        """Online predictions, the online maps a T-stream reads (res4, or res5 for CARE's
+        sequential design), and per view (target map, target projection), without grad."""
+        preds, maps = [], []
         for v in views:
-            res4, res5 = self.backbone(v)
-            preds.append(self.predictor(self.projector(pool(res5))))
-            res4s.append(res4)
+            res = self.backbone(v)
+            preds.append(self.predictor(self.projector(pool(res[1]))))
+            maps.append(res[self.t_input])
         with torch.no_grad():
             targets = []
             for v in views:
-                t4, t5 = self.target["backbone"](v)
-                targets.append((t4, self.target["projector"](pool(t5))))
-        return preds, res4s, targets
+                t = self.target["backbone"](v)
+                targets.append((t[self.t_input], self.target["projector"](pool(t[1]))))
+        return preds, maps, targets
 
     def compute_loss(self, views):
         preds, _, targets = self.c_stream(views)
@@ -81,8 +86,9 @@ class CAREOptions(HeadSizes):
     mid_dim: int = opt(512, "T-stream block width")
     pos_enc: str = opt(
         "abs",
-        "position encoding: abs (official code), rel (paper), none",
-        choices=("abs", "rel", "none"),
+        "position encoding: abs (official code: learned tables), rel (the paper's text), sine "
+        "(fixed 2-D sine-cosine), none",
+        choices=("abs", "rel", "sine", "none"),
     )
     lambda_att: float = opt(100.0, "weight lambda of the attention loss L_att")
     att_loss: str = opt(
@@ -92,13 +98,23 @@ class CAREOptions(HeadSizes):
         False, "the paper's text: L_t trains only the T-stream (official code: also res2-res4)"
     )
     nominal_res4: int = opt(14, "res4 side at 224 px: the size of the position tables")
+    t_design: str = opt(
+        "parallel",
+        "parallel (official code: the T-stream on res4 beside res5) or sequential (the paper's "
+        "ablation: on res5's output; its layout is ours, docs/fidelity.md)",
+        choices=("parallel", "sequential"),
+    )
+    sync_tstream_bn: bool = opt(
+        False, "under DDP, sync the T-stream's BatchNorms too (official: per-GPU statistics)"
+    )
 
 
 class CARE(BYOL):
     """CARE: BYOL's C-stream plus a transformer stream on res4 that supervises it.
 
-    L = L_c + L_t + lambda * L_att (official code; docs/methods.md, CARE). L_t also trains res2-res4
-    unless ``t_detach``; L_att's T-side is detached.
+    L = L_c + L_t + lambda * L_att (official code; docs/methods.md). L_t also trains
+    res2-res4 unless ``t_detach``; L_att's T-side is detached. Under DDP the T-stream's
+    BatchNorms keep per-GPU statistics (official), unless ``sync_tstream_bn``.
     """
 
     name = "care"
@@ -108,14 +124,17 @@ class CARE(BYOL):
     def build_heads(self) -> None:
         super().build_heads()
         c = self.cfg
+        sequential = c.t_design == "sequential"
+        self.t_input = 1 if sequential else 0
         self.tstream = TStream(
-            self.backbone.res4_dim,
+            self.backbone.dim if sequential else self.backbone.res4_dim,
             self.backbone.dim,
             c.n_blocks,
             c.mid_dim,
             c.heads,
             c.pos_enc,
-            c.nominal_res4,
+            math.ceil(c.nominal_res4 / 2) if sequential else c.nominal_res4,
+            c.t_design,
         )
         self.t_projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim)
         self.t_predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim)
@@ -138,6 +157,9 @@ class CARE(BYOL):
             "loss_att": sum(attention_loss(p, t, c.att_loss) for p, t in zip(preds, t_preds)),
         }
 
+    def local_bn_modules(self) -> tuple[str, ...]:
+        return () if self.cfg.sync_tstream_bn else ("tstream", "target.tstream")
+
     def compute_loss(self, views):
         t = self.terms(views)
         loss = t["loss_c"] + t["loss_t"] + self.cfg.lambda_att * t["loss_att"]
@@ -152,25 +174,30 @@ SIMSIAM_TRAIN = {
     "crop_scale": (0.2, 1.0),
     "aug": "simsiam",
     "fix_pred_lr": True,
+    "lr_schedule": "epoch",
 }
-SIMSIAM_HEADS = {"proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512}
+# the projector's hidden width is the backbone's pooled width (2048 for ResNet-50)
+SIMSIAM_HEADS = {"proj_hidden": "feature_dim", "proj_dim": 2048, "pred_hidden": 512}
 
 
 class SimSiam(Method):
     """SimSiam: ``0.5 [D(p1, sg z2) + D(p2, sg z1)]``, no target network (docs/methods.md).
 
-    Projector 3 x (Linear no-bias, BN, ReLU) with the last BN without affine; predictor
-    2048 -> 512 (BN, ReLU) -> 2048.
+    As the official code (facebookresearch/simsiam, bych-lee/gsg): the encoder's residual
+    blocks zero-initialised (last BN gamma 0); projector 3 x (Linear no-bias, BN, ReLU) at
+    the backbone's width, the last BN without affine and no ReLU; predictor Linear(2048, 512,
+    no bias) - BN - ReLU - Linear(512, 2048).
     """
 
     name = "simsiam"
+    zero_init_residual = True
     train_defaults = SIMSIAM_TRAIN
     head_defaults = SIMSIAM_HEADS
 
     def build_heads(self) -> None:
         c = self.cfg
         self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim, layers=3, last_bn=True)
-        self.predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim)
+        self.predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim, hidden_bias=False)
 
     def project(self, views) -> list[torch.Tensor]:
         """Online projections z of each view: (N, proj_dim)."""
@@ -184,6 +211,23 @@ class SimSiam(Method):
     def compute_loss(self, views):
         z, p = self.project_predict(views)
         loss = 0.5 * (negative_cosine(p[0], z[1]) + negative_cosine(p[1], z[0])).mean()
+        return {"loss": loss}
+
+
+class BYOLGSGPaper(SimSiam):
+    """The GSG paper's BYOL baseline (bych-lee/gsg ``BYOL``): SimSiam's encoder and heads, an
+    EMA copy of backbone + projector (0.99, constant) whose projections are the targets:
+    ``0.5 [D(p1, sg z2') + D(p2, sg z1')]``, z' the target network's. Trained with SimSiam's
+    schedule and augmentations; CARE's BYOL (``byol``) is the other BYOL."""
+
+    name = "byol_gsgpaper"
+    momentum_modules = ("backbone", "projector")
+
+    def compute_loss(self, views):
+        _, p = self.project_predict(views)
+        with torch.no_grad():
+            t = [self.target["projector"](pool(self.target["backbone"](v)[1])) for v in views]
+        loss = 0.5 * (negative_cosine(p[0], t[1]) + negative_cosine(p[1], t[0])).mean()
         return {"loss": loss}
 
 
@@ -205,39 +249,57 @@ GSG_PAIRS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 def gsg_loss(
-    p: list[torch.Tensor], z: list[torch.Tensor], perm: torch.Tensor, distance: str = "normalized"
+    p: list[torch.Tensor],
+    z: list[torch.Tensor],
+    perm: torch.Tensor,
+    distance: str = "raw",
+    partner: tuple[int, int] = (2, 3),
 ):
     """Guided stop-gradient (docs/methods.md) for sample i = (image i, image perm[i]).
 
-    ``p``: online predictions of view 1 and 2, each (N, D); ``z``: the projections that
-    serve as distances' inputs and as stop-gradient targets (detached here; the target
-    network's for BYOL-GSG). Of the cross-image pairs (z1a, z2b) the closest one becomes
-    the sources: ``0.5 [D(p1a, sg z1a') + D(p2b, sg z2b')]``, a' the other view and D the
-    negative cosine.
+    ``p``: online predictions of each view, (N, D) each; ``z``: the projections that serve
+    as the distances' inputs and as stop-gradient targets (detached here; the target
+    network's for BYOL-GSG). Sample i's own views are views 0 and 1 of image i; its partner's
+    are views ``partner`` of image perm[i] (the official code: crops 3 and 4, other crops
+    than the partner's own; ``(0, 1)`` for the two-view variant). Of the four cross pairs
+    (own view a, partner view b) the closest becomes the sources: ``0.5 [D(p_a, sg z_a') +
+    D(p_b, sg z_b')]``, a' the other view of the same image and D the negative cosine.
     Returns ((N,) per-sample losses, (N,) chosen pair index into ``GSG_PAIRS``); ties go
-    to the first pair in ``GSG_PAIRS`` order.
+    to the first pair in ``GSG_PAIRS`` order (``argmin``).
     """
     if distance not in ("normalized", "raw"):
         raise ValueError(f"unknown GSG distance {distance!r} (normalized, raw)")
     z = [zv.detach() for zv in z]
-    zd = [F.normalize(zv, dim=-1) for zv in z] if distance == "normalized" else z
-    d = torch.stack([(zd[a] - zd[b][perm]).norm(dim=-1) for a, b in GSG_PAIRS], dim=1)
+    own_p, own_z = (p[0], p[1]), (z[0], z[1])
+    part_p = (p[partner[0]][perm], p[partner[1]][perm])
+    part_z = (z[partner[0]][perm], z[partner[1]][perm])
+    norm = (lambda x: F.normalize(x, dim=-1)) if distance == "normalized" else (lambda x: x)
+    d = torch.stack(
+        [((norm(own_z[a]) - norm(part_z[b])) ** 2).sum(-1).sqrt() for a, b in GSG_PAIRS], dim=1
+    )
     choice = d.argmin(dim=1)
     a, b = (choice // 2).bool().unsqueeze(1), (choice % 2).bool().unsqueeze(1)
-    p1, t1 = torch.where(a, p[1], p[0]), torch.where(a, z[0], z[1])
-    p2, t2 = torch.where(b, p[1][perm], p[0][perm]), torch.where(b, z[0][perm], z[1][perm])
+    p1, t1 = torch.where(a, own_p[1], own_p[0]), torch.where(a, own_z[0], own_z[1])
+    p2, t2 = torch.where(b, part_p[1], part_p[0]), torch.where(b, part_z[0], part_z[1])
     return 0.5 * (negative_cosine(p1, t1) + negative_cosine(p2, t2)), choice
 
 
 @dataclass
 class GSGOptions(HeadSizes):
-    """Guided stop-gradient's options."""
+    """Guided stop-gradient's options (defaults: the official code)."""
 
     gsg_distance: str = opt(
-        "normalized",
-        "distance that picks the closest cross-image pair: "
-        "Euclidean between L2-normalised (ours) or raw projections",
-        choices=("normalized", "raw"),
+        "raw",
+        "distance that picks the closest cross-image pair: Euclidean between raw projections "
+        "(official) or L2-normalised ones (ours)",
+        choices=("raw", "normalized"),
+    )
+    gsg_views: int = opt(
+        4,
+        "crops per image: 4 (official: the partner's views are its crops 3 and 4, a random "
+        "permutation pairs the images) or 2 (ours: the partner's own two views, a permutation "
+        "without fixed points; half the encoder passes)",
+        choices=(4, 2),
     )
 
 
@@ -248,13 +310,26 @@ class SimSiamGSG(SimSiam):
     min_batch = 2
     Options = GSGOptions
 
+    @classmethod
+    def views_needed(cls, options: GSGOptions) -> int:
+        return options.gsg_views
+
     def targets(self, views, z) -> list[torch.Tensor]:
         return z
 
+    def pairing(self, n: int, device) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(perm, partner views): ``torch.randperm`` with crops 3, 4 (official), or a
+        derangement with the partner's own views (the two-view variant)."""
+        if self.cfg.gsg_views == 4:
+            return torch.randperm(n).to(device), (2, 3)
+        return derangement(n, device), (0, 1)
+
     def compute_loss(self, views):
         z, p = self.project_predict(views)
-        perm = derangement(len(views[0]), views[0].device)
-        per_sample, choice = gsg_loss(p, self.targets(views, z), perm, self.cfg.gsg_distance)
+        perm, partner = self.pairing(len(views[0]), views[0].device)
+        per_sample, choice = gsg_loss(
+            p, self.targets(views, z), perm, self.cfg.gsg_distance, partner
+        )
         loss = per_sample.mean()
         share = torch.bincount(choice, minlength=4).float() / len(choice)
         return {
@@ -281,6 +356,7 @@ METHODS: dict[str, type[Method]] = {
     "simsiam": SimSiam,
     "simsiam_gsg": SimSiamGSG,
     "byol_gsg": BYOLGSG,
+    "byol_gsgpaper": BYOLGSGPaper,
     "maskco": MaskCo,
 }
 

@@ -24,9 +24,12 @@ class ResNetTrunk(nn.Module):
     and (N, 2048, 7, 7) for ResNet-50 at 224 px.
     """
 
-    def __init__(self, arch: str = "resnet50"):
+    def __init__(self, arch: str = "resnet50", zero_init_residual: bool = False):
         super().__init__()
-        net = getattr(torchvision.models, get_arch(arch).torchvision)(weights=None)
+        builder = getattr(torchvision.models, get_arch(arch).torchvision)
+        # zero_init_residual: the last BN gamma of every residual block starts at 0 (the
+        # SimSiam family's official encoders); CARE / BYOL keep torchvision's default (1)
+        net = builder(weights=None, zero_init_residual=zero_init_residual)
         self.arch = arch
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
@@ -52,7 +55,8 @@ class MLP(nn.Module):
     """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)`` (BYOL / CARE heads, s. 4).
 
     With ``layers=3`` and ``last_bn=True`` it is SimSiam's projector (no biases before BN,
-    the last BN without affine); with ``bn=False`` MoCo v2's head (Linear - ReLU - Linear).
+    the last BN without affine); ``hidden_bias=False`` drops the hidden Linear's bias
+    (SimSiam's predictor); with ``bn=False`` MoCo v2's head (Linear - ReLU - Linear).
     """
 
     def __init__(
@@ -63,12 +67,14 @@ class MLP(nn.Module):
         layers: int = 2,
         last_bn: bool = False,
         bn: bool = True,
+        hidden_bias: bool | None = None,
     ):
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
+        hidden_bias = not last_bn if hidden_bias is None else hidden_bias
         for _ in range(layers - 1):
-            mods += [nn.Linear(dim, hidden, bias=not last_bn)]
+            mods += [nn.Linear(dim, hidden, bias=hidden_bias)]
             mods += [nn.BatchNorm1d(hidden)] if bn else []
             mods += [nn.ReLU(inplace=True)]
             dim = hidden
@@ -89,6 +95,21 @@ def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
     return t.squeeze(0).t()
 
 
+def sine_position(h: int, w: int, d: int, device=None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position encoding, (h * w, d): the first d/2 dims encode the
+    row, the rest the column, each as [sin(p / T^(2i/k)), cos(p / T^(2i/k))], T = 10000."""
+    k = d // 2
+    freq = 10000.0 ** (-torch.arange(0, k, 2, device=device, dtype=torch.float32) / k)
+
+    def enc(n: int) -> torch.Tensor:  # (n, k)
+        angle = torch.arange(n, device=device, dtype=torch.float32)[:, None] * freq[None]
+        return torch.cat([angle.sin(), angle.cos()], dim=1)[:, :k]
+
+    ey, ex = enc(h), enc(w)
+    grid = torch.cat([ey[:, None, :].expand(h, w, k), ex[None, :, :].expand(h, w, k)], dim=-1)
+    return F.pad(grid, (0, d - 2 * k)).reshape(h * w, d)
+
+
 class MHSA(nn.Module):
     """Multi-head self-attention over a (N, C, H, W) map, BoTNet style (CARE s. 3.2).
 
@@ -97,6 +118,8 @@ class MHSA(nn.Module):
       - "abs": learnable height + width tables (L, d), shared by heads: logits += q.pos^T
         (the official code's choice; since q.(k + pos) = q.k + q.pos it fits fused kernels);
       - "rel": learnable relative tables (2L - 1, d) indexed by (dy, dx) (the paper's text);
+      - "sine": fixed 2-D sine-cosine encoding (half the dims for y, half for x, temperature
+        10000; ours, for CARE's position-encoding ablation), added like "abs";
       - "none".
     Tables are learned at a nominal size (the 224 px one) and linearly resized to the actual
     feature map, so any input size works.
@@ -117,14 +140,16 @@ class MHSA(nn.Module):
         elif pos == "rel":
             self.rel_h = nn.Parameter(torch.randn(2 * size - 1, d) * d**-0.5)
             self.rel_w = nn.Parameter(torch.randn(2 * size - 1, d) * d**-0.5)
-        elif pos != "none":
-            raise ValueError(f"unknown position encoding {pos!r} (abs, rel, none)")
+        elif pos not in ("none", "sine"):
+            raise ConfigError(f"unknown position encoding {pos!r} (abs, rel, sine, none)")
 
     def position(self, h: int, w: int) -> torch.Tensor | None:
         """Position term: (HW, d) for "abs", (HW, HW, d) for "rel", None for "none"."""
         if self.pos == "abs":
             ph, pw = _resize_table(self.height, h), _resize_table(self.width, w)
             return (ph[:, None, :] + pw[None, :, :]).reshape(h * w, -1)
+        if self.pos == "sine":
+            return sine_position(h, w, self.head_dim, self.qkv.weight.device)
         if self.pos == "rel":
             rh, rw = _resize_table(self.rel_h, 2 * h - 1), _resize_table(self.rel_w, 2 * w - 1)
             ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -140,7 +165,7 @@ class MHSA(nn.Module):
         pos = self.position(h, w)
         if pos is None:
             out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-        elif pos.dim() == 2:  # absolute: q.(k + pos) = q.k + q.pos, one fused attention call
+        elif pos.dim() == 2:  # abs / sine: q.(k + pos) = q.k + q.pos, one fused attention call
             out = F.scaled_dot_product_attention(q, k + pos.to(k.dtype), v, scale=1.0)
         else:
             logits = q @ k.transpose(-1, -2) + torch.einsum("bnid,ijd->bnij", q, pos.to(q.dtype))
@@ -169,11 +194,11 @@ class BoTBlock(nn.Module):
         )
         self.shortcut = (
             nn.Sequential(
-                nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, bias=False),
+                nn.Conv2d(in_dim, out_dim, 3, stride=2 if downsample else 1, padding=1, bias=False),
                 nn.BatchNorm2d(out_dim),
                 nn.ReLU(inplace=True),
             )
-            if downsample
+            if downsample or in_dim != out_dim
             else nn.Identity()
         )
 
@@ -183,10 +208,15 @@ class BoTBlock(nn.Module):
 
 
 class TStream(nn.Module):
-    """CARE's transformer stream on res4, in parallel with res5 (official code, docs/methods.md).
+    """CARE's transformer stream (official code, docs/methods.md).
 
-    (N, C4, H, W) -> (N, out_dim, ceil(H/2), ceil(W/2)); n blocks, the first downsampling.
-    ``nominal`` is the res4 side at the paper's 224 px input (14) for the position tables.
+    ``design="parallel"`` (the official code): on res4, in parallel with res5; (N, C4, H, W)
+    -> (N, out_dim, ceil(H/2), ceil(W/2)), the first block downsampling. ``"sequential"``
+    (the paper's ablation; its layout is ours): on res5's output, (N, C5, H, W) -> (N,
+    out_dim, H, W), no block downsampling. ``nominal`` is the input side at the paper's 224 px
+    (14 for res4, 7 for res5), the size of the learned position tables.
+    Init as the official ResNet init loop leaves it: every Conv2d kaiming-normal (fan_out,
+    ReLU gain), every BatchNorm gamma 1 and beta 0.
     """
 
     def __init__(
@@ -198,9 +228,13 @@ class TStream(nn.Module):
         heads: int = 4,
         pos: str = "abs",
         nominal: int = 14,
+        design: str = "parallel",
     ):
         super().__init__()
-        half = math.ceil(nominal / 2)
+        if design not in ("parallel", "sequential"):
+            raise ConfigError(f"T-stream design {design!r}: parallel or sequential")
+        down = design == "parallel"
+        after = math.ceil(nominal / 2) if down else nominal
         self.blocks = nn.Sequential(
             *[
                 BoTBlock(
@@ -208,13 +242,19 @@ class TStream(nn.Module):
                     out_dim,
                     mid,
                     heads,
-                    nominal if i == 0 else half,
+                    nominal if i == 0 else after,
                     pos,
-                    downsample=(i == 0),
+                    downsample=down and i == 0,
                 )
                 for i in range(n_blocks)
             ]
         )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)

@@ -42,6 +42,20 @@ class TooManyBadImages(UserError):
     """More of an epoch's images were unreadable than ``--max-bad-frac`` allows."""
 
 
+def sync_batchnorm(model: torch.nn.Module, keep_local: tuple[str, ...] = ()) -> torch.nn.Module:
+    """SyncBatchNorm everywhere except in the submodules named in ``keep_local`` (dotted
+    paths, e.g. ``"target.tstream"``), whose BatchNorms keep per-GPU statistics."""
+    for name, child in list(model.named_children()):
+        inner = tuple(k[len(name) + 1 :] for k in keep_local if k.startswith(name + "."))
+        if name in keep_local:
+            continue
+        if inner:
+            sync_batchnorm(child, inner)
+        else:
+            setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return model
+
+
 def dist_setup() -> tuple[int, int, int]:
     """(rank, world, local_rank) from torchrun's environment; initialises the group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -82,7 +96,13 @@ class Trainer:
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
             self.train_dir, self.val_dir = resolve_data(cfg)
-        views = views_for(cfg.aug, cfg.image_size, cfg.crop_scale)
+        views = views_for(
+            cfg.aug,
+            cfg.image_size,
+            cfg.crop_scale,
+            self.method_cls.views_needed(cfg.options),
+            cfg.crop_interpolation,
+        )
         hook = self.method_cls.data_hook(cfg.options)
         # --batch-aug: workers read bytes and draw; decoding and augmentation run batched on
         # the device (device_aug). auto: on CUDA, for methods whose views need no data hook
@@ -110,7 +130,7 @@ class Trainer:
         )  # of the model and its input views
         model = model.to(memory_format=self.memory_format)
         if self.world > 1 and self.cuda:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = sync_batchnorm(model, model.local_bn_modules())
         self.model = model
         self.ddp = (
             torch.nn.parallel.DistributedDataParallel(
@@ -188,11 +208,19 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------
     def schedule(self) -> tuple[float, float]:
-        """(lr, EMA momentum) of the current step."""
+        """(lr, EMA momentum) of the current step k.
+
+        The lr follows the cosine every step (CARE / BYOL) or is set at the start of each
+        epoch (the SimSiam family's ``adjust_learning_rate``). The EMA update runs right
+        after step k, absorbing the network of k + 1 steps: the official code absorbs that
+        network at the start of iteration k + 1 with m(k + 1), so m(k + 1) it is.
+        """
         cfg = self.cfg
-        lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, self.lr, cfg.start_lr)
+        k = self.global_step
+        at = k - k % self.steps_per_epoch if cfg.lr_schedule == "epoch" else k
+        lr = lr_at(at, self.total_steps, self.warmup_steps, self.lr, cfg.start_lr)
         tau = (
-            momentum_at(self.global_step, self.total_steps, cfg.base_tau)
+            momentum_at(k + 1, self.total_steps, cfg.base_tau)
             if cfg.tau_schedule == "cosine"
             else cfg.base_tau
         )

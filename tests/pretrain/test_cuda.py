@@ -69,7 +69,7 @@ def test_device_views_on_cuda_match_the_same_views_on_cpu():
     cpu = aug([im.clone() for im in images], params)
     gpu = aug([im.cuda() for im in images], params)
     for c, g in zip(cpu, gpu):
-        # normalised units (std ~0.23 of the [0, 1] range); bicubic + blur kernels differ
+        # normalised units (std ~0.23 of the [0, 1] range); bilinear + blur kernels differ
         # between the backends only by rounding
         assert (g.cpu() - c).abs().mean() < 2e-3
         assert (g.cpu() - c).abs().max() < 0.1

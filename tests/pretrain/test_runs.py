@@ -46,7 +46,9 @@ def _fit_until(cfg: PretrainConfig, resume: bool = False) -> Trainer:
     return t
 
 
-@pytest.mark.parametrize("method", ["care", "byol_gsg", "maskco"])
+@pytest.mark.parametrize(
+    "method", ["care", "byol", "simsiam", "simsiam_gsg", "byol_gsg", "byol_gsgpaper", "maskco"]
+)
 def test_resume_is_exact(tmp_path, folder, method):
     cfg = tiny(tmp_path / "a", folder, method=method, stop_after_steps=4)
     straight = _fit_until(cfg)
