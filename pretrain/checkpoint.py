@@ -2,7 +2,7 @@
 
 The exported format (read by ``common.checkpoints``, hence by the converter and every
 protocol): ``{"format": "care-suite/pretrain", "backbone": torchvision-named online
-backbone, "meta": {method, arch, epochs, images_seen, hparams, knn}}``. The resumable
+backbone, "meta": {method, arch, epochs, images_seen, hparams, options, knn}}``. The resumable
 ``<output>/checkpoint.pth`` is the same dict plus ``"state"`` (model, optimiser, scaler,
 counters, RNG, history, config).
 """
@@ -59,6 +59,7 @@ def exported(
             "epochs": epoch,
             "images_seen": images_seen,
             "hparams": config,
+            "options": config.get("options", {}),  # the method's options (CARE's ablations)
             "knn": knn[-1] if knn else None,
         },
     }

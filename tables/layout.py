@@ -74,6 +74,16 @@ TABLES: dict[str, TableSpec] = {
         None,
         None,
     ),
+    "gsg_detection": TableSpec(
+        "gsg_detection",
+        "GSG's detection protocols: VOC07+12 Faster R-CNN R50-FPN (ssl-transfer, 144k at batch "
+        "2) and COCO Mask R-CNN R50-FPN 3x",
+        _block("voc", "VOC07+12 det (FPN)", "voc_fpn_144k", "bbox", "AP")
+        + _block("coco_det", "COCO det (3x)", "coco_fpn_3x", "bbox", "APbb")
+        + _block("coco_seg", "COCO seg (3x)", "coco_fpn_3x", "segm", "APmk"),
+        None,
+        None,
+    ),
 }
 
 

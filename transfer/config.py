@@ -1,10 +1,11 @@
 """The standard detection protocols as Detectron2 configs (``transfer/configs``).
 
-A protocol name (``voc_c4_24k``, ``coco_c4_1x``, ``coco_c4_2x``, ``coco_fpn_1x``) is what
-results and tables refer to. The files chain by ``_BASE_`` (``Base-RCNN-SSL`` -> C4 / FPN
-bases -> protocols). ``smoke=True`` merges ``smoke.yaml`` after the protocol's file and
-swaps each dataset for its synthetic twin (``shapes_<name>``): the same code paths on a
-CPU in seconds.
+A protocol name is what results and tables refer to: MoCo's protocols as CARE uses them
+(``voc_c4_24k``, ``coco_c4_1x``, ``coco_c4_2x``, ``coco_fpn_1x``; chained from
+``Base-RCNN-SSL`` through the C4 / FPN bases) and the GSG paper's (``voc_fpn_144k``,
+``coco_fpn_3x``; chained from detectron2's ``Base-RCNN-FPN``). ``smoke=True`` merges
+``smoke.yaml`` after the protocol's file and swaps each dataset for its synthetic twin
+(``shapes_<name>``): the same code paths on a CPU in seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ PROTOCOLS: dict[str, str] = {
     "coco_c4_1x": "COCO Mask R-CNN R50-C4, 1x (90k iterations)",
     "coco_c4_2x": "COCO Mask R-CNN R50-C4, 2x (180k iterations)",
     "coco_fpn_1x": "COCO Mask R-CNN R50-FPN, 1x (90k iterations), SyncBN, 4conv1fc",
+    "voc_fpn_144k": "VOC07+12 Faster R-CNN R50-FPN, 144k iterations at batch 2 (GSG, ssl-transfer)",
+    "coco_fpn_3x": "COCO Mask R-CNN R50-FPN, 270k iterations (GSG; the detector is ours)",
 }
 
 

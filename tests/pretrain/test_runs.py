@@ -74,6 +74,8 @@ def test_final_checkpoint_converts_for_transfer(tmp_path, folder, method):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["meta"]["method"] == method.upper() and ckpt["meta"]["epochs"] == 1
     assert ckpt["meta"]["hparams"]["method"] == method
+    assert ckpt["meta"]["options"] == ckpt["meta"]["hparams"]["options"]
+    assert ckpt["meta"]["options"]["proj_dim"] == 16  # the recipe's small heads
     report = convert_file(out, tmp_path / f"{method}_r18.pkl")
     assert report["arch"] == "ResNet-18" and report["max_rel_diff"] <= 1e-4
     assert report["meta"]["method"] == method.upper()

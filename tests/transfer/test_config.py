@@ -6,12 +6,14 @@ import pytest
 
 from transfer.config import CONFIG_DIR, PROTOCOLS, build_config, smoke_datasets
 
-COMMON = {  # every protocol (MoCo's detection protocol for self-supervised weights)
+COMMON = {  # every protocol: the inputs of self-supervised (torchvision) weights
     "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530],
     "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
     "INPUT.FORMAT": "RGB",
     "MODEL.RESNETS.STRIDE_IN_1X1": False,
     "MODEL.RESNETS.DEPTH": 50,
+}
+MOCO = {  # MoCo's detection protocol (CARE's): nothing frozen, precise BN, batch 16
     "MODEL.BACKBONE.FREEZE_AT": 0,
     "TEST.PRECISE_BN.ENABLED": True,
     "SOLVER.IMS_PER_BATCH": 16,
@@ -49,6 +51,41 @@ EXPECTED = {
         "SOLVER.MAX_ITER": 180000,
         "SOLVER.STEPS": (120000, 160000),
     },
+    "voc_fpn_144k": {
+        "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+        "MODEL.RESNETS.NORM": "FrozenBN",
+        "MODEL.BACKBONE.FREEZE_AT": 2,
+        "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+        "MODEL.MASK_ON": False,
+        "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
+        "MODEL.ROI_HEADS.NUM_CLASSES": 20,
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000,
+        "INPUT.MIN_SIZE_TRAIN": tuple(range(480, 801, 32)),
+        "INPUT.MIN_SIZE_TEST": 800,
+        "DATASETS.TRAIN": ("voc_2007_trainval", "voc_2012_trainval"),
+        "DATASETS.TEST": ("voc_2007_test",),
+        "SOLVER.IMS_PER_BATCH": 2,
+        "SOLVER.BASE_LR": 0.0025,
+        "SOLVER.STEPS": (96000, 128000),
+        "SOLVER.MAX_ITER": 144000,
+        "SOLVER.WARMUP_ITERS": 100,
+    },
+    "coco_fpn_3x": {
+        "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+        "MODEL.RESNETS.NORM": "FrozenBN",
+        "MODEL.BACKBONE.FREEZE_AT": 2,
+        "MODEL.MASK_ON": True,
+        "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+        "INPUT.MIN_SIZE_TRAIN": tuple(range(640, 801, 32)),
+        "INPUT.MIN_SIZE_TEST": 800,
+        "DATASETS.TRAIN": ("coco_2017_train",),
+        "DATASETS.TEST": ("coco_2017_val",),
+        "SOLVER.IMS_PER_BATCH": 16,
+        "SOLVER.BASE_LR": 0.02,
+        "SOLVER.STEPS": (210000, 250000),
+        "SOLVER.MAX_ITER": 270000,
+        "SOLVER.WARMUP_ITERS": 1000,
+    },
     "coco_fpn_1x": {
         "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
         "MODEL.RESNETS.NORM": "SyncBN",
@@ -81,7 +118,8 @@ def get(cfg, dotted: str):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_protocol_values(protocol):
     cfg = build_config(protocol, device="cpu")
-    for key, value in {**COMMON, **EXPECTED[protocol]}.items():
+    moco = MOCO if protocol in ("voc_c4_24k", "coco_c4_1x", "coco_c4_2x", "coco_fpn_1x") else {}
+    for key, value in {**COMMON, **moco, **EXPECTED[protocol]}.items():
         got = get(cfg, key)
         assert (list(got) if isinstance(value, list) else got) == value, key
 
@@ -110,7 +148,14 @@ def test_smoke_overlay_changes_data_and_size_only(protocol):
 def test_configs_chain_from_one_base():
     files = {p.name: p.read_text() for p in CONFIG_DIR.glob("*.yaml")}
     assert "PIXEL_MEAN" in files["Base-RCNN-SSL.yaml"]
-    assert sum("PIXEL_MEAN" in t for t in files.values()) == 1  # defined once
+    # the SSL inputs: once per protocol family (MoCo's / CARE's, and GSG's ssl-transfer one)
+    assert [n for n, t in sorted(files.items()) if "PIXEL_MEAN" in t] == [
+        "Base-RCNN-FPN-GSG.yaml",
+        "Base-RCNN-SSL.yaml",
+    ]
+    assert '_BASE_: "Base-RCNN-FPN.yaml"' in files["Base-RCNN-FPN-GSG.yaml"]
+    assert '_BASE_: "Base-RCNN-FPN-GSG.yaml"' in files["voc_fpn_144k.yaml"]
+    assert '_BASE_: "Base-RCNN-FPN-GSG.yaml"' in files["coco_fpn_3x.yaml"]
     assert '_BASE_: "Base-RCNN-SSL.yaml"' in files["Base-RCNN-C4-SSL.yaml"]
     assert '_BASE_: "Base-RCNN-SSL.yaml"' in files["Base-RCNN-FPN-SSL.yaml"]
     assert '_BASE_: "Base-RCNN-FPN-SSL.yaml"' in files["coco_fpn_1x.yaml"]
