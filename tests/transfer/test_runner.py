@@ -235,3 +235,22 @@ def test_weights_arch_sets_the_detector_or_is_refused():
     assert arch_opts("ResNet-50 x2") == ["MODEL.RESNETS.WIDTH_PER_GROUP", "128"]
     with pytest.raises(ValueError, match="ResNet-18.*bottleneck"):
         arch_opts("ResNet-18")
+
+
+def test_gsg_protocols_run_and_fill_their_table(tmp_path, weights, small_shapes):
+    """GSG's protocols end to end (smoke): VOC R50-FPN and COCO R50-FPN 3x, one seed each,
+    then the gsg_detection table from their metrics."""
+    from tables import __main__ as tables_cli
+
+    base = ["--weights", str(weights), "--seeds", "1", "--dataset", "synthetic", "--output",
+            str(tmp_path), "--shapes-root", str(small_shapes)]  # fmt: skip
+    assert run_voc.cli([*base, "--arch", "fpn", *FAST]) == 0
+    assert run_coco.cli([*base, "--arch", "fpn", "--schedule", "3x", *FAST]) == 0
+    voc = json.loads((tmp_path / "voc_fpn_144k_smoke/tv_r50/seed0/metrics.json").read_text())
+    coco = json.loads((tmp_path / "coco_fpn_3x_smoke/tv_r50/seed0/metrics.json").read_text())
+    assert voc["base_protocol"] == "voc_fpn_144k" and coco["base_protocol"] == "coco_fpn_3x"
+    assert "bbox" in voc and "bbox" in coco
+    written = tables_cli.main(tables_cli.get_args_parser().parse_args(
+        ["--runs", str(tmp_path), "--out", str(tmp_path / "tables")]))  # fmt: skip
+    assert "gsg_detection.md" in written
+    assert "tv_r50" in written["gsg_detection.md"].read_text()
