@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 
 def training_step(method: str, arch: str, device: str, amp: str):
-    """(step(views, *extra) -> loss, memory format, sync, needs_boxes) for one method: the
+    """(step(views, *extra) -> loss, memory format, sync, model) for one method: the
     Trainer's optimiser step (``pretrain.amp.AmpStep``) without its loop."""
     import torch
 
@@ -61,7 +61,7 @@ def training_step(method: str, arch: str, device: str, amp: str):
         return loss
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    return step, mf, sync, model.needs_boxes
+    return step, mf, sync, model
 
 
 def model_speed(
@@ -69,9 +69,11 @@ def model_speed(
 ) -> float:
     import torch
 
-    step, mf, sync, needs_boxes = training_step(method, arch, device, amp)
+    step, mf, sync, model = training_step(method, arch, device, amp)
+    needs_boxes = model.needs_boxes
     views = [
-        torch.randn(batch, 3, size, size, device=device).to(memory_format=mf) for _ in range(2)
+        torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
+        for _ in range(model.views_needed(model.cfg))  # GSG: four crops
     ]
     extra = []
     if needs_boxes:  # MaskCo: the masked box in each view

@@ -77,7 +77,8 @@ def test_device_views_on_cuda_match_the_same_views_on_cpu():
 
 def _views_and_extra(model, n=8, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    views = [torch.randn(n, 3, size, size, generator=g).cuda() for _ in range(2)]
+    k = model.views_needed(model.cfg)  # GSG: four crops
+    views = [torch.randn(n, 3, size, size, generator=g).cuda() for _ in range(k)]
     extra = []
     if model.needs_boxes:
         from pretrain.maskco import random_boxes
@@ -127,12 +128,12 @@ def test_amp_and_channels_last_loss_matches_fp32(method):
         model.update_target(0.99)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    moved = [
-        not torch.equal(p, state[k])
-        for k, p in model.named_parameters()
-        if k.startswith("backbone")
-    ]
-    assert moved and all(moved), f"{sum(moved)} of {len(moved)} backbone tensors updated"
+    # the update reached the backbone: with zero-initialised residual blocks (the SimSiam
+    # family's) a branch's first BN gets no gradient, or one too small to move an fp32
+    # weight, until its last BN's gamma has grown, so a few tensors may still be at their start
+    moved = [not torch.equal(p, state[k]) for k, p in model.named_parameters()
+             if k.startswith("backbone")]  # fmt: skip
+    assert sum(moved) >= 0.9 * len(moved), f"{sum(moved)} of {len(moved)} backbone tensors updated"
 
 
 def test_roi_align_features_on_cuda_match_cpu():

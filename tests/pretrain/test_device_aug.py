@@ -233,6 +233,7 @@ def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):
                 log_every=1,
                 max_bad_frac=0.5,
                 batch_aug=mode,
+                amp="none",  # fp32 on either device: the test compares pipelines, not precision
                 options={"proj_hidden": 64, "proj_dim": 16, "pred_hidden": 64},
             )
         )

@@ -189,6 +189,7 @@ def test_fixed_predictor_lr_and_tau_schedule(tmp_path, folder, method):
         knn_every=0,
         options=SMALL,
         crop_scale=(0.3, 1.0),
+        batch_aug="off",  # the views made by the workers, also on a CUDA machine
     )
     t = Trainer(cfg)
     loader = torch.utils.data.DataLoader(
