@@ -9,7 +9,7 @@ construction; ``options`` holds the method's own options (``Method.Options``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -157,21 +157,13 @@ class PretrainConfig:
         self._validate(cls)
 
     def _validate(self, cls) -> None:
-        checks = {
-            "tau_schedule": ("cosine", "constant"),
-            "batch_aug": ("auto", "on", "off"),
-            "amp": ("auto", "bf16", "fp16", "none"),
-            "aug": tuple(AUGMENTATIONS),
-            "lr_schedule": ("step", "epoch"),
-            "crop_interpolation": ("bilinear", "bicubic"),
-        }
-        for key, allowed in checks.items():
-            if getattr(self, key) not in allowed:
+        for f in fields(self):  # every setting with declared choices (its flag's choices)
+            allowed = f.metadata.get("choices")
+            if allowed is not None and getattr(self, f.name) not in allowed:
                 raise ConfigError(
-                    f"--{key.replace('_', '-')} {getattr(self, key)!r}: one of {', '.join(allowed)}"
+                    f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r}: one of "
+                    f"{', '.join(map(str, allowed))}"
                 )
-        if self.arch not in ARCHS:
-            raise ConfigError(f"--arch {self.arch!r}: one of {', '.join(ARCHS)}")
         if self.batch_aug == "on" and cls.needs_boxes:
             raise ConfigError(
                 f"--batch-aug on: {self.method}'s views carry boxes and are made "

@@ -24,6 +24,19 @@ SMALL_HEADS = {
     "mph_dim": 128,
 }
 
+DEMO = {
+    "arch": "resnet50",
+    "epochs": 3,
+    "batch_size": 16,
+    "image_size": 64,
+    "crop_scale": (0.3, 1.0),
+    "warmup_epochs": 0.5,
+    "workers": 0,
+    "knn_every": 3,
+    "save_every": 1,
+    "log_every": 5,
+}
+
 RECIPES: dict[str, dict] = {
     # The papers' ImageNet runs: 200 epochs, 128 images per GPU (CARE: 8 GPUs = 1024), each
     # method's paper defaults otherwise. Needs --data.
@@ -40,31 +53,9 @@ RECIPES: dict[str, dict] = {
         "save_every": 5,
     },
     # `make demo`: three short epochs of a ResNet-50 on the demo's shapes.
-    "demo": {
-        "arch": "resnet50",
-        "epochs": 3,
-        "batch_size": 16,
-        "image_size": 64,
-        "crop_scale": (0.3, 1.0),
-        "warmup_epochs": 0.5,
-        "workers": 0,
-        "knn_every": 3,
-        "save_every": 1,
-        "log_every": 5,
-    },
+    "demo": DEMO,
     # the smallest demo (its test)
-    "demo-tiny": {
-        "arch": "resnet50",
-        "epochs": 1,
-        "batch_size": 8,
-        "image_size": 32,
-        "crop_scale": (0.3, 1.0),
-        "warmup_epochs": 0.5,
-        "workers": 0,
-        "knn_every": 1,
-        "save_every": 1,
-        "log_every": 5,
-    },
+    "demo-tiny": {**DEMO, "epochs": 1, "batch_size": 8, "image_size": 32, "knn_every": 1},
     # Does a method learn? (pretrain.learning_signal): ResNet-18 on 32 px silhouette crops.
     # EMA 0.9: the target's time constant must be short as the run is (360 steps).
     "learning-signal": {

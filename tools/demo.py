@@ -58,18 +58,22 @@ def step(title: str) -> float:
 
 
 def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
-    from pretrain.recipes import recipe_config
+    from pretrain.recipes import RECIPES, recipe_config
     from pretrain.trainer import run
 
-    cfg = recipe_config(
-        recipe, method=method, data=str(data), output=str(out / "pretrain" / method)
-    )
-    final = out / "weights" / f"{method}_{cfg.arch.replace('resnet', 'r')}.pth"
+    final = out / "weights" / f"{method}_{RECIPES[recipe]['arch'].replace('resnet', 'r')}.pth"
     if final.exists():
         print(f"{final}: done earlier, reused")
         return final
-    cfg.out = str(final)
-    return run(cfg)
+    return run(
+        recipe_config(
+            recipe,
+            method=method,
+            data=str(data),
+            out=str(final),
+            output=str(out / "pretrain" / method),
+        )  # fmt: skip
+    )
 
 
 def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Path) -> int:
