@@ -19,7 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from synthetic.render import CLASSES, Scene, SceneObject, render_scene
-from synthetic.writers import write_coco, write_imagefolder, write_silhouettes, write_voc
+from synthetic.writers import (
+    write_coco,
+    write_imagefolder,
+    write_label_subsets,
+    write_silhouettes,
+    write_voc,
+)
 
 __all__ = [
     "CLASSES",
@@ -28,6 +34,7 @@ __all__ = [
     "ShapesSpec",
     "generate",
     "render_scene",
+    "write_label_subsets",
     "write_silhouettes",
 ]
 

@@ -105,6 +105,29 @@ def write_silhouettes(root: Path, seed: int, size: int, per_class: dict[str, int
                 )
 
 
+# The synthetic stand-ins of SimCLR's subset files: the same names and format, fractions
+# large enough to train on a few images per class.
+LABEL_SUBSETS = {"1percent": 0.25, "10percent": 0.5}
+
+
+def write_label_subsets(root: Path, fractions: dict[str, float] | None = None) -> list[Path]:
+    """``root/<name>.txt`` for each subset (SimCLR's format: one train image file name per
+    line), the first ``fraction`` of each class's sorted images (at least one); existing
+    files are kept. ``root`` is an ImageFolder root holding ``train/<class>/``."""
+    written = []
+    for name, frac in (fractions or LABEL_SUBSETS).items():
+        path = root / f"{name}.txt"
+        written.append(path)
+        if path.exists():
+            continue
+        lines = []
+        for folder in sorted(p for p in (root / "train").iterdir() if p.is_dir()):
+            files = sorted(f.name for f in folder.iterdir() if f.is_file())
+            lines += files[: max(1, round(frac * len(files)))]
+        path.write_text("\n".join(lines) + "\n")
+    return written
+
+
 def _voc_xml(file_id: str, folder: str, scene: Scene) -> ET.Element:
     h, w = scene.image.shape[:2]
     ann = ET.Element("annotation")

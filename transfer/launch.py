@@ -27,22 +27,34 @@ from common.slurm import make_executor
 from transfer.spec import SeedSpec
 
 
+def _seed_function(spec: SeedSpec):
+    """The per-process function of the seed's family and the exceptions that mean a stop."""
+    from common.cli import Interrupted
+
+    if spec.family == "classification":
+        from transfer.cls.train import train_cls_seed
+
+        return train_cls_seed, (Interrupted, KeyboardInterrupt)
+    from transfer.trainer import TrainingInterrupted, train_seed
+
+    return train_seed, (TrainingInterrupted, Interrupted, KeyboardInterrupt)
+
+
 def run_seed_process(spec: SeedSpec) -> int:
     """Train one seed over its GPUs; a failure is recorded in ``failed.json``."""
     from detectron2.engine import launch
 
-    from transfer.trainer import TrainingInterrupted, train_seed
-
+    train, stops = _seed_function(spec)
     try:
         launch(
-            train_seed,
+            train,
             spec.num_gpus,
             num_machines=spec.num_machines,
             machine_rank=spec.machine_rank,
             dist_url=spec.dist_url,
             args=(spec,),
         )
-    except (TrainingInterrupted, KeyboardInterrupt) as e:
+    except stops as e:
         print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - any failure of a seed is recorded, others go on

@@ -169,7 +169,7 @@ def seed_status(seed_dir: Path) -> str:
         return "finished"
     if (seed_dir / "failed.json").exists():
         return "failed"
-    if (seed_dir / "last_checkpoint").exists():
+    if (seed_dir / "last_checkpoint").exists() or (seed_dir / "checkpoint.pth").exists():
         return "resumable"
     return "new"
 
@@ -183,7 +183,7 @@ class RunPlan:
     statuses: dict[int, str] = field(default_factory=dict)
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
+def config_overrides(args: argparse.Namespace) -> list[str]:
     opts = list(args.opts or [])
     if opts and opts[0] == "--":
         opts = opts[1:]
@@ -192,13 +192,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return opts
 
 
-def _devices(args: argparse.Namespace) -> tuple[int, str]:
+def devices(args: argparse.Namespace) -> tuple[int, str]:
     """(GPUs per machine, device) from the flags and what is visible."""
     import torch
 
     num_gpus = torch.cuda.device_count() if args.num_gpus is None else args.num_gpus
     if args.amp and not torch.cuda.is_available():
-        raise ConfigError("--amp needs CUDA (detectron2's AMPTrainer); drop --amp on CPU")
+        raise ConfigError("--amp needs CUDA; drop --amp on CPU")
     if num_gpus > torch.cuda.device_count() and args.launcher == "local":
         raise ConfigError(f"--num-gpus {num_gpus} but {torch.cuda.device_count()} GPUs visible")
     return num_gpus, "cuda" if num_gpus > 0 else "cpu"
@@ -209,8 +209,8 @@ def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
     from transfer.datasets import check_real
 
     smoke = args.dataset == "synthetic"
-    num_gpus, device = _devices(args)
-    opts = _overrides(args)
+    num_gpus, device = devices(args)
+    opts = config_overrides(args)
     cfg = build_config(protocol, smoke=smoke, opts=opts, device=device)  # validates opts early
     output = args.output.resolve()
     shapes_root = None
@@ -308,19 +308,27 @@ def run_protocol(args: argparse.Namespace, protocol: str) -> int:
     return summarise_run(run.run_dir, run.statuses)
 
 
+def headline(m: dict) -> str:
+    """The headline numbers of a metrics.json: APs of a detector, accuracies of a classifier."""
+    if "cls" in m:
+        return "  ".join(
+            f"{k} {v:.2f}" for k, v in m["cls"].items() if "top1" in k and k != "best_top1"
+        )
+    return "  ".join(
+        f"{task} AP {m[task]['AP']:.2f} AP50 {m[task]['AP50']:.2f}"
+        for task in ("bbox", "segm")
+        if task in m
+    )
+
+
 def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
-    """Print one line per seed with its headline AP; non-zero if any seed failed."""
+    """Print one line per seed with its headline metrics; non-zero if any seed failed."""
     failed = [k for k, s in statuses.items() if s == "failed"]
     for k in sorted(statuses):
         seed_dir = run_dir / f"seed{k}"
         if (seed_dir / "metrics.json").exists():
             m = json.loads((seed_dir / "metrics.json").read_text())
-            aps = "  ".join(
-                f"{task} AP {m[task]['AP']:.2f} AP50 {m[task]['AP50']:.2f}"
-                for task in ("bbox", "segm")
-                if task in m
-            )
-            print(f"seed {k}: {statuses[k]:<18} {aps}  ({m['wall_time_s']:.0f} s)")
+            print(f"seed {k}: {statuses[k]:<18} {headline(m)}  ({m['wall_time_s']:.0f} s)")
         else:
             err = ""
             if (seed_dir / "failed.json").exists():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 class SeedSpec:
     """One seed of one protocol for one weights file (written by the runner's plan)."""
 
-    protocol: str  # e.g. voc_c4_24k
+    protocol: str  # e.g. voc_c4_24k, linear_care
     protocol_name: str  # the results folder's name: protocol, or protocol_smoke
     smoke: bool
     dataset: str  # real | synthetic
@@ -20,13 +20,18 @@ class SeedSpec:
     seed_index: int
     seed: int  # the recorded seed value
     seed_dir: str
-    opts: list = field(default_factory=list)  # KEY VALUE config overrides
+    opts: list = field(default_factory=list)  # KEY VALUE config / protocol overrides
     num_gpus: int = 0
     num_machines: int = 1
     machine_rank: int = 0
     dist_url: str = "auto"
     amp: bool = False
     device: str = "cpu"
+    family: str = "detection"  # detection (detectron2) | classification (transfer.cls)
+    data: str | None = None  # classification: the ImageNet-layout root
+    arch: str | None = None  # classification with random init: the ResNet to build
+    subset_file: str | None = None  # semi-supervised: SimCLR's subset file
+    allow_pickle: bool = False
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

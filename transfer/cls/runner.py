@@ -1,0 +1,174 @@
+"""Planning and launching the seeds of a classification protocol (``transfer/run_linear.py``).
+
+Same guarantees and layout as the detection runners (``transfer.runner``): the weights are
+converted once and cached by content hash, seed ``k`` has the recorded seed value
+``1000 + k``, finished seeds are skipped, an unfinished one resumes from its last epoch
+checkpoint, each seed runs in its own process (or Slurm job), so a failing seed never takes
+the others down. Under ``torchrun`` the seeds run one after another in the torchrun
+processes instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from common.archs import get_arch
+from common.atomic import atomic_write_json
+from common.cli import EXIT_INTERRUPTED, EXIT_OK, ConfigError, Interrupted
+from transfer.cls.protocols import resolve
+from transfer.runner import (
+    RunPlan,
+    config_overrides,
+    devices,
+    launch_local,
+    launch_slurm,
+    resolve_weights,
+    seed_status,
+    seed_value,
+    summarise_run,
+)
+from transfer.spec import SeedSpec
+
+
+def synthetic_data(args: argparse.Namespace, output: Path) -> Path:
+    """The built-in shapes' ImageFolder (written when absent), with SimCLR-style subset
+    files, or the synthetic ImageFolder the user named with ``--data``."""
+    from synthetic import generate, write_label_subsets
+
+    if args.data:
+        root = Path(args.data)
+    else:
+        root = generate(args.shapes_root or output / "datasets" / "shapes") / "imagefolder"
+    write_label_subsets(root)
+    return root
+
+
+def plan_cls(args: argparse.Namespace) -> RunPlan:
+    """Check the data and the weights, and list the seeds that still need running."""
+    from transfer.cls.data import check_layout
+
+    smoke = args.dataset == "synthetic"
+    num_gpus, device = devices(args)
+    opts = config_overrides(args)
+    protocol = resolve(args.protocol, smoke, opts)  # validates the overrides early
+    output = args.output.resolve()
+    if smoke:
+        data = synthetic_data(args, output)
+    elif not args.data:
+        raise ConfigError("--data ROOT is required (the ImageNet layout ROOT/{train,val}/<class>)")
+    else:
+        data = Path(args.data)
+    check_layout(data)
+    if protocol.kind == "finetune":
+        subset = Path(args.subset_file or data / f"{protocol.subset}.txt")
+        from transfer.cls.data import read_subset, scan_split
+
+        read_subset(subset, scan_split(data, "train")[1])
+    weights = resolve_weights(args.weights, output, args.allow_pickle)
+    arch = None
+    if not weights["path"]:
+        arch = get_arch(args.arch).key
+        weights["stem"] = f"random_init_{arch.replace('resnet', 'r')}"
+    run = RunPlan(output / protocol.name / weights["stem"])
+    print(
+        f"{protocol.name}{' (smoke, synthetic data)' if smoke else ''}: {args.seeds} seed(s) "
+        f"of {weights['stem']} on {data} -> {run.run_dir}"
+    )
+    info = {k: weights[k] for k in ("stem", "source", "sha256", "meta")}
+    for k in range(args.seeds):
+        seed_dir = run.run_dir / f"seed{k}"
+        status = seed_status(seed_dir)
+        if status == "finished":
+            print(f"seed {k}: finished, skipped ({seed_dir / 'metrics.json'})")
+            run.statuses[k] = "finished (earlier)"
+            continue
+        if status == "failed":
+            (seed_dir / "failed.json").unlink()  # a re-run retries a failed seed
+        run.specs.append(
+            SeedSpec(
+                protocol=args.protocol,
+                protocol_name=protocol.name,
+                smoke=smoke,
+                dataset=args.dataset,
+                shapes_root=None,
+                weights=weights["path"],
+                weights_info=info,
+                seed_index=k,
+                seed=seed_value(k),
+                seed_dir=str(seed_dir),
+                opts=opts,
+                num_gpus=num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                amp=args.amp,
+                device=device,
+                family="classification",
+                data=str(data.resolve()),
+                arch=arch,
+                subset_file=str(Path(args.subset_file).resolve()) if args.subset_file else None,
+                allow_pickle=args.allow_pickle,
+            )
+        )
+    return run
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def launch_torchrun(run: RunPlan) -> int | None:
+    """The seeds one after another in this torchrun group (every process calls this)."""
+    import torch
+    import torch.distributed as dist
+
+    from transfer.cls.train import train_cls_seed
+
+    rank = dist.get_rank()
+    for spec in run.specs:
+        spec = spec.replace(device="cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            train_cls_seed(spec)
+            run.statuses[spec.seed_index] = "finished"
+        except (Interrupted, KeyboardInterrupt) as e:
+            print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as e:  # noqa: BLE001 - a failing seed is recorded, the others go on
+            if rank == 0:
+                atomic_write_json(
+                    Path(spec.seed_dir) / "failed.json",
+                    {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
+                )
+            print(f"seed {spec.seed_index} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            run.statuses[spec.seed_index] = "failed"
+        dist.barrier()
+    return None
+
+
+def run_cls_protocol(args: argparse.Namespace) -> int:
+    """Run ``args.seeds`` seeds of ``args.protocol``; returns the process exit code."""
+    if under_torchrun():
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if dist.get_rank() != 0:
+            dist.barrier()  # rank 0 converts the weights and writes the data first
+        run = plan_cls(args)
+        if dist.get_rank() == 0:
+            dist.barrier()
+        code = launch_torchrun(run)
+        if dist.get_rank() != 0:
+            return code or EXIT_OK
+        return code if code is not None else summarise_run(run.run_dir, run.statuses)
+    run = plan_cls(args)
+    if args.launcher == "slurm":
+        if not launch_slurm(run, args):
+            return EXIT_OK
+    elif (code := launch_local(run)) is not None:
+        return code
+    return summarise_run(run.run_dir, run.statuses)

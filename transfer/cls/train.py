@@ -1,0 +1,502 @@
+"""One seed of a classification protocol: train (or, for kNN, extract), evaluate, record.
+
+``train_cls_seed(spec)`` runs in each process of the seed (one per GPU; detectron2's
+``launch`` or torchrun started them). It writes into the seed folder, on the main process:
+``config.yaml`` (the resolved protocol), ``log.txt``, ``train_metrics.jsonl`` (one line per
+epoch), ``checkpoint.pth`` (after every epoch: what is trained, the optimiser, the history),
+``environment.json`` and, last, ``metrics.json``. A re-run resumes after the last finished
+epoch (every epoch's data order and augmentations derive from the seed and the epoch, so a
+resumed run ends where an uninterrupted one does). SIGINT / SIGTERM stop at the next step
+and keep the last epoch's checkpoint; a NaN / inf loss fails the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from common.archs import get_arch
+from common.atomic import atomic_torch_save, atomic_write_json
+from common.checkpoints import load_any
+from common.cli import ConfigError, Interrupted
+from common.distributed import any_rank
+from common.signals import StopFlag
+from transfer.cls import data as D
+from transfer.cls.knn import gather_in_order, knn_scores, normalise, topk_correct
+from transfer.cls.models import LinearHead, MultiHead, load_backbone
+from transfer.cls.protocols import ClsProtocol, resolve
+from transfer.environment import environment_record
+from transfer.spec import SeedSpec
+
+PAPER_STAGE = {"conv1": "conv1", "res2": "conv2", "res3": "conv3", "res4": "conv4", "res5": "conv5"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN / inf: the seed fails, the others go on."""
+
+
+def lr_at(p: ClsProtocol, step: int, epoch: int, steps_per_epoch: int) -> float:
+    """The lr of optimiser step ``step`` (0-based, global) in ``epoch`` (0-based).
+
+    cosine: ``lr * 0.5 * (1 + cos(pi * step / total))`` per iteration (CARE's
+    ``adjust_learning_rate_iter``: the first step uses the base lr); step: ``lr * 0.1 ** m``
+    with m the milestones reached by ``epoch``."""
+    if p.schedule == "cosine":
+        total = max(p.epochs * steps_per_epoch, 1)
+        return p.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    return p.lr * 0.1 ** sum(epoch >= m for m in p.milestones)
+
+
+class SeedLog:
+    """Lines to stdout (main process) and to ``log.txt``."""
+
+    def __init__(self, seed_dir: Path, main: bool):
+        self.path, self.main = seed_dir / "log.txt", main
+
+    def __call__(self, msg: str) -> None:
+        if self.main:
+            print(msg, flush=True)
+            with open(self.path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
+
+class Run:
+    """What one seed's processes share: protocol, data, model, device, rank."""
+
+    def __init__(self, spec: SeedSpec):
+        self.spec = spec
+        self.p = resolve(spec.protocol, spec.smoke, spec.opts)
+        self.dir = Path(spec.seed_dir)
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.main = self.rank == 0
+        if spec.device == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(), 1)))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = SeedLog(self.dir, self.main)
+        root = Path(spec.data)
+        self.classes = D.check_layout(root)
+        _, self.train_samples = D.scan_split(root, "train")
+        _, self.val_samples = D.scan_split(root, "val")
+        if self.p.kind == "finetune":
+            subset = Path(spec.subset_file or root / f"{self.p.subset}.txt")
+            self.train_samples = D.read_subset(subset, self.train_samples)
+        arch = get_arch(spec.arch) if spec.arch else None
+        self.backbone, n = load_backbone(spec.weights, arch, spec.allow_pickle)
+        self.arch = self.backbone.arch
+        self.backbone.to(self.device)
+        if n:
+            self.log(f"backbone loaded and verified: {n} tensors equal {spec.weights}")
+        else:
+            self.log(f"backbone: random initialisation ({self.arch.name})")
+        self.amp = spec.amp and self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    def loader(self, samples, transform, batch: int, train: bool, epoch: int = 0):
+        """A loader over this process's shard: the epoch's shuffled share when training,
+        every world-th image otherwise (no padding, so each image counts once)."""
+        ds = D.Images(samples, transform)
+        g = torch.Generator().manual_seed(self.spec.seed * 100_003 + epoch)
+        if train:
+            sampler = DistributedSampler(ds, self.world, self.rank, True, self.spec.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = None
+            ds = Subset(ds, list(range(self.rank, len(ds), self.world)))
+        return DataLoader(
+            ds,
+            batch_size=batch,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.p.workers,
+            collate_fn=D.SkipBad(),
+            drop_last=train and self.p.drop_last,
+            generator=g,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def write_config(self) -> None:
+        if not self.main:
+            return
+        cfg = {
+            "protocol": self.p.to_json(),
+            "data": str(Path(self.spec.data).resolve()),
+            "subset_file": self.spec.subset_file,
+            "classes": len(self.classes),
+            "train_images": len(self.train_samples),
+            "val_images": len(self.val_samples),
+            "arch": self.arch.key,
+            "world_size": self.world,
+            "amp": self.amp,
+            "MODEL": {"WEIGHTS": self.spec.weights},
+            "SEED": self.spec.seed,
+            "OUTPUT_DIR": str(self.dir),
+        }
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(run: Run, model: nn.Module, head: nn.Module, frozen: bool) -> dict[str, float]:
+    """Top-1 / top-5 (%) on the val split per head output, over all processes."""
+    p = run.p
+    model.eval()
+    head.eval()
+    stages = p.stages
+    counts = {s: [0.0, 0.0] for s in stages}
+    total = 0
+    bad = D.BadCounter(p.max_bad_frac, "the val split")
+    loader = run.loader(
+        run.val_samples, D.eval_transform(p.val_resize, p.crop), p.eval_batch_size, False
+    )
+    for item in loader:
+        batch = bad.take(item)
+        if batch is None:
+            continue
+        x, y = (t.to(run.device, non_blocking=True) for t in batch)
+        with run.autocast():
+            logits = head(model(x, stages))
+        for s in stages:
+            c = topk_correct(logits[s].float(), y)
+            counts[s][0] += c[1]
+            counts[s][1] += c[5]
+        total += y.shape[0]
+    bad.check_end()
+    flat = _reduce_sum([total] + [v for s in stages for v in counts[s]], run.device)
+    total, rest = flat[0], flat[1:]
+    out = {}
+    for k, s in enumerate(stages):
+        prefix = "" if p.kind != "multilayer" else f"{PAPER_STAGE[s]}_"
+        out[f"{prefix}top1"] = 100.0 * rest[2 * k] / max(total, 1)
+        out[f"{prefix}top5"] = 100.0 * rest[2 * k + 1] / max(total, 1)
+    out["val_images"] = int(total)
+    if not frozen:
+        model.train()
+    return out
+
+
+def build_head(run: Run) -> nn.Module:
+    p = run.p
+    torch.manual_seed(run.spec.seed)  # the head's init depends on the seed alone
+    classes = len(run.classes)
+    if p.head == "multihead":
+        return MultiHead(run.arch, p.stages, classes, p.pool, p.crop)
+    return LinearHead(run.arch.feature_dim, classes, bn=p.head == "linear_bn")
+
+
+def _checkpoint_state(run: Run, head, model, optimizer, epoch: int, history: list) -> dict:
+    state = {"epoch": epoch, "head": _unwrap(head).state_dict(), "history": history}
+    state["optimizer"] = optimizer.state_dict()
+    if run.p.kind == "finetune":
+        state["backbone"] = _unwrap(model).state_dict()
+    state["protocol"] = run.p.to_json()
+    return state
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return getattr(m, "module", m)
+
+
+def _resume(run: Run, head, model, optimizer) -> tuple[int, list]:
+    path = run.dir / "checkpoint.pth"
+    if not path.exists():
+        return 0, []
+    state = load_any(path, allow_pickle=False)
+    if state.get("protocol") != run.p.to_json():
+        raise ConfigError(
+            f"{path} was written with other protocol settings; delete the seed folder "
+            f"{run.dir} to start it again"
+        )
+    _unwrap(head).load_state_dict(state["head"])
+    if "backbone" in state:
+        _unwrap(model).load_state_dict(state["backbone"])
+    optimizer.load_state_dict(state["optimizer"])
+    run.log(f"resuming seed {run.spec.seed_index} after epoch {state['epoch']}")
+    return int(state["epoch"]), list(state["history"])
+
+
+def _wrap_ddp(run: Run, head, model):
+    if run.world == 1:
+        return head, model
+    ids = [run.device.index] if run.device.type == "cuda" else None
+    if run.p.kind == "finetune":
+        if run.p.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        both = nn.ModuleDict({"backbone": model, "head": head})
+        both = nn.parallel.DistributedDataParallel(both, device_ids=ids)
+        return _DDPPart(both, "head"), _DDPPart(both, "backbone")
+    return nn.parallel.DistributedDataParallel(head, device_ids=ids), model
+
+
+class _DDPPart(nn.Module):
+    """One member of a DDP-wrapped ModuleDict, called through the DDP wrapper's modules
+    (fine-tuning: one DDP over backbone + head, so gradients of both are all-reduced)."""
+
+    def __init__(self, ddp, name):
+        super().__init__()
+        self.ddp, self.name = ddp, name
+
+    def forward(self, *a, **k):
+        return self.ddp.module[self.name](*a, **k)
+
+    @property
+    def module(self):
+        return self.ddp.module[self.name]
+
+
+def train_epoch(run, model, head, optimizer, epoch, stop, frozen) -> dict:
+    """One epoch; returns its training record (loss, top-1 of the first head, lr, img/s)."""
+    from tqdm import tqdm
+
+    p = run.p
+    torch.manual_seed(run.spec.seed * 100_003 + epoch * 1_009 + run.rank)  # the augmentations
+    per_rank = max(p.batch_size // run.world, 1)
+    loader = run.loader(
+        run.train_samples, D.train_transform(p.train_aug, p.crop), per_rank, True, epoch
+    )
+    steps = len(loader)
+    if frozen:
+        model.eval()
+    else:
+        model.train()
+    head.train()
+    bad = D.BadCounter(p.max_bad_frac, f"the train split (epoch {epoch + 1})")
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{p.epochs}",
+        unit="it",
+        disable=not run.main,
+        dynamic_ncols=True,
+    )
+    loss_sum = correct = seen = 0.0
+    t0 = time.perf_counter()
+    lr = lr_at(p, epoch * steps, epoch, steps)
+    for i, item in enumerate(loader):
+        batch = bad.take(item)
+        if batch is None:
+            bar.update(1)
+            continue
+        lr = lr_at(p, epoch * steps + i, epoch, steps)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x, y = (t.to(run.device, non_blocking=True) for t in batch)
+        with run.autocast():
+            if frozen:
+                with torch.no_grad():
+                    feats = model(x, p.stages)
+            else:
+                feats = model(x, p.stages)
+            logits = head(feats)
+            loss = sum(F.cross_entropy(v.float(), y) for v in logits.values())
+        if any_rank(not bool(torch.isfinite(loss)), run.device):
+            raise NonFiniteLoss(
+                f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} (lr {lr:.4g}); "
+                "the seed failed: check the weights, or lower lr_per_256"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        first = logits[p.stages[-1]]
+        correct += float((first.argmax(1) == y).sum())
+        loss_sum += float(loss.detach()) * y.shape[0]
+        seen += y.shape[0]
+        dt = time.perf_counter() - t0
+        bar.set_postfix(
+            {
+                "loss": f"{loss.item():.3f}",
+                "lr": f"{lr:.3g}",
+                "img/s": f"{seen * run.world / dt:.1f}",
+            },
+            refresh=False,
+        )
+        bar.update(1)
+        if any_rank(stop.requested, run.device):
+            bar.close()
+            raise Interrupted(
+                f"stopped by signal in epoch {epoch + 1}; the checkpoint of epoch {epoch} is "
+                "kept: re-run the same command to resume"
+            )
+    bar.close()
+    bad.check_end()
+    tot = _reduce_sum([loss_sum, correct, seen], run.device)
+    secs = time.perf_counter() - t0
+    return {
+        "epoch": epoch + 1,
+        "loss": tot[0] / max(tot[2], 1),
+        "train_top1": 100.0 * tot[1] / max(tot[2], 1),
+        "lr": lr,
+        "images": int(tot[2]),
+        "img_per_s": tot[2] / max(secs, 1e-9),
+        "seconds": round(secs, 2),
+        "bad_images": bad.bad,
+    }
+
+
+def fit(run: Run) -> dict:
+    """Train the protocol's head (and, fine-tuning, the backbone); the final evaluation."""
+    p = run.p
+    frozen = p.kind != "finetune"
+    head = build_head(run).to(run.device)
+    model = run.backbone
+    if frozen:
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+    params = list(head.parameters()) + ([] if frozen else list(model.parameters()))
+    optimizer = torch.optim.SGD(
+        params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
+    )
+    start, history = _resume(run, head, model, optimizer)
+    head_d, model_d = _wrap_ddp(run, head, model)
+    jsonl = run.dir / "train_metrics.jsonl"
+    if run.main:  # the lines of finished epochs only (a partial epoch is redone)
+        jsonl.write_text("".join(json.dumps(h) + "\n" for h in history))
+    result = {}
+    with StopFlag() as stop:
+        for epoch in range(start, p.epochs):
+            rec = train_epoch(run, model_d, head_d, optimizer, epoch, stop, frozen)
+            last = epoch + 1 == p.epochs
+            if last or (p.eval_every and (epoch + 1) % p.eval_every == 0):
+                result = evaluate(run, model_d, head_d, frozen)
+                rec["eval"] = result
+            history.append(rec)
+            if run.main:
+                state = _checkpoint_state(run, head_d, model_d, optimizer, epoch + 1, history)
+                atomic_torch_save(run.dir / "checkpoint.pth", state)
+                with open(jsonl, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            run.log(
+                f"epoch {epoch + 1}/{p.epochs}: loss {rec['loss']:.4f} train top-1 "
+                f"{rec['train_top1']:.2f} lr {rec['lr']:.4g} {rec['img_per_s']:.1f} img/s"
+                + (f"; val {_fmt(result)}" if "eval" in rec else "")
+            )
+    if not result:  # resumed after the last epoch's checkpoint but before metrics.json
+        result = evaluate(run, model_d, head_d, frozen)
+    evals = [h["eval"] for h in history if "eval" in h]
+    key = "top1" if p.kind != "multilayer" else "conv5_top1"
+    result = dict(result)
+    result["best_top1"] = max([e[key] for e in evals] + [result[key]])
+    return {"cls": result, "epochs": p.epochs, "history_epochs": len(history)}
+
+
+@torch.no_grad()
+def run_knn(run: Run) -> dict:
+    """Features of both splits once (sharded over processes), then kNN for every k."""
+    from tqdm import tqdm
+
+    p = run.p
+    model = run.backbone.eval()
+    tf = D.eval_transform(p.val_resize, p.crop, square=p.square_resize)
+    per_rank = max(p.batch_size // run.world, 1)
+    feats = {}
+    t0 = time.perf_counter()
+    for split, samples in (("train", run.train_samples), ("val", run.val_samples)):
+        bad = D.BadCounter(p.max_bad_frac, f"the {split} split")
+        fs, ys = [], []
+        loader = run.loader(samples, tf, per_rank, False)  # image rank, rank + world, ...
+        for item in tqdm(loader, desc=f"features {split}", disable=not run.main):
+            batch = bad.take(item)
+            if batch is None:
+                continue
+            x, y = batch
+            with run.autocast():
+                f = model(x.to(run.device, non_blocking=True))["res5"]
+            fs.append(normalise(f))
+            ys.append(y.to(run.device))
+        bad.check_end()
+        f_all = torch.cat(fs) if fs else torch.zeros(0, run.arch.feature_dim, device=run.device)
+        y_all = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long, device=run.device)
+        feats[split] = (f_all, y_all)
+    secs = time.perf_counter() - t0
+    (bank, bank_y), (query, query_y) = feats["train"], feats["val"]
+    bank, bank_y = _gather(run, bank, bank_y)
+    out = {}
+    n_query = _reduce_sum([query.shape[0]], run.device)[0]
+    for k in p.knn_ks:
+        scores = knn_scores(query, bank, bank_y, len(run.classes), k, p.knn_temperature)
+        c = topk_correct(scores, query_y)
+        hits = _reduce_sum([c[1], c[5]], run.device)
+        out[f"k{k}_top1"] = 100.0 * hits[0] / max(n_query, 1)
+        out[f"k{k}_top5"] = 100.0 * hits[1] / max(n_query, 1)
+    out["bank_images"], out["val_images"] = int(bank.shape[0]), int(n_query)
+    n_img = _reduce_sum([bank.shape[0] / run.world + query.shape[0]], run.device)[0]
+    run.log(f"kNN: {_fmt(out)} ({n_img / max(secs, 1e-9):.1f} img/s feature extraction)")
+    return {"cls": out, "epochs": 0}
+
+
+def _gather(run: Run, f: torch.Tensor, y: torch.Tensor):
+    """The bank of every process, in the order of the split."""
+    n = torch.arange(run.rank, run.rank + run.world * f.shape[0], run.world, device=f.device)
+    total = int(_reduce_sum([f.shape[0]], run.device)[0])
+    return gather_in_order(f, y, n[: f.shape[0]], total)
+
+
+def _fmt(m: dict) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))
+
+
+def train_cls_seed(spec: SeedSpec) -> dict | None:
+    """Run one seed in this process (one of ``world`` when distributed)."""
+    run = Run(spec)
+    run.write_config()
+    t0 = time.time()
+    sessions_path = run.dir / "sessions.json"
+    status = "failed"
+    try:
+        res = run_knn(run) if run.p.kind == "knn" else fit(run)
+        status = "finished"
+    except Interrupted:
+        status = "interrupted"
+        raise
+    finally:
+        if run.main:
+            old = (
+                json.loads(sessions_path.read_text())["sessions"] if sessions_path.exists() else []
+            )
+            old.append({"status": status, "wall_time_s": round(time.time() - t0, 2)})
+            atomic_write_json(sessions_path, {"sessions": old})
+    if not run.main:
+        return None
+    sessions = json.loads(sessions_path.read_text())["sessions"]
+    metrics = {
+        "protocol": spec.protocol_name,
+        "base_protocol": spec.protocol,
+        "family": "classification",
+        "variant": "smoke" if spec.smoke else "full",
+        "dataset": spec.dataset,
+        "weights": spec.weights_info,
+        "arch": run.arch.name,
+        "seed_index": spec.seed_index,
+        "seed": spec.seed,
+        "world_size": run.world,
+        "amp": run.amp,
+        "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
+        "sessions": len(sessions),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **res,
+    }
+    atomic_write_json(run.dir / "environment.json", environment_record())
+    atomic_write_json(run.dir / "metrics.json", metrics)
+    return metrics
