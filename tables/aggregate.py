@@ -153,12 +153,14 @@ def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple[str, str, int], Pat
     """Record one seed folder in its group: finished, failed or unfinished."""
     if (seed_dir / "metrics.json").exists():
         m = _read_json(seed_dir / "metrics.json")
-        for key in ("protocol", "seed", "bbox"):
-            if key not in m:
-                raise TablesError(
-                    f"{seed_dir / 'metrics.json'} lacks '{key}': not a metrics "
-                    "file written by transfer/run_*.py"
-                )
+        missing = [k for k in ("protocol", "seed") if k not in m]
+        if not ({"bbox", "cls"} & set(m)):
+            missing.append("bbox")  # a detection result, or 'cls' for a classification one
+        if missing:
+            raise TablesError(
+                f"{seed_dir / 'metrics.json'} lacks '{missing[0]}': not a metrics "
+                "file written by transfer/run_*.py"
+            )
         key = (group.protocol, group.weights, m["seed"])
         if key in seen:
             raise TablesError(
@@ -190,7 +192,7 @@ def collect(roots: list[str | Path]) -> list[Group]:
     if not groups:
         raise TablesError(
             f"no seed folders (<protocol>/<weights>/seed<k>/) under {', '.join(map(str, roots))}; "
-            "run transfer/run_voc.py or transfer/run_coco.py first"
+            "run transfer/run_voc.py, run_coco.py or run_linear.py first"
         )
     for g in groups.values():
         if g.seeds:

@@ -1,9 +1,13 @@
 """The papers' table layouts, their reference rows, and rows built from our runs.
 
-CARE Table 4: COCO Mask R-CNN R50-C4 1x (det, seg) and VOC07+12 Faster R-CNN R50-C4.
-CARE Table 5: COCO Mask R-CNN R50-FPN 1x (det, seg). A third table collects COCO C4 2x runs
-(MoCo / MaskCo's schedule), which CARE does not report. Smoke runs on synthetic data fill the
-same columns in rows marked "(synthetic)".
+Detection: CARE Table 4 (COCO Mask R-CNN R50-C4 1x, VOC07+12 Faster R-CNN R50-C4), Table 5
+(COCO Mask R-CNN R50-FPN 1x), COCO C4 2x (MoCo / MaskCo's schedule) and GSG's protocols.
+Classification: CARE Table 2 / supplementary Table 1 (linear top-1 / top-5 by method, arch
+and epochs), Table 3 / supplementary Table 2 (semi-supervised), the ablations of Tables 6-8
+and of the T-stream design (rows: the pretraining checkpoint's recorded lambda, n_blocks,
+position encoding, design), MaskCo's multi-layer table (conv1..conv5), and a summary of the
+linear and kNN protocols. Smoke runs on synthetic data fill the same columns in rows marked
+"(synthetic)".
 """
 
 from __future__ import annotations
@@ -28,6 +32,28 @@ class Column:
     metric: str  # "AP", "AP50", "AP75"
 
 
+def _cls(key: str, label: str, block: str, protocol: str, metric: str) -> Column:
+    return Column(key, label, block, protocol, "cls", metric)
+
+
+# The checkpoint option behind each ablation table, and the paper's names of its values.
+FACTORS = {
+    "lambda": ("lambda_att", "λ", lambda v: f"{float(v):g}"),
+    "n_blocks": ("n_blocks", "n", str),
+    "position_encoding": (
+        "pos_enc",
+        "Position encoding",
+        {
+            "none": "none",
+            "sine": "sin-cos absolute",
+            "abs": "learnable absolute",
+            "rel": "learnable relative",
+        }.get,
+    ),
+    "design": ("t_design", "Design", str),
+}
+
+
 def _block(prefix: str, block: str, protocol: str, task: str, sym: str) -> list[Column]:
     return [
         Column(f"{prefix}_{m}", f"{sym}{m[2:]}" if m != "AP" else sym, block, protocol, task, m)
@@ -40,8 +66,16 @@ class TableSpec:
     name: str
     title: str
     columns: list[Column]
-    reference_csv: str | None
+    reference_csv: str | tuple[str, ...] | None
     default_source: str | None
+    arch_column: bool = False  # rows carry the backbone (CARE Table 2, 3)
+    factor: str | None = None  # an ablation table: rows are values of this FACTORS key
+
+    @property
+    def reference_files(self) -> tuple[str, ...]:
+        if self.reference_csv is None:
+            return ()
+        return (self.reference_csv,) if isinstance(self.reference_csv, str) else self.reference_csv
 
     @property
     def protocols(self) -> set[str]:
@@ -84,15 +118,83 @@ TABLES: dict[str, TableSpec] = {
         None,
         None,
     ),
+    "table2": TableSpec(
+        "table2",
+        "CARE Table 2 / supp. Table 1: ImageNet linear evaluation (linear_care)",
+        [
+            _cls("top1", "top-1", "Linear", "linear_care", "top1"),
+            _cls("top5", "top-5", "Linear", "linear_care", "top5"),
+        ],
+        ("care_linear_r50.csv", "care_supp_table1_linear.csv"),
+        "care_main_table2",
+        arch_column=True,
+    ),
+    "table3": TableSpec(
+        "table3",
+        "CARE Table 3 / supp. Table 2: semi-supervised ImageNet (1% / 10% labels)",
+        [
+            _cls("top1_1pct", "1% top-1", "Top-1", "semisup_1pct", "top1"),
+            _cls("top1_10pct", "10% top-1", "Top-1", "semisup_10pct", "top1"),
+            _cls("top5_1pct", "1% top-5", "Top-5", "semisup_1pct", "top5"),
+            _cls("top5_10pct", "10% top-5", "Top-5", "semisup_10pct", "top5"),
+        ],
+        "care_semisup.csv",
+        "care_main_table3a",
+        arch_column=True,
+    ),
+    **{
+        name: TableSpec(
+            name,
+            f"{title} (ResNet-50, 100 epochs, linear_care top-1)",
+            [_cls("top1", "top-1", "Linear", "linear_care", "top1")],
+            "care_ablations_r50_100ep.csv",
+            source,
+            factor=factor,
+        )
+        for name, title, source, factor in (
+            ("table6", "CARE Table 6: weight lambda of L_att", "care_main_table6", "lambda"),
+            ("table7", "CARE Table 7: transformer blocks n", "care_main_table7", "n_blocks"),
+            (
+                "table8",
+                "CARE Table 8: position encoding",
+                "care_main_table8",
+                "position_encoding",
+            ),
+            ("design", "CARE (text): T-stream design", "care_main_text", "design"),
+        )
+    },
+    "multilayer": TableSpec(
+        "multilayer",
+        "MaskCo supp. Table 1: multi-layer linear evaluation (linear_multilayer, top-1)",
+        [
+            _cls(c, c, "Top-1", "linear_multilayer", f"{c}_top1")
+            for c in ("conv1", "conv2", "conv3", "conv4", "conv5")
+        ],
+        "maskco_supp_table1_multilayer_linear.csv",
+        "maskco_supp_table1",
+    ),
+    "classification": TableSpec(
+        "classification",
+        "Classification protocols: linear (CARE, MoCo) and weighted kNN (GSG), top-1",
+        [
+            _cls("linear_care", "CARE", "Linear", "linear_care", "top1"),
+            _cls("linear_moco", "MoCo", "Linear", "linear_moco", "top1"),
+            _cls("knn_k20", "k=20", "kNN", "knn", "k20_top1"),
+            _cls("knn_k200", "k=200", "kNN", "knn", "k200_top1"),
+        ],
+        None,
+        None,
+    ),
 }
 
 
 @dataclass
 class Row:
     kind: str  # "paper" or "ours"
-    method: str
+    method: str  # the method, or in an ablation table the factor's value
     epochs: str
     weights: str = ""
+    arch: str = ""
     source: str = ""
     synthetic: bool = False
     cells: dict[str, Stat | float | None] = field(default_factory=dict)  # key -> value
@@ -118,20 +220,36 @@ class Row:
         return self.kind == "ours" and any(n < 5 for n in self.n_seeds.values())
 
 
+def _reference_records(spec: TableSpec) -> list[dict]:
+    records = []
+    for name in spec.reference_files:
+        with open(REFERENCE_DIR / name, newline="") as f:
+            records += list(csv.DictReader(f))
+    if spec.factor:
+        records = [r for r in records if r["factor"] == spec.factor]
+    return records
+
+
 def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
-    """The paper's rows of one table: the ``source`` table of its CSV when the CSV has it
+    """The paper's rows of one table: the ``source`` table of its CSVs when they have it
     (e.g. care_supp_table3 for Table 4), else its default source."""
     if spec.reference_csv is None:
         return []
-    with open(REFERENCE_DIR / spec.reference_csv, newline="") as f:
-        records = list(csv.DictReader(f))
+    records = _reference_records(spec)
     if source not in {r["source"] for r in records}:
         source = spec.default_source
     rows = []
     for rec in records:
         if rec["source"] == source:
-            cells = {c.key: float(rec[c.key]) if rec[c.key] != "" else None for c in spec.columns}
-            rows.append(Row("paper", rec["method"], rec["epochs"], source=source, cells=cells))
+            cells = {
+                c.key: float(rec[c.key]) if rec.get(c.key) not in (None, "") else None
+                for c in spec.columns
+            }
+            method = rec["value"] if spec.factor else rec["method"]
+            epochs = "100" if spec.factor else rec.get("epochs", "")
+            row = Row("paper", method, epochs, source=source, cells=cells)
+            row.arch = rec.get("arch", "")
+            rows.append(row)
     if not rows:
         raise TablesError(f"no reference rows with source {source!r} in {spec.reference_csv}")
     return rows
@@ -140,9 +258,7 @@ def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
 def known_sources() -> set[str]:
     sources = set()
     for spec in TABLES.values():
-        if spec.reference_csv:
-            with open(REFERENCE_DIR / spec.reference_csv, newline="") as f:
-                sources |= {r["source"] for r in csv.DictReader(f)}
+        sources |= {r["source"] for r in _reference_records(spec)}
     return sources
 
 
@@ -157,19 +273,34 @@ def table_for(protocol: str) -> TableSpec:
     )
 
 
+def _row_identity(spec: TableSpec, g: Group, labels: dict) -> tuple[str, str, str] | None:
+    """(method or factor value, epochs, arch) of a group's row; None when the group has no
+    value of the table's factor (an ablation table lists CARE checkpoints only)."""
+    meta = g.meta
+    epochs = str(meta["epochs"]) if meta.get("epochs") is not None else ""
+    arch = g.seeds[0].metrics.get("arch") or meta.get("arch") or ""
+    if spec.factor:
+        key, _, show = FACTORS[spec.factor]
+        value = (meta.get("options") or {}).get(key)
+        return None if value is None else (show(value) or str(value), epochs, arch)
+    method, label_epochs = labels.get(g.weights, (None, None))
+    return method or meta.get("method") or g.weights, label_epochs or epochs, arch
+
+
 def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]]) -> list[Row]:
     """One row per (weights, synthetic or real), merging the protocols of the table."""
     rows: dict[tuple[str, bool], Row] = {}
     for g in groups:
         if not g.seeds or g.base_protocol not in spec.protocols:
             continue
+        ident = _row_identity(spec, g, labels)
+        if ident is None:
+            continue
         key = (g.weights, g.synthetic)
         if key not in rows:
-            method, epochs = labels.get(g.weights, (None, None))
-            meta = g.meta
-            method = method or meta.get("method") or g.weights
-            epochs = epochs or (str(meta["epochs"]) if meta.get("epochs") is not None else "")
+            method, epochs, arch = ident
             rows[key] = Row("ours", method, epochs, weights=g.weights, synthetic=g.synthetic)
+            rows[key].arch = arch
         row = rows[key]
         row.n_seeds[g.base_protocol] = len(g.seeds)
         for c in spec.columns:
@@ -198,6 +329,8 @@ def add_deltas(spec: TableSpec, rows: list[Row], reference: str | None = None) -
             ref = cand[0]
         else:
             care = [r for r in paper if r.method == "CARE" and r.epochs]
+            same_arch = [r for r in care if r.arch and r.arch.replace("(2x)", " x2") == row.arch]
+            care = same_arch or care
             if not care:
                 continue
             try:

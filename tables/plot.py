@@ -26,7 +26,7 @@ def plot_protocol(
         return None
     synthetic = ours[0].synthetic
     base = ours[0].base_protocol
-    cols = [c for c in spec.columns if c.protocol == base and c.metric == "AP"]
+    cols = [c for c in spec.columns if c.protocol == base and (c.metric == "AP" or c.task == "cls")]
     paper = read_reference(spec, source) if spec.reference_csv else []
     fig, axes = plt.subplots(1, len(cols), figsize=(6.5 * len(cols), 4.2), squeeze=False)
     for ax, col in zip(axes[0], cols):

@@ -13,7 +13,7 @@ import io
 import math
 
 from tables.aggregate import Stat
-from tables.layout import Column, Row, TableSpec
+from tables.layout import FACTORS, Column, Row, TableSpec
 
 SIGNIFICANT = 0.05
 
@@ -30,6 +30,7 @@ def to_csv(spec: TableSpec, rows: list[Row]) -> str:
         "source",
         "method",
         "epochs",
+        "arch",
         "weights",
         "synthetic",
         "n_seeds",
@@ -57,6 +58,7 @@ def to_csv(spec: TableSpec, rows: list[Row]) -> str:
             r.source,
             r.method,
             r.epochs,
+            r.arch,
             r.weights,
             int(r.synthetic),
             n,
@@ -119,20 +121,30 @@ def _delta_keys(spec: TableSpec) -> list[str]:
     return keys
 
 
+def _first_header(spec: TableSpec) -> str:
+    return FACTORS[spec.factor][1] if spec.factor else "Method"
+
+
+def _lead(spec: TableSpec, r: Row, dash: str) -> list[str]:
+    """The row's label columns: method (or factor value), epochs[, arch]."""
+    name = r.label if r.kind == "ours" else r.method
+    return [name, r.epochs or dash] + ([r.arch or dash] if spec.arch_column else [])
+
+
 def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
     bold = best_two(spec, rows, decimals)
     dkeys = _delta_keys(spec)
     labels = {c.key: f"{c.block} {c.label}" for c in spec.columns}
+    lead = [_first_header(spec), "Epochs"] + (["Arch"] if spec.arch_column else [])
     head = (
-        ["Method", "Epochs", "Seeds"]
-        + [labels[c.key] for c in spec.columns]
-        + [f"Δ {labels[k]}" for k in dkeys]
+        lead + ["Seeds"] + [labels[c.key] for c in spec.columns] + [f"Δ {labels[k]}" for k in dkeys]
     )
+    n_text = len(lead) + 1
     lines = [
         f"**{spec.title}**",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+        "|" + "|".join(["---"] * n_text + ["---:"] * (len(head) - n_text)) + "|",
     ]
     for i, r in enumerate(rows):
         cells = []
@@ -142,8 +154,7 @@ def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
                 s += " †"
             cells.append(f"**{s}**" if i in bold[c.key] else s)
         deltas = [f"{r.delta[k]:+.{decimals}f}" if k in r.delta else "" for k in dkeys]
-        name = r.label if r.kind == "ours" else r.method
-        lines.append("| " + " | ".join([name, r.epochs or "–", _seeds(r)] + cells + deltas) + " |")
+        lines.append("| " + " | ".join(_lead(spec, r, "–") + [_seeds(r)] + cells + deltas) + " |")
     notes = [
         "",
         "Paper rows: " + ", ".join(sorted({r.source for r in rows if r.source}))
@@ -174,7 +185,10 @@ def _tex_escape(s: str) -> str:
 
 
 def _tex_header(c: Column) -> str:
-    """$AP^{bb}_{50}$ for COCO boxes, $AP^{mk}$ for masks, $AP_{75}$ for VOC."""
+    """$AP^{bb}_{50}$ for COCO boxes, $AP^{mk}$ for masks, $AP_{75}$ for VOC; a
+    classification column's label as it is."""
+    if c.task == "cls":
+        return _tex_escape(c.label)
     sup = {"bbox": "bb", "segm": "mk"}[c.task] if c.key.startswith("coco") else ""
     sub = c.metric[2:]
     return "$AP" + (f"^{{{sup}}}" if sup else "") + (f"_{{{sub}}}" if sub else "") + "$"
@@ -194,21 +208,28 @@ def to_latex(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
         r"\begin{table}[t]",
         r"\centering",
         rf"\caption{{{_tex_escape(spec.title)}}}",
-        r"\begin{tabular}{l c " + " ".join("c" * n for _, n in blocks) + "}",
+        r"\begin{tabular}{l c "
+        + ("l " if spec.arch_column else "")
+        + " ".join("c" * n for _, n in blocks)
+        + "}",
         r"\toprule",
     ]
+    n_lead = 3 if spec.arch_column else 2
     out.append(
-        " & ".join(["", ""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(b)}}}" for b, n in blocks])
+        " & ".join(
+            [""] * n_lead + [rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(b)}}}" for b, n in blocks]
+        )
         + r" \\"
     )
-    start = 3
+    start = n_lead + 1
     rules = []
     for _, n in blocks:
         rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
         start += n
     out.append(" ".join(rules))
 
-    out.append(" & ".join(["Method", "Epochs"] + [_tex_header(c) for c in spec.columns]) + r" \\")
+    lead = [_tex_escape(_first_header(spec)), "Epochs"] + (["Arch"] if spec.arch_column else [])
+    out.append(" & ".join(lead + [_tex_header(c) for c in spec.columns]) + r" \\")
     out.append(r"\midrule")
     kinds_seen = set()
     for i, r in enumerate(rows):
@@ -227,9 +248,9 @@ def to_latex(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
             if r.pvalues.get(c.key, 1.0) < SIGNIFICANT:
                 s += r"^{\dagger}"
             cells.append(f"${s}$")
-        name = _tex_escape(r.label if r.kind == "ours" else r.method)
+        lead = [_tex_escape(x) for x in _lead(spec, r, "--")]
         if r.few_seeds:
-            name += "$^*$"
-        out.append(" & ".join([name, r.epochs or "--"] + cells) + r" \\")
+            lead[0] += "$^*$"
+        out.append(" & ".join(lead + cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
