@@ -87,6 +87,7 @@ def test_runnable_modules_are_the_expected_ones():
         "transfer/convert.py",
         "transfer/launch.py",
         "transfer/run_coco.py",
+        "transfer/run_linear.py",
         "transfer/run_voc.py",
     ]
 

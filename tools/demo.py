@@ -5,8 +5,11 @@
 2. pretrains CARE and BYOL (ResNet-50, small images, a few epochs);
 3. converts both checkpoints, plus a random-initialisation baseline;
 4. runs the VOC C4 and COCO C4 smoke protocols, 2 seeds each, for the three;
-5. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots;
-6. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4).
+5. classification: pretrains CARE (ResNet-18, 64 px) on the silhouettes, where two CPU
+   minutes measurably beat random initialisation, then runs the linear (CARE's protocol)
+   and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18;
+6. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots;
+7. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4).
 
 Every step reuses what a previous run finished (pretraining resumes, finished seeds are
 skipped), so re-running is cheap. ``--tiny`` is the smallest version (used by the tests).
@@ -29,6 +32,7 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
         recipe="demo",
         iters=12,
         seeds=2,
+        cls=dict(per_class=64, val_per_class=32, epochs=20, probe_epochs=20),
         shapes=dict(
             size=96,
             imagefolder={"train": 16, "val": 8},
@@ -41,6 +45,7 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
         recipe="demo-tiny",
         iters=2,
         seeds=1,
+        cls=dict(per_class=4, val_per_class=2, epochs=1, probe_epochs=1),
         shapes=dict(
             size=64,
             imagefolder={"train": 4, "val": 2},
@@ -100,6 +105,51 @@ def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Pat
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
+def classification(size: dict, out: Path) -> list[str]:
+    """Step 5: CARE on the silhouettes (the learning-signal recipe at 64 px), then the
+    linear and kNN probes (64 px crops) of it and of a random ResNet-18."""
+    from pretrain.recipes import recipe_config
+    from pretrain.trainer import run
+    from synthetic import write_silhouettes
+
+    c = size["cls"]
+    data = out / "datasets" / "silhouettes"
+    if not (data / "val").is_dir():
+        tmp = out / "datasets" / "silhouettes.partial"
+        write_silhouettes(tmp, 0, 48, {"train": c["per_class"], "val": c["val_per_class"]})
+        tmp.rename(data)
+    weights = out / "weights" / "care_r18.pth"
+    if not weights.exists():
+        run(
+            recipe_config(
+                "learning-signal",
+                method="care",
+                data=str(data),
+                out=str(weights),
+                output=str(out / "pretrain" / "care_r18"),
+                epochs=c["epochs"],
+                image_size=64,
+                knn_every=c["epochs"],
+                save_every=c["epochs"],
+            )
+        )
+    else:
+        print(f"{weights}: done earlier, reused")
+    failures = []
+    for w in (str(weights), "none"):
+        for protocol, opts in (
+            ("linear_care", ["epochs", str(c["probe_epochs"])]),
+            ("knn", []),
+        ):
+            cmd = [sys.executable, "transfer/run_linear.py", "--weights", w, "--protocol",
+                   protocol, "--seeds", str(size["seeds"]), "--dataset", "synthetic",
+                   "--data", str(data), "--arch", "resnet18", "--output", str(out / "runs"),
+                   *opts]  # fmt: skip
+            if subprocess.run(cmd, cwd=REPO).returncode != 0:
+                failures.append(f"run_linear.py --protocol {protocol} --weights {w}")
+    return failures
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     from common.cli import doc_parser
 
@@ -121,14 +171,15 @@ def tables_and_maps(
     from pretrain import visualize
     from tables import __main__ as tables_cli
 
-    step("5/6 tables and plots")
+    step("6/7 tables and plots")
     short = arch.replace("resnet", "r")
     argv = ["--runs", str(out / "runs"), "--out", str(out / "tables"), "--compare",
             f"byol_{short}", f"care_{short}", "--label", "random_init=Rand Init",
+            "--label", "random_init_r18=Rand Init", "--label", "care_r18=CARE",
             "--decimals", "2"]  # fmt: skip
     written = tables_cli.main(tables_cli.get_args_parser().parse_args(argv))
 
-    step("6/6 attention maps (Grad-CAM, CARE Fig. 4)")
+    step("7/7 attention maps (Grad-CAM, CARE Fig. 4)")
     argv = ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
             str(shapes / "imagefolder" / "val"), "--out", str(out / "attention_maps.png"),
             "--size", str(image_size * 2), "--max-images", "6"]  # fmt: skip
@@ -138,13 +189,15 @@ def tables_and_maps(
 
 def report(out: Path, written: dict[str, Path], seconds: float) -> None:
     print(f"\n=== done in {seconds:.0f} s. Results:")
-    for name in ("table4.md", "table4.csv", "table4.tex", "attention_maps.png"):
+    for name in ("table4.md", "table4.csv", "table4.tex", "classification.md",
+                 "attention_maps.png"):  # fmt: skip
         if name in written:
             print(f"  {written[name]}")
     for path in sorted(p for k, p in written.items() if k.endswith(".png") and "maps" not in k):
         print(f"  {path}")
-    if (out / "tables" / "table4.md").exists():
-        print("\n" + (out / "tables" / "table4.md").read_text())
+    for name in ("table4.md", "classification.md"):
+        if (out / "tables" / name).exists():
+            print("\n" + (out / "tables" / name).read_text())
 
 
 def main(args: argparse.Namespace) -> dict[str, Path]:
@@ -154,12 +207,12 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     size = SIZES["tiny" if args.tiny else "small"]
     recipe = RECIPES[size["recipe"]]
     out = args.out.resolve()
-    t_all = step("1/6 synthetic shapes")
+    t_all = step("1/7 synthetic shapes")
     shapes = generate(out / "datasets" / "shapes", ShapesSpec(**size["shapes"]))
     print(f"written under {shapes}")
 
     step(
-        f"2/6 pretraining CARE and BYOL (recipe {size['recipe']}: {recipe['arch']}, "
+        f"2/7 pretraining CARE and BYOL (recipe {size['recipe']}: {recipe['arch']}, "
         f"{recipe['epochs']} epochs, {recipe['image_size']} px)"
     )
     weights = {
@@ -167,7 +220,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     }
 
     step(
-        "3-4/6 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
+        "3-4/7 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
         f"{size['seeds']} seed(s) each"
     )
     failures = []
@@ -175,6 +228,12 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         for script in (["transfer/run_voc.py"], ["transfer/run_coco.py", "--arch", "c4"]):
             if transfer(script, w, size, out, shapes) != 0:
                 failures.append(f"{script[0]} --weights {w}")
+
+    step(
+        "5/7 classification: CARE (ResNet-18) on the silhouettes, then the linear and "
+        f"kNN smoke protocols, {size['seeds']} seed(s) each, beside a random ResNet-18"
+    )
+    failures += classification(size, out)
 
     written = tables_and_maps(out, shapes, weights, recipe["arch"], recipe["image_size"])
     report(out, written, time.time() - t_all)

@@ -38,6 +38,15 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
                 (out / "runs" / protocol / weights / "seed0" / "metrics.json").read_text()
             )
             assert all(math.isfinite(m["bbox"][k]) for k in ("AP", "AP50", "AP75"))
+    # the classification step: linear and kNN probes of CARE (ResNet-18) and a random one
+    for protocol, key in (("linear_care_smoke", "top1"), ("knn_smoke", "k20_top1")):
+        for weights in ("care_r18", "random_init_r18"):
+            m = json.loads(
+                (out / "runs" / protocol / weights / "seed0" / "metrics.json").read_text()
+            )
+            assert 0 <= m["cls"][key] <= 100 and m["arch"] == "ResNet-18"
+    summary = written["classification.md"].read_text()
+    assert "CARE (care_r18) (synthetic)" in summary and "Rand Init (random_init_r18)" in summary
     # the tables parse and carry our three rows beside the paper's
     rows = list(csv.DictReader(open(written["table4.csv"])))
     ours = {r["weights"] for r in rows if r["kind"] == "ours"}

@@ -361,3 +361,27 @@ def test_missing_data_and_subset_are_named(tmp_path, r18, capsys):
         == 2
     )
     assert "ROOT/train/<class>" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
+    """kNN over 2 CPU processes (gloo): the bank gathered from both shards gives the numbers
+    of one process; the linear probe trains its DDP head and records the world size."""
+    common = ["--weights", str(r18), "--seeds", "1", "--dataset", "synthetic",
+              "--data", str(imagefolder)]  # fmt: skip
+    args = _args(tmp_path / "one", "knn", r18, seeds=1, data=imagefolder)
+    assert run_linear.main(args) == 0
+    for protocol in ("knn", "linear_care"):
+        r = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+             "--master-port", "29731", "transfer/run_linear.py", "--protocol", protocol,
+             *common, "--output", str(tmp_path / "two")],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    one = json.loads((tmp_path / "one/knn_smoke/tv_r18/seed0/metrics.json").read_text())
+    two = json.loads((tmp_path / "two/knn_smoke/tv_r18/seed0/metrics.json").read_text())
+    assert two["world_size"] == 2 and two["cls"]["bank_images"] == 6 * 16
+    for key in ("k20_top1", "k200_top1", "k200_top5"):
+        assert two["cls"][key] == pytest.approx(one["cls"][key]), key
+    lin = json.loads((tmp_path / "two/linear_care_smoke/tv_r18/seed0/metrics.json").read_text())
+    assert lin["world_size"] == 2 and lin["cls"]["val_images"] == 6 * 8

@@ -2,8 +2,8 @@
 
 Each query votes with its k most cosine-similar bank features, each weighted by
 exp(similarity / T); the class with the largest summed weight wins. Features are pooled
-res5, L2-normalised; the train split is the bank. ``gather_in_order`` assembles the features
-that each process extracted from its shard, in dataset order.
+res5, L2-normalised; the train split is the bank, assembled from every process's shard by
+``gather_rows``.
 """
 
 from __future__ import annotations
@@ -43,34 +43,20 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[
     return {k: int(hit[:, :k].any(1).sum()) for k in ks}
 
 
-def gather_in_order(
-    feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, total: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's (feats (n, D), labels (n,), dataset indices (n,)) -> the whole split
-    (total, D), (total,) in dataset order, on every process."""
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every process's rows (n_rank, ...) concatenated in rank order, on every process
+    (the shards may differ in length)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        order = index.argsort()
-        return feats[order], labels[order]
+        return t
     world = dist.get_world_size()
-    n = torch.tensor([feats.shape[0]], device=feats.device)
+    n = torch.tensor([t.shape[0]], device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
     most = int(max(s.item() for s in sizes))
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        extra = most - t.shape[0]
-        return torch.cat([t, t.new_zeros((extra, *t.shape[1:]))]) if extra else t
-
-    parts = {}
-    for name, t in (("f", feats), ("y", labels), ("i", index)):
-        bufs = [torch.zeros_like(pad(t)) for _ in range(world)]
-        dist.all_gather(bufs, pad(t).contiguous())
-        parts[name] = torch.cat([b[: int(s.item())] for b, s in zip(bufs, sizes)])
-    out_f = parts["f"].new_zeros((total, feats.shape[1]))
-    out_y = parts["y"].new_zeros((total,))
-    out_f[parts["i"]] = parts["f"]
-    out_y[parts["i"]] = parts["y"]
-    return out_f, out_y
+    padded = torch.cat([t, t.new_zeros((most - t.shape[0], *t.shape[1:]))]).contiguous()
+    bufs = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(bufs, padded)
+    return torch.cat([b[: int(s.item())] for b, s in zip(bufs, sizes)])
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
 from common.signals import StopFlag
 from transfer.cls import data as D
-from transfer.cls.knn import gather_in_order, knn_scores, normalise, topk_correct
+from transfer.cls.knn import gather_rows, knn_scores, normalise, topk_correct
 from transfer.cls.models import LinearHead, MultiHead, load_backbone
 from transfer.cls.protocols import ClsProtocol, resolve
 from transfer.environment import environment_record
@@ -431,7 +431,7 @@ def run_knn(run: Run) -> dict:
         feats[split] = (f_all, y_all)
     secs = time.perf_counter() - t0
     (bank, bank_y), (query, query_y) = feats["train"], feats["val"]
-    bank, bank_y = _gather(run, bank, bank_y)
+    bank, bank_y = gather_rows(bank), gather_rows(bank_y)
     out = {}
     n_query = _reduce_sum([query.shape[0]], run.device)[0]
     for k in p.knn_ks:
@@ -444,13 +444,6 @@ def run_knn(run: Run) -> dict:
     n_img = _reduce_sum([bank.shape[0] / run.world + query.shape[0]], run.device)[0]
     run.log(f"kNN: {_fmt(out)} ({n_img / max(secs, 1e-9):.1f} img/s feature extraction)")
     return {"cls": out, "epochs": 0}
-
-
-def _gather(run: Run, f: torch.Tensor, y: torch.Tensor):
-    """The bank of every process, in the order of the split."""
-    n = torch.arange(run.rank, run.rank + run.world * f.shape[0], run.world, device=f.device)
-    total = int(_reduce_sum([f.shape[0]], run.device)[0])
-    return gather_in_order(f, y, n[: f.shape[0]], total)
 
 
 def _fmt(m: dict) -> str:
