@@ -45,7 +45,7 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
         recipe="demo-tiny",
         iters=2,
         seeds=1,
-        cls=dict(per_class=4, val_per_class=2, epochs=1, probe_epochs=1),
+        cls=dict(per_class=6, val_per_class=2, epochs=1, probe_epochs=1),
         shapes=dict(
             size=64,
             imagefolder={"train": 4, "val": 2},
