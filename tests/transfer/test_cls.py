@@ -365,16 +365,17 @@ def test_missing_data_and_subset_are_named(tmp_path, r18, capsys):
 
 def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
     """kNN over 2 CPU processes (gloo): the bank gathered from both shards gives the numbers
-    of one process; the linear probe trains its DDP head and records the world size."""
+    of one process; the linear probe (DDP head) and fine-tuning (DDP over the whole
+    network) train and record the world size."""
     common = ["--weights", str(r18), "--seeds", "1", "--dataset", "synthetic",
               "--data", str(imagefolder)]  # fmt: skip
     args = _args(tmp_path / "one", "knn", r18, seeds=1, data=imagefolder)
     assert run_linear.main(args) == 0
-    for protocol in ("knn", "linear_care"):
+    for protocol, extra in (("knn", []), ("linear_care", []), ("semisup_10pct", ["epochs", "2"])):
         r = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
              "--master-port", "29731", "transfer/run_linear.py", "--protocol", protocol,
-             *common, "--output", str(tmp_path / "two")],
+             *common, "--output", str(tmp_path / "two"), *extra],
             cwd=REPO, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -383,5 +384,15 @@ def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
     assert two["world_size"] == 2 and two["cls"]["bank_images"] == 6 * 16
     for key in ("k20_top1", "k200_top1", "k200_top5"):
         assert two["cls"][key] == pytest.approx(one["cls"][key]), key
-    lin = json.loads((tmp_path / "two/linear_care_smoke/tv_r18/seed0/metrics.json").read_text())
-    assert lin["world_size"] == 2 and lin["cls"]["val_images"] == 6 * 8
+    for protocol in ("linear_care_smoke", "semisup_10pct_smoke"):
+        m = json.loads((tmp_path / "two" / protocol / "tv_r18/seed0/metrics.json").read_text())
+        assert m["world_size"] == 2 and m["cls"]["val_images"] == 6 * 8
+
+
+def test_slurm_launcher_runs_the_seed_as_a_job(tmp_path, r18, imagefolder):
+    """``--launcher slurm`` through submitit's local executor: one job per seed."""
+    args = _args(tmp_path, "knn", r18, seeds=1, data=imagefolder,
+                 opts=["--launcher", "slurm", "--slurm-cluster", "local"])  # fmt: skip
+    assert run_linear.main(args) == 0
+    m = json.loads((tmp_path / "knn_smoke/tv_r18/seed0/metrics.json").read_text())
+    assert m["cls"]["k200_top1"] >= 0 and (tmp_path / "knn_smoke/tv_r18/slurm").is_dir()

@@ -160,11 +160,10 @@ def _reduce_sum(values: list[float], device) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(run: Run, model: nn.Module, head: nn.Module, frozen: bool) -> dict[str, float]:
+def evaluate(run: Run, net: nn.Module) -> dict[str, float]:
     """Top-1 / top-5 (%) on the val split per head output, over all processes."""
     p = run.p
-    model.eval()
-    head.eval()
+    net.eval()
     stages = p.stages
     counts = {s: [0.0, 0.0] for s in stages}
     total = 0
@@ -178,7 +177,7 @@ def evaluate(run: Run, model: nn.Module, head: nn.Module, frozen: bool) -> dict[
             continue
         x, y = (t.to(run.device, non_blocking=True) for t in batch)
         with run.autocast():
-            logits = head(model(x, stages))
+            logits = net(x)
         for s in stages:
             c = topk_correct(logits[s].float(), y)
             counts[s][0] += c[1]
@@ -193,8 +192,6 @@ def evaluate(run: Run, model: nn.Module, head: nn.Module, frozen: bool) -> dict[
         out[f"{prefix}top1"] = 100.0 * rest[2 * k] / max(total, 1)
         out[f"{prefix}top5"] = 100.0 * rest[2 * k + 1] / max(total, 1)
     out["val_images"] = int(total)
-    if not frozen:
-        model.train()
     return out
 
 
@@ -207,20 +204,45 @@ def build_head(run: Run) -> nn.Module:
     return LinearHead(run.arch.feature_dim, classes, bn=p.head == "linear_bn")
 
 
-def _checkpoint_state(run: Run, head, model, optimizer, epoch: int, history: list) -> dict:
-    state = {"epoch": epoch, "head": _unwrap(head).state_dict(), "history": history}
+class Probe(nn.Module):
+    """Backbone + head as one module (what DDP wraps): (N, 3, H, W) -> {stage: logits}.
+
+    A frozen backbone runs without gradients and stays in eval mode in ``train()``; only
+    the head's parameters require gradients, so DDP all-reduces those alone."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, stages: tuple, frozen: bool):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.stages, self.frozen = stages, frozen
+        if frozen:
+            for prm in backbone.parameters():
+                prm.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Probe:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict:
+        if self.frozen:
+            with torch.no_grad():
+                feats = self.backbone(x, self.stages)
+        else:
+            feats = self.backbone(x, self.stages)
+        return self.head(feats)
+
+
+def _checkpoint_state(run: Run, probe: Probe, optimizer, epoch: int, history: list) -> dict:
+    state = {"epoch": epoch, "head": probe.head.state_dict(), "history": history}
     state["optimizer"] = optimizer.state_dict()
-    if run.p.kind == "finetune":
-        state["backbone"] = _unwrap(model).state_dict()
+    if not probe.frozen:
+        state["backbone"] = probe.backbone.state_dict()
     state["protocol"] = run.p.to_json()
     return state
 
 
-def _unwrap(m: nn.Module) -> nn.Module:
-    return getattr(m, "module", m)
-
-
-def _resume(run: Run, head, model, optimizer) -> tuple[int, list]:
+def _resume(run: Run, probe: Probe, optimizer) -> tuple[int, list]:
     path = run.dir / "checkpoint.pth"
     if not path.exists():
         return 0, []
@@ -230,44 +252,28 @@ def _resume(run: Run, head, model, optimizer) -> tuple[int, list]:
             f"{path} was written with other protocol settings; delete the seed folder "
             f"{run.dir} to start it again"
         )
-    _unwrap(head).load_state_dict(state["head"])
+    probe.head.load_state_dict(state["head"])
     if "backbone" in state:
-        _unwrap(model).load_state_dict(state["backbone"])
+        probe.backbone.load_state_dict(state["backbone"])
     optimizer.load_state_dict(state["optimizer"])
     run.log(f"resuming seed {run.spec.seed_index} after epoch {state['epoch']}")
     return int(state["epoch"]), list(state["history"])
 
 
-def _wrap_ddp(run: Run, head, model):
+def _distributed(run: Run, probe: Probe) -> nn.Module:
+    """The module the loop calls: DDP over the probe when several processes train."""
     if run.world == 1:
-        return head, model
+        return probe
+    if not probe.frozen and run.p.sync_bn:
+        if run.device.type == "cuda":
+            probe.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(probe.backbone)
+        else:
+            run.log("sync_bn: SyncBatchNorm needs CUDA; CPU processes keep per-process BN")
     ids = [run.device.index] if run.device.type == "cuda" else None
-    if run.p.kind == "finetune":
-        if run.p.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        both = nn.ModuleDict({"backbone": model, "head": head})
-        both = nn.parallel.DistributedDataParallel(both, device_ids=ids)
-        return _DDPPart(both, "head"), _DDPPart(both, "backbone")
-    return nn.parallel.DistributedDataParallel(head, device_ids=ids), model
+    return nn.parallel.DistributedDataParallel(probe, device_ids=ids)
 
 
-class _DDPPart(nn.Module):
-    """One member of a DDP-wrapped ModuleDict, called through the DDP wrapper's modules
-    (fine-tuning: one DDP over backbone + head, so gradients of both are all-reduced)."""
-
-    def __init__(self, ddp, name):
-        super().__init__()
-        self.ddp, self.name = ddp, name
-
-    def forward(self, *a, **k):
-        return self.ddp.module[self.name](*a, **k)
-
-    @property
-    def module(self):
-        return self.ddp.module[self.name]
-
-
-def train_epoch(run, model, head, optimizer, epoch, stop, frozen) -> dict:
+def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag) -> dict:
     """One epoch; returns its training record (loss, top-1 of the first head, lr, img/s)."""
     from tqdm import tqdm
 
@@ -278,11 +284,7 @@ def train_epoch(run, model, head, optimizer, epoch, stop, frozen) -> dict:
         run.train_samples, D.train_transform(p.train_aug, p.crop), per_rank, True, epoch
     )
     steps = len(loader)
-    if frozen:
-        model.eval()
-    else:
-        model.train()
-    head.train()
+    net.train()
     bad = D.BadCounter(p.max_bad_frac, f"the train split (epoch {epoch + 1})")
     bar = tqdm(
         total=steps,
@@ -304,12 +306,7 @@ def train_epoch(run, model, head, optimizer, epoch, stop, frozen) -> dict:
             g["lr"] = lr
         x, y = (t.to(run.device, non_blocking=True) for t in batch)
         with run.autocast():
-            if frozen:
-                with torch.no_grad():
-                    feats = model(x, p.stages)
-            else:
-                feats = model(x, p.stages)
-            logits = head(feats)
+            logits = net(x)
             loss = sum(F.cross_entropy(v.float(), y) for v in logits.values())
         if any_rank(not bool(torch.isfinite(loss)), run.device):
             raise NonFiniteLoss(
@@ -358,32 +355,28 @@ def train_epoch(run, model, head, optimizer, epoch, stop, frozen) -> dict:
 def fit(run: Run) -> dict:
     """Train the protocol's head (and, fine-tuning, the backbone); the final evaluation."""
     p = run.p
-    frozen = p.kind != "finetune"
-    head = build_head(run).to(run.device)
-    model = run.backbone
-    if frozen:
-        for prm in model.parameters():
-            prm.requires_grad_(False)
-    params = list(head.parameters()) + ([] if frozen else list(model.parameters()))
+    probe = Probe(run.backbone, build_head(run), p.stages, frozen=p.kind != "finetune")
+    probe.to(run.device)
+    params = [prm for prm in probe.parameters() if prm.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay
     )
-    start, history = _resume(run, head, model, optimizer)
-    head_d, model_d = _wrap_ddp(run, head, model)
+    start, history = _resume(run, probe, optimizer)
+    net = _distributed(run, probe)
     jsonl = run.dir / "train_metrics.jsonl"
     if run.main:  # the lines of finished epochs only (a partial epoch is redone)
         jsonl.write_text("".join(json.dumps(h) + "\n" for h in history))
     result = {}
     with StopFlag() as stop:
         for epoch in range(start, p.epochs):
-            rec = train_epoch(run, model_d, head_d, optimizer, epoch, stop, frozen)
+            rec = train_epoch(run, net, optimizer, epoch, stop)
             last = epoch + 1 == p.epochs
             if last or (p.eval_every and (epoch + 1) % p.eval_every == 0):
-                result = evaluate(run, model_d, head_d, frozen)
+                result = evaluate(run, net)
                 rec["eval"] = result
             history.append(rec)
             if run.main:
-                state = _checkpoint_state(run, head_d, model_d, optimizer, epoch + 1, history)
+                state = _checkpoint_state(run, probe, optimizer, epoch + 1, history)
                 atomic_torch_save(run.dir / "checkpoint.pth", state)
                 with open(jsonl, "a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -393,7 +386,7 @@ def fit(run: Run) -> dict:
                 + (f"; val {_fmt(result)}" if "eval" in rec else "")
             )
     if not result:  # resumed after the last epoch's checkpoint but before metrics.json
-        result = evaluate(run, model_d, head_d, frozen)
+        result = evaluate(run, net)
     evals = [h["eval"] for h in history if "eval" in h]
     key = "top1" if p.kind != "multilayer" else "conv5_top1"
     result = dict(result)
