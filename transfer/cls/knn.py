@@ -20,7 +20,7 @@ def knn_scores(
     classes: int,
     k: int,
     temperature: float,
-    chunk: int = 1024,
+    chunk: int = 256,
 ) -> torch.Tensor:
     """Class scores (Q, classes) of L2-normalised ``query`` (Q, D) against ``bank`` (N, D)
     with labels (N,): sum over the k nearest of exp(cos / temperature) per class."""

@@ -99,11 +99,22 @@ class Run:
         self.backbone, n = load_backbone(spec.weights, arch, spec.allow_pickle)
         self.arch = self.backbone.arch
         self.backbone.to(self.device)
+        if self.device.type == "cuda":  # NHWC convolutions, cuDNN's autotuned kernels
+            self.backbone.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         if n:
             self.log(f"backbone loaded and verified: {n} tensors equal {spec.weights}")
         else:
             self.log(f"backbone: random initialisation ({self.arch.name})")
         self.amp = spec.amp and self.device.type == "cuda"
+
+    def to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) on the device; images channels-last on CUDA."""
+        x, y = batch
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
@@ -175,7 +186,7 @@ def evaluate(run: Run, net: nn.Module) -> dict[str, float]:
         batch = bad.take(item)
         if batch is None:
             continue
-        x, y = (t.to(run.device, non_blocking=True) for t in batch)
+        x, y = run.to_device(batch)
         with run.autocast():
             logits = net(x)
         for s in stages:
@@ -304,7 +315,7 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
         lr = lr_at(p, epoch * steps + i, epoch, steps)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x, y = (t.to(run.device, non_blocking=True) for t in batch)
+        x, y = run.to_device(batch)
         with run.autocast():
             logits = net(x)
             loss = sum(F.cross_entropy(v.float(), y) for v in logits.values())
@@ -413,11 +424,11 @@ def run_knn(run: Run) -> dict:
             batch = bad.take(item)
             if batch is None:
                 continue
-            x, y = batch
+            x, y = run.to_device(batch)
             with run.autocast():
-                f = model(x.to(run.device, non_blocking=True))["res5"]
+                f = model(x)["res5"]
             fs.append(normalise(f))
-            ys.append(y.to(run.device))
+            ys.append(y)
         bad.check_end()
         f_all = torch.cat(fs) if fs else torch.zeros(0, run.arch.feature_dim, device=run.device)
         y_all = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long, device=run.device)
