@@ -396,3 +396,34 @@ def test_slurm_launcher_runs_the_seed_as_a_job(tmp_path, r18, imagefolder):
     assert run_linear.main(args) == 0
     m = json.loads((tmp_path / "knn_smoke/tv_r18/seed0/metrics.json").read_text())
     assert m["cls"]["k200_top1"] >= 0 and (tmp_path / "knn_smoke/tv_r18/slurm").is_dir()
+
+
+def test_sigterm_keeps_a_resumable_state_and_the_rerun_finishes(tmp_path, r18, imagefolder):
+    import os
+    import signal
+    import time
+
+    cmd = [sys.executable, "transfer/run_linear.py", "--weights", str(r18), "--protocol",
+           "linear_care", "--seeds", "1", "--dataset", "synthetic", "--data", str(imagefolder),
+           "--output", str(tmp_path), "epochs", "40"]  # fmt: skip
+    seed_dir = tmp_path / "linear_care_smoke/tv_r18/seed0"
+    log = tmp_path / "driver.log"
+    with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        text = (seed_dir / "log.txt").read_text() if (seed_dir / "log.txt").exists() else ""
+        if "epoch 2/40" in text:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to the driver, which forwards it to the seed process
+    assert proc.wait(timeout=120) == 130, log.read_text()[-2000:]
+    assert "re-run the same command to resume" in log.read_text()
+    done = torch.load(seed_dir / "checkpoint.pth", weights_only=True)["epoch"]
+    assert 2 <= done < 40 and not (seed_dir / "metrics.json").exists()
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert f"resuming seed 0 after epoch {done}" in rerun.stdout
+    lines = (seed_dir / "train_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 41))
