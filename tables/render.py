@@ -133,7 +133,7 @@ def _lead(spec: TableSpec, r: Row, dash: str) -> list[str]:
 
 def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
     bold = best_two(spec, rows, decimals)
-    dkeys = _delta_keys(spec)
+    dkeys = [k for k in _delta_keys(spec) if any(k in r.delta for r in rows)]
     labels = {c.key: f"{c.block} {c.label}" for c in spec.columns}
     lead = [_first_header(spec), "Epochs"] + (["Arch"] if spec.arch_column else [])
     head = (
