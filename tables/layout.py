@@ -311,7 +311,8 @@ def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, 
 
 def add_deltas(spec: TableSpec, rows: list[Row], reference: str | None = None) -> None:
     """Delta of each of our cells against a paper row: ``reference`` = "Method:epochs", or by
-    default the paper's CARE row of the same epochs (else the nearest epochs)."""
+    default the paper's CARE row of the same epochs (else the nearest epochs; of the same
+    arch when the table has arch rows); in an ablation table, the row of the same value."""
     paper = [r for r in rows if r.kind == "paper"]
     if not paper:
         return
@@ -327,6 +328,11 @@ def add_deltas(spec: TableSpec, rows: list[Row], reference: str | None = None) -
                     f"{sorted({f'{r.method}:{r.epochs}' for r in paper})}"
                 )
             ref = cand[0]
+        elif spec.factor:  # an ablation: the paper's row of the same value
+            same = [r for r in paper if r.method == row.method]
+            if not same:
+                continue
+            ref = same[0]
         else:
             care = [r for r in paper if r.method == "CARE" and r.epochs]
             same_arch = [r for r in care if r.arch and r.arch.replace("(2x)", " x2") == row.arch]

@@ -290,6 +290,7 @@ def test_classification_rows_carry_mean_and_std_and_ablation_values(tmp_path):
     assert all(r["kind"] == "paper" for r in _csv_rows(tmp_path / "t/table7.csv"))
     row = next(r for r in _csv_rows(tmp_path / "t/table6.csv") if r["kind"] == "ours")
     assert row["method"] == "10" and float(row["top1"]) == pytest.approx(71.0)
+    assert float(row["top1_delta"]) == pytest.approx(71.0 - 70.96)  # the paper's lambda = 10
     assert float(row["top1_std"]) == pytest.approx(1.0) and row["top1_n"] == "3"
     row8 = next(r for r in _csv_rows(tmp_path / "t/table8.csv") if r["kind"] == "ours")
     assert row8["method"] == "sin-cos absolute"
