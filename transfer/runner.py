@@ -228,38 +228,60 @@ def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
         f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
         f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
     )
-    info = {k: weights[k] for k in ("stem", "source", "sha256", "meta")}
-    for k in range(args.seeds):
-        seed_dir = result.run_dir / f"seed{k}"
+    template = seed_template(
+        args, protocol, protocol_name, weights, opts, num_gpus, device, shapes_root=shapes_root
+    )
+    add_seeds(result, args.seeds, template)
+    return result
+
+
+def seed_template(
+    args: argparse.Namespace,
+    protocol: str,
+    protocol_name: str,
+    weights: dict,
+    opts: list[str],
+    num_gpus: int,
+    device: str,
+    **extra,
+) -> SeedSpec:
+    """The spec every seed of a run shares (``add_seeds`` fills in each seed's values);
+    ``extra``: further ``SeedSpec`` fields (the classification runner's)."""
+    return SeedSpec(
+        protocol=protocol,
+        protocol_name=protocol_name,
+        smoke=args.dataset == "synthetic",
+        dataset=args.dataset,
+        shapes_root=extra.pop("shapes_root", None),
+        weights=weights["path"],
+        weights_info={k: weights[k] for k in ("stem", "source", "sha256", "meta")},
+        seed_index=0,
+        seed=seed_value(0),
+        seed_dir="",
+        opts=opts,
+        num_gpus=num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        amp=args.amp,
+        device=device,
+        **extra,
+    )
+
+
+def add_seeds(run: RunPlan, n: int, template: SeedSpec) -> None:
+    """Seeds 0 .. n-1 of ``run``: a finished one is reported and skipped, a failed one is
+    retried, the others get ``template`` with their index, seed value and folder."""
+    for k in range(n):
+        seed_dir = run.run_dir / f"seed{k}"
         status = seed_status(seed_dir)
         if status == "finished":
             print(f"seed {k}: finished, skipped ({seed_dir / 'metrics.json'})")
-            result.statuses[k] = "finished (earlier)"
+            run.statuses[k] = "finished (earlier)"
             continue
         if status == "failed":
             (seed_dir / "failed.json").unlink()  # a re-run retries a failed seed
-        result.specs.append(
-            SeedSpec(
-                protocol=protocol,
-                protocol_name=protocol_name,
-                smoke=smoke,
-                dataset=args.dataset,
-                shapes_root=shapes_root,
-                weights=weights["path"],
-                weights_info=info,
-                seed_index=k,
-                seed=seed_value(k),
-                seed_dir=str(seed_dir),
-                opts=opts,
-                num_gpus=num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=args.dist_url,
-                amp=args.amp,
-                device=device,
-            )
-        )
-    return result
+        run.specs.append(template.replace(seed_index=k, seed=seed_value(k), seed_dir=str(seed_dir)))
 
 
 def launch_local(run: RunPlan) -> int | None:
@@ -299,7 +321,11 @@ def launch_slurm(run: RunPlan, args: argparse.Namespace) -> bool:
 
 def run_protocol(args: argparse.Namespace, protocol: str) -> int:
     """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
-    run = plan(args, protocol)
+    return launch_and_summarise(plan(args, protocol), args)
+
+
+def launch_and_summarise(run: RunPlan, args: argparse.Namespace) -> int:
+    """Launch the planned seeds (here or as Slurm jobs), then one line per seed."""
     if args.launcher == "slurm":
         if not launch_slurm(run, args):
             return EXIT_OK

@@ -22,16 +22,14 @@ from common.cli import EXIT_INTERRUPTED, EXIT_OK, ConfigError, Interrupted
 from transfer.cls.protocols import resolve
 from transfer.runner import (
     RunPlan,
+    add_seeds,
     config_overrides,
     devices,
-    launch_local,
-    launch_slurm,
+    launch_and_summarise,
     resolve_weights,
-    seed_status,
-    seed_value,
+    seed_template,
     summarise_run,
 )
-from transfer.spec import SeedSpec
 
 
 def synthetic_data(args: argparse.Namespace, output: Path) -> Path:
@@ -78,42 +76,22 @@ def plan_cls(args: argparse.Namespace) -> RunPlan:
         f"{protocol.name}{' (smoke, synthetic data)' if smoke else ''}: {args.seeds} seed(s) "
         f"of {weights['stem']} on {data} -> {run.run_dir}"
     )
-    info = {k: weights[k] for k in ("stem", "source", "sha256", "meta")}
-    for k in range(args.seeds):
-        seed_dir = run.run_dir / f"seed{k}"
-        status = seed_status(seed_dir)
-        if status == "finished":
-            print(f"seed {k}: finished, skipped ({seed_dir / 'metrics.json'})")
-            run.statuses[k] = "finished (earlier)"
-            continue
-        if status == "failed":
-            (seed_dir / "failed.json").unlink()  # a re-run retries a failed seed
-        run.specs.append(
-            SeedSpec(
-                protocol=args.protocol,
-                protocol_name=protocol.name,
-                smoke=smoke,
-                dataset=args.dataset,
-                shapes_root=None,
-                weights=weights["path"],
-                weights_info=info,
-                seed_index=k,
-                seed=seed_value(k),
-                seed_dir=str(seed_dir),
-                opts=opts,
-                num_gpus=num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=args.dist_url,
-                amp=args.amp,
-                device=device,
-                family="classification",
-                data=str(data.resolve()),
-                arch=arch,
-                subset_file=str(Path(args.subset_file).resolve()) if args.subset_file else None,
-                allow_pickle=args.allow_pickle,
-            )
-        )
+    subset = str(Path(args.subset_file).resolve()) if args.subset_file else None
+    template = seed_template(
+        args,
+        args.protocol,
+        protocol.name,
+        weights,
+        opts,
+        num_gpus,
+        device,
+        family="classification",
+        data=str(data.resolve()),
+        arch=arch,
+        subset_file=subset,
+        allow_pickle=args.allow_pickle,
+    )
+    add_seeds(run, args.seeds, template)
     return run
 
 
@@ -165,10 +143,4 @@ def run_cls_protocol(args: argparse.Namespace) -> int:
         if dist.get_rank() != 0:
             return code or EXIT_OK
         return code if code is not None else summarise_run(run.run_dir, run.statuses)
-    run = plan_cls(args)
-    if args.launcher == "slurm":
-        if not launch_slurm(run, args):
-            return EXIT_OK
-    elif (code := launch_local(run)) is not None:
-        return code
-    return summarise_run(run.run_dir, run.statuses)
+    return launch_and_summarise(plan_cls(args), args)
