@@ -24,7 +24,7 @@ from transfer.cls.runner import plan_cls
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The values of the issue / docs/protocols.md, key by key (a change to a protocol fails here).
+# The cited values (docs/protocols.md), key by key: a change to a protocol fails here.
 EXPECTED = {
     "linear_care": dict(
         kind="linear", head="linear_bn", epochs=80, batch_size=256, lr_per_256=0.2,
