@@ -247,9 +247,8 @@ def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
             }
             method = rec["value"] if spec.factor else rec["method"]
             epochs = "100" if spec.factor else rec.get("epochs", "")
-            row = Row("paper", method, epochs, source=source, cells=cells)
-            row.arch = rec.get("arch", "")
-            rows.append(row)
+            arch = rec.get("arch", "")
+            rows.append(Row("paper", method, epochs, arch=arch, source=source, cells=cells))
     if not rows:
         raise TablesError(f"no reference rows with source {source!r} in {spec.reference_csv}")
     return rows
@@ -299,8 +298,9 @@ def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, 
         key = (g.weights, g.synthetic)
         if key not in rows:
             method, epochs, arch = ident
-            rows[key] = Row("ours", method, epochs, weights=g.weights, synthetic=g.synthetic)
-            rows[key].arch = arch
+            rows[key] = Row(
+                "ours", method, epochs, weights=g.weights, arch=arch, synthetic=g.synthetic
+            )
         row = rows[key]
         row.n_seeds[g.base_protocol] = len(g.seeds)
         for c in spec.columns:

@@ -195,10 +195,14 @@ def test_lr_schedule_per_epoch_or_per_step(tmp_path, shapes_root, method, per_ep
         assert seen[0] > seen[1] > seen[spe - 1] > seen[spe]
 
 
+def tiny_care(**options) -> CARE:
+    """A ResNet-18 CARE with small heads and T-stream (seconds on a CPU)."""
+    small = dict(proj_hidden=32, proj_dim=16, pred_hidden=32, mid_dim=64, n_blocks=2)
+    return CARE("resnet18", CAREOptions(**{**small, **options}))
+
+
 def test_tstream_batchnorms_stay_per_gpu_unless_asked():
-    care = CARE(
-        "resnet18", CAREOptions(proj_hidden=32, proj_dim=16, pred_hidden=32, mid_dim=64, n_blocks=2)
-    )
+    care = tiny_care()
     synced = sync_batchnorm(copy.deepcopy(care), care.local_bn_modules())
     kinds = {
         n: type(m).__name__
@@ -208,17 +212,7 @@ def test_tstream_batchnorms_stay_per_gpu_unless_asked():
     assert all(k == "BatchNorm2d" for n, k in kinds.items() if ".tstream." in f".{n}")
     assert all(k == "SyncBatchNorm" for n, k in kinds.items() if ".tstream." not in f".{n}")
     assert any(n.startswith("target.tstream") for n in kinds)
-    flag = CARE(
-        "resnet18",
-        CAREOptions(
-            proj_hidden=32,
-            proj_dim=16,
-            pred_hidden=32,
-            mid_dim=64,
-            n_blocks=2,
-            sync_tstream_bn=True,
-        ),
-    )
+    flag = tiny_care(sync_tstream_bn=True)
     every = sync_batchnorm(flag, flag.local_bn_modules())
     assert all(
         isinstance(m, torch.nn.SyncBatchNorm)
@@ -231,16 +225,7 @@ def test_tstream_batchnorms_stay_per_gpu_unless_asked():
     "design,pos", [("parallel", "sine"), ("sequential", "abs"), ("sequential", "rel")]
 )
 def test_care_ablation_variants_run(design, pos):
-    opts = CAREOptions(
-        proj_hidden=32,
-        proj_dim=16,
-        pred_hidden=32,
-        mid_dim=64,
-        n_blocks=2,
-        t_design=design,
-        pos_enc=pos,
-    )
-    m = CARE("resnet18", opts)
+    m = tiny_care(t_design=design, pos_enc=pos)
     views = [torch.randn(4, 3, 64, 64) for _ in range(2)]
     out = m.compute_loss(views)
     assert torch.isfinite(out["loss"])

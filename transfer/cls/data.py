@@ -61,17 +61,18 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
     return classes, samples
 
 
-def check_layout(root: Path) -> list[str]:
-    """The class names, after checking that train and val have the same class folders."""
-    train_classes, _ = scan_split(root, "train")
-    val_classes, _ = scan_split(root, "val")
+def check_layout(root: Path) -> tuple[list[str], list, list]:
+    """(class names, train samples, val samples), after checking that train and val have
+    the same class folders (each split is listed once)."""
+    train_classes, train = scan_split(root, "train")
+    val_classes, val = scan_split(root, "val")
     if train_classes != val_classes:
         only = sorted(set(train_classes) ^ set(val_classes))[:5]
         raise BadInput(
             f"{root}: train has {len(train_classes)} class folders, val {len(val_classes)}; "
             f"they must be the same (e.g. {only}). {VAL_HINT}"
         )
-    return train_classes
+    return train_classes, train, val
 
 
 def read_subset(path: Path, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:

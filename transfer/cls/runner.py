@@ -47,7 +47,7 @@ def synthetic_data(args: argparse.Namespace, output: Path) -> Path:
 
 def plan_cls(args: argparse.Namespace) -> RunPlan:
     """Check the data and the weights, and list the seeds that still need running."""
-    from transfer.cls.data import check_layout
+    from transfer.cls.data import check_layout, read_subset
 
     smoke = args.dataset == "synthetic"
     num_gpus, device = devices(args)
@@ -60,12 +60,9 @@ def plan_cls(args: argparse.Namespace) -> RunPlan:
         raise ConfigError("--data ROOT is required (the ImageNet layout ROOT/{train,val}/<class>)")
     else:
         data = Path(args.data)
-    check_layout(data)
+    _, train, _ = check_layout(data)
     if protocol.kind == "finetune":
-        subset = Path(args.subset_file or data / f"{protocol.subset}.txt")
-        from transfer.cls.data import read_subset, scan_split
-
-        read_subset(subset, scan_split(data, "train")[1])
+        read_subset(Path(args.subset_file or data / f"{protocol.subset}.txt"), train)
     weights = resolve_weights(args.weights, output, args.allow_pickle)
     arch = None
     if not weights["path"]:

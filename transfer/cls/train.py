@@ -89,9 +89,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = SeedLog(self.dir, self.main)
         root = Path(spec.data)
-        self.classes = D.check_layout(root)
-        _, self.train_samples = D.scan_split(root, "train")
-        _, self.val_samples = D.scan_split(root, "val")
+        self.classes, self.train_samples, self.val_samples = D.check_layout(root)
         if self.p.kind == "finetune":
             subset = Path(spec.subset_file or root / f"{self.p.subset}.txt")
             self.train_samples = D.read_subset(subset, self.train_samples)
@@ -445,7 +443,7 @@ def run_knn(run: Run) -> dict:
         out[f"k{k}_top1"] = 100.0 * hits[0] / max(n_query, 1)
         out[f"k{k}_top5"] = 100.0 * hits[1] / max(n_query, 1)
     out["bank_images"], out["val_images"] = int(bank.shape[0]), int(n_query)
-    n_img = _reduce_sum([bank.shape[0] / run.world + query.shape[0]], run.device)[0]
+    n_img = bank.shape[0] + n_query  # both splits, all processes
     run.log(f"kNN: {_fmt(out)} ({n_img / max(secs, 1e-9):.1f} img/s feature extraction)")
     return {"cls": out, "epochs": 0}
 
