@@ -4,9 +4,11 @@
     python -m tables --runs output other_cluster/output --compare care_r50 byol_r50
     python -m tables --reference-only            # the paper's tables alone
 
-Writes, per table (table4, table5, c4_2x) that has rows: ``<name>.csv`` (all numbers: mean,
+Writes, per table that has rows (``tables.layout.TABLES``: table4, table5, c4_2x, table2,
+classification, ...): ``<name>.csv`` (all numbers: mean,
 std, n, 95% CI, delta, Welch p-value), ``<name>.md`` and ``<name>.tex``; a strip/box plot
-``<protocol>.png`` per protocol run; and ``groups.json`` (every group's seeds, unfinished
+``<table>_<protocol>.png`` per protocol run in that table (the paper's means beside our seeds
+differ from table to table); and ``groups.json`` (every group's seeds, unfinished
 and failed seeds).
 """
 
@@ -110,7 +112,9 @@ def write_table(spec, groups, args: argparse.Namespace, out: Path) -> dict[str, 
     for protocol in sorted(
         {g.protocol for g in groups if g.seeds and g.base_protocol in spec.protocols}
     ):
-        png = plot_protocol(spec, groups, protocol, out / f"{protocol}.png", args.source)
+        png = plot_protocol(
+            spec, groups, protocol, out / f"{spec.name}_{protocol}.png", args.source
+        )
         if png:
             written[png.name] = png
     return written

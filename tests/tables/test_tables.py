@@ -224,7 +224,7 @@ def test_tables_latex_matches_csv_and_bolds_best_two(tmp_path):
     assert "+1.0" in md and "†" in md
     from PIL import Image
 
-    for name in ("voc_c4_24k.png", "coco_c4_1x.png", "voc_c4_24k_smoke.png"):
+    for name in ("table4_voc_c4_24k.png", "table4_coco_c4_1x.png", "table4_voc_c4_24k_smoke.png"):
         with Image.open(written[name]) as im:
             assert im.size[0] > 300
     groups = json.loads((tmp_path / "tables" / "groups.json").read_text())
@@ -298,3 +298,11 @@ def test_classification_rows_carry_mean_and_std_and_ablation_values(tmp_path):
     assert "| CARE (care_l10) | 100 | ResNet-50 | 3* | 71.0 ± 1.0 | 91.0 ± 1.0 |" in md
     summary = (tmp_path / "t/classification.md").read_text()
     assert "60.0 ± 0.0" in summary and "71.0 ± 1.0" in summary
+    # linear_care is in several tables: one plot per table, none overwritten by another
+    plots = {n for n in written if n.endswith("_linear_care.png")}
+    assert {
+        "table2_linear_care.png",
+        "table6_linear_care.png",
+        "classification_linear_care.png",
+    } <= plots
+    assert len({written[n].read_bytes() for n in plots}) == len(plots)
