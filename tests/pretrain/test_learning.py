@@ -6,8 +6,8 @@ CPU budget (the jitter leaves colour as the easiest cue). The silhouettes keep g
 orientation fixed, so the shape is what survives crops; ``--aug crop`` drops the photometric
 augmentations, which need far more steps than a CPU run has. The EMA target's momentum is 0.9
 (cosine to 1), short as the run is (see ``pretrain.learning_signal``). Each run takes about
-3 minutes, so ``make test`` runs SimSiam and ``make test-extended`` adds BYOL (the C-stream
-of CARE), SimSiam-GSG, BYOL-GSG, CARE at 64 px and MaskCo at 96 px;
+3 minutes, so ``make test`` runs SimSiam and ``make test-extended`` adds SimSiam-GSG,
+BYOL-GSG, CARE and BYOL (the C-stream of CARE) at 64 px and MaskCo at 96 px;
 ``python -m pretrain.learning_signal --method M`` runs any method (docs/learning-signal.md
 lists what each gained). The kNN accuracy is read on 576 val images: on 144 its standard
 error (about 4 points) was as large as the gain asserted.
@@ -30,7 +30,6 @@ pytestmark = pytest.mark.slow
     "method",
     [
         "simsiam",
-        pytest.param("byol", marks=pytest.mark.extended),
         pytest.param("simsiam_gsg", marks=pytest.mark.extended),
         pytest.param("byol_gsg", marks=pytest.mark.extended),
     ],
@@ -41,10 +40,16 @@ def test_knn_beats_random_init(tmp_path, method):
 
 
 @pytest.mark.extended
-def test_care_knn_beats_random_init_at_64px(tmp_path):
+@pytest.mark.parametrize("method", ["care", "byol"])
+def test_care_and_byol_knn_beat_random_init_at_64px(tmp_path, method):
     """CARE needs 64 px views (res4 4 x 4 for its transformer stream; at 32 px, 2 x 2, it
-    gained 0.7 points). Measured: 35.4% at random init -> 42.4% after 360 steps (7 min)."""
-    res = learning_signal("care", tmp_path, epochs=30, image_size=64)
+    gained 0.7 points); measured 40.3% at random init -> 60.2% after 360 steps. BYOL, its
+    C-stream alone, is checked at the same size: at 32 px its random ResNet-18 already reads
+    44.1% (no zero-init residuals, unlike the SimSiam family's 18.2%) and training dips, then
+    climbs back to about that (kNN every 5 epochs: 34.4, 38.5, 40.6, 42.4, 43.2, 44.4; 45.5
+    after 60 epochs); at 64 px it gains: 40.3% -> 46.9% (seed 0), 34.5% -> 42.0% (seed 1),
+    about 2 minutes each."""
+    res = learning_signal(method, tmp_path, epochs=30, image_size=64)
     assert res["final"] >= res["init"] + 5.0, res
 
 

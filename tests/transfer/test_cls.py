@@ -15,6 +15,7 @@ import torch
 from common.archs import ARCHS
 from common.cli import BadInput, ConfigError, InputNotFound, Interrupted
 from transfer import run_linear
+from transfer.cls import knn as knn_mod
 from transfer.cls import train as cls_train
 from transfer.cls.data import check_layout, read_subset, scan_split
 from transfer.cls.knn import knn_scores, topk_correct
@@ -112,6 +113,26 @@ def test_knn_matches_a_hand_computed_vote():
         1: 1,
         2: 2,
     }
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_knn_over_bank_shards_equals_the_whole_bank(k):
+    """What each process of ``sharded_knn_scores`` does, without processes: the k nearest of
+    each shard (one shard empty, one smaller than k), merged, vote as the whole bank."""
+    g = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(30, 8, generator=g), dim=1)
+    labels = torch.randint(0, 4, (30,), generator=g)
+    query = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    whole = knn_scores(query, bank, labels, 4, k=k, temperature=0.2)
+    shards = [slice(0, 0), slice(0, 3), slice(3, 17), slice(17, 30)]
+    k_eff = min(k, 30)
+    parts = [knn_mod.nearest(query, bank[s], labels[s], k_eff) for s in shards]
+    assert all(p[0].shape == (7, k_eff) for p in parts)
+    merged = knn_mod.vote(
+        torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1), 4, k_eff, 0.2
+    )
+    assert torch.allclose(merged, whole, rtol=1e-6, atol=0)
+    assert whole.sum(1).gt(0).all()  # every query got votes
 
 
 def test_multilayer_feature_sizes_are_openselfsups():

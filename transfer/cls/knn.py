@@ -2,8 +2,8 @@
 
 Each query votes with its k most cosine-similar bank features, each weighted by
 exp(similarity / T); the class with the largest summed weight wins. Features are pooled
-res5, L2-normalised; the train split is the bank, assembled from every process's shard by
-``gather_rows``.
+res5, L2-normalised; the train split is the bank. Under several processes each keeps its
+shard of the bank and the val features are gathered (``sharded_knn_scores``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,31 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+
+def nearest(
+    query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest cosines of each query row (q, D) against ``bank`` (N, D) and their
+    labels, both (q, k); columns past N are padded with -inf and label 0 (weight 0)."""
+    n = min(k, bank.shape[0])
+    top, idx = (query @ bank.t()).topk(n, dim=1)  # (q, n)
+    labels = bank_labels[idx]
+    if n < k:
+        top = torch.cat([top, top.new_full((top.shape[0], k - n), float("-inf"))], dim=1)
+        labels = torch.cat([labels, labels.new_zeros((labels.shape[0], k - n))], dim=1)
+    return top, labels
+
+
+def vote(
+    sims: torch.Tensor, labels: torch.Tensor, classes: int, k: int, temperature: float
+) -> torch.Tensor:
+    """Class scores (q, classes) from candidate neighbours (q, M) with labels (q, M): the k
+    largest cosines each add exp(cos / temperature) to their class."""
+    top, idx = sims.topk(min(k, sims.shape[1]), dim=1)
+    weights = (top / temperature).exp()  # exp(-inf) = 0 for padding
+    scores = torch.zeros(sims.shape[0], classes, device=sims.device, dtype=weights.dtype)
+    return scores.scatter_add_(1, labels.gather(1, idx), weights)
 
 
 def knn_scores(
@@ -27,12 +52,38 @@ def knn_scores(
     k = min(k, bank.shape[0])
     out = []
     for q in query.split(chunk):
-        sim = q @ bank.t()  # (q, N)
-        top, idx = sim.topk(k, dim=1)  # (q, k)
-        weights = (top / temperature).exp()
-        scores = torch.zeros(q.shape[0], classes, device=q.device, dtype=weights.dtype)
-        scores.scatter_add_(1, bank_labels[idx], weights)
-        out.append(scores)
+        out.append(vote(*nearest(q, bank, bank_labels, k), classes, k, temperature))
+    return torch.cat(out)
+
+
+def sharded_knn_scores(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    classes: int,
+    k: int,
+    temperature: float,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """``knn_scores`` with the bank split over processes: ``query`` (Q, D) is the same on
+    every process, ``bank`` (N_rank, D) this process's shard. Each process finds the k
+    nearest in its shard; the k nearest overall are among the gathered world x k candidates.
+    Returns (Q, classes) on every process. No process holds more than its shard of the bank
+    (ImageNet's 1.28M x 2048 fp32 bank is 10.5 GB in one piece)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return knn_scores(query, bank, bank_labels, classes, k, temperature, chunk)
+    world = dist.get_world_size()
+    total = torch.tensor([bank.shape[0]], device=bank.device)
+    dist.all_reduce(total)
+    k = min(k, int(total.item()))
+    out = []
+    for q in query.split(chunk):  # the same chunks on every process
+        sims, labels = nearest(q, bank, bank_labels, k)
+        all_sims = [torch.empty_like(sims) for _ in range(world)]
+        all_labels = [torch.empty_like(labels) for _ in range(world)]
+        dist.all_gather(all_sims, sims.contiguous())
+        dist.all_gather(all_labels, labels.contiguous())
+        out.append(vote(torch.cat(all_sims, 1), torch.cat(all_labels, 1), classes, k, temperature))
     return torch.cat(out)
 
 

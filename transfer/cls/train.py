@@ -32,7 +32,7 @@ from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
 from common.signals import StopFlag
 from transfer.cls import data as D
-from transfer.cls.knn import gather_rows, knn_scores, normalise, topk_correct
+from transfer.cls.knn import gather_rows, normalise, sharded_knn_scores, topk_correct
 from transfer.cls.models import LinearHead, MultiHead, load_backbone
 from transfer.cls.protocols import ClsProtocol, resolve
 from transfer.environment import environment_record
@@ -433,17 +433,17 @@ def run_knn(run: Run) -> dict:
         feats[split] = (f_all, y_all)
     secs = time.perf_counter() - t0
     (bank, bank_y), (query, query_y) = feats["train"], feats["val"]
-    bank, bank_y = gather_rows(bank), gather_rows(bank_y)
+    # each process keeps its shard of the bank; the (smaller) val split goes to every process
+    query, query_y = gather_rows(query), gather_rows(query_y)
+    n_bank = int(_reduce_sum([bank.shape[0]], run.device)[0])
     out = {}
-    n_query = _reduce_sum([query.shape[0]], run.device)[0]
     for k in p.knn_ks:
-        scores = knn_scores(query, bank, bank_y, len(run.classes), k, p.knn_temperature)
+        scores = sharded_knn_scores(query, bank, bank_y, len(run.classes), k, p.knn_temperature)
         c = topk_correct(scores, query_y)
-        hits = _reduce_sum([c[1], c[5]], run.device)
-        out[f"k{k}_top1"] = 100.0 * hits[0] / max(n_query, 1)
-        out[f"k{k}_top5"] = 100.0 * hits[1] / max(n_query, 1)
-    out["bank_images"], out["val_images"] = int(bank.shape[0]), int(n_query)
-    n_img = bank.shape[0] + n_query  # both splits, all processes
+        out[f"k{k}_top1"] = 100.0 * c[1] / max(query.shape[0], 1)
+        out[f"k{k}_top5"] = 100.0 * c[5] / max(query.shape[0], 1)
+    out["bank_images"], out["val_images"] = n_bank, int(query.shape[0])
+    n_img = n_bank + query.shape[0]  # both splits, all processes
     run.log(f"kNN: {_fmt(out)} ({n_img / max(secs, 1e-9):.1f} img/s feature extraction)")
     return {"cls": out, "epochs": 0}
 
