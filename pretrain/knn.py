@@ -64,8 +64,15 @@ def knn_accuracy(
 
     def loader(folder, limit=0):
         ds = LabelledImages(folder, size, limit)
+        # own generator: starting a loader draws a seed from the global RNG otherwise, and
+        # the methods draw from it (GSG's pairing, MaskCo's boxes): the probe would change
+        # the training run it watches
         return DataLoader(
-            ds, batch_size=batch_size, num_workers=workers, collate_fn=BadImageCounter()
+            ds,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=BadImageCounter(),
+            generator=torch.Generator().manual_seed(0),
         ), len(ds.classes)
 
     train_loader, n_classes = loader(train_dir, limit_per_class)

@@ -64,6 +64,22 @@ def test_resume_is_exact(tmp_path, folder, method):
     assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
 
 
+@pytest.mark.parametrize("method", ["maskco", "simsiam_gsg"])
+def test_the_knn_probe_does_not_change_training(tmp_path, folder, method):
+    """The per-epoch kNN probe reads features only: a run with it ends with the same weights
+    as one without (MaskCo's boxes and GSG's pairing draw from the global RNG, which
+    starting the probe's loaders must leave alone)."""
+    runs = {}
+    for every in (0, 1):
+        cfg = tiny(tmp_path / str(every), folder, method=method, epochs=2, knn_every=every)
+        t = Trainer(cfg)
+        t.fit()
+        runs[every] = t
+    assert any("knn_top1_k20" in h for h in runs[1].history)
+    a, b = runs[0].model.state_dict(), runs[1].model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("method", ["byol", "simsiam", "simsiam_gsg", "byol_gsg", "maskco"])
 def test_final_checkpoint_converts_for_transfer(tmp_path, folder, method):
     from transfer.convert import convert_file
