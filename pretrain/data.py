@@ -381,39 +381,13 @@ class Payloads(NamedTuple):
         return out
 
 
-class BadImageCounter:
-    """Drops unreadable samples at collate time and counts them in the main process.
-
-    The collate (``__call__``) runs in the loader workers, so it returns
-    ``(seen, bad, batch or None)`` and ``take`` adds the counts here and returns the batch.
-    With ``raw`` (items of ``ViewsDataset(raw=True)``) the payloads, of different sizes,
-    are packed into one ``Payloads``.
-    """
-
-    def __init__(self, raw: bool = False):
-        self.bad = 0
-        self.seen = 0
-        self.raw = raw
-
-    def __call__(self, batch):
-        good = [b for b in batch if b is not None]
-        if not good:
-            return len(batch), len(batch), None
-        if self.raw:
-            out = (
-                Payloads.pack([b[0] for b in good]),
-                *torch.utils.data.default_collate([b[1:] for b in good]),
-            )
-        else:
-            out = torch.utils.data.default_collate(good)
-        return len(batch), len(batch) - len(good), out
-
-    def take(self, item):
-        """Counts of one collated item; returns its batch (None when all were bad)."""
-        seen, bad, batch = item
-        self.seen += seen
-        self.bad += bad
-        return batch
+def collate_raw(items: list) -> tuple:
+    """Collate of ``ViewsDataset(raw=True)`` items ``(payload, params, label, index)``: the
+    payloads, of different sizes, packed into one ``Payloads``; the rest as torch's."""
+    return (
+        Payloads.pack([b[0] for b in items]),
+        *torch.utils.data.default_collate([b[1:] for b in items]),
+    )
 
 
 class ResumableSampler(Sampler[int]):

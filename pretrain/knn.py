@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pretrain.data import BadImageCounter, LabelledImages
+from common.badimages import BadCount, SkipBad
+from pretrain.data import LabelledImages
 
 
 def knn_predict(
@@ -36,8 +37,9 @@ def extract(backbone: torch.nn.Module, loader: DataLoader, device: str):
     feats, labels = [], []
     was_training = backbone.training
     backbone.eval()
+    counter = BadCount()  # unreadable images are left out of the probe
     for item in loader:
-        batch = loader.collate_fn.take(item)
+        batch = counter.take(item)
         if batch is None:
             continue
         x, y = batch
@@ -71,7 +73,7 @@ def knn_accuracy(
             ds,
             batch_size=batch_size,
             num_workers=workers,
-            collate_fn=BadImageCounter(),
+            collate_fn=SkipBad(),
             generator=torch.Generator().manual_seed(0),
         ), len(ds.classes)
 

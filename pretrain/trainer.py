@@ -20,13 +20,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from common.badimages import BadCount, SkipBad
 from common.cli import InputNotFound, Interrupted, UserError
 from common.distributed import any_rank, every_rank
 from common.signals import StopFlag
 from pretrain import checkpoint
 from pretrain.amp import AmpStep
 from pretrain.config import PretrainConfig, amp_dtype, resolve_data
-from pretrain.data import BadImageCounter, ResumableSampler, ViewsDataset, views_for
+from pretrain.data import ResumableSampler, ViewsDataset, collate_raw, views_for
 from pretrain.device_aug import DeviceAugment, DevicePrefetcher, decode_images
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method, method_class
@@ -36,10 +37,6 @@ from pretrain.schedules import lr_at, momentum_at
 
 class NonFiniteLoss(UserError):
     """A NaN/inf loss: the run stops; the last good checkpoint is kept."""
-
-
-class TooManyBadImages(UserError):
-    """More of an epoch's images were unreadable than ``--max-bad-frac`` allows."""
 
 
 def sync_batchnorm(model: torch.nn.Module, keep_local: tuple[str, ...] = ()) -> torch.nn.Module:
@@ -258,7 +255,7 @@ class Trainer:
 
     # -- batches -----------------------------------------------------------------------
     @torch.no_grad()
-    def device_batch(self, item, counter: BadImageCounter):
+    def device_batch(self, item, counter: BadCount):
         """A loader item -> ``(views, labels, indices, *extra)`` on the device, or None
         (fewer readable images than the method needs). With ``--batch-aug`` the views are
         decoded and made here; otherwise the workers' views are copied over."""
@@ -273,7 +270,7 @@ class Trainer:
         return (views, *batch[1:3], *[e.to(self.device, non_blocking=True) for e in batch[3:]])
 
     @torch.no_grad()
-    def device_views(self, batch, counter: BadImageCounter):
+    def device_views(self, batch, counter: BadCount):
         """A raw batch ``(payloads, params, labels, indices)`` -> ``(views, labels,
         indices)`` made on the device; images that do not decode are dropped and counted."""
         payloads, params, labels, indices = batch
@@ -289,7 +286,7 @@ class Trainer:
             labels, indices = labels[keep], indices[keep]
         return self.augment(images, params), labels, indices
 
-    def batches(self, counter: BadImageCounter):
+    def batches(self, counter: BadCount):
         """This epoch's batches (None where a rank has no usable batch), prefetched on CUDA.
 
         On CUDA the next batch is decoded / augmented / copied on a side stream while this
@@ -306,7 +303,7 @@ class Trainer:
             batch_size=cfg.batch_size,
             sampler=sampler,
             num_workers=cfg.workers,
-            collate_fn=counter,
+            collate_fn=SkipBad(collate_raw if self.batch_aug else None),
             drop_last=True,
             pin_memory=self.cuda,
             generator=torch.Generator().manual_seed(cfg.seed),
@@ -340,7 +337,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        counter = BadImageCounter(raw=self.batch_aug)
+        counter = BadCount()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=self.step_in_epoch,
@@ -430,13 +427,13 @@ class Trainer:
             limit_per_class=self.cfg.knn_limit_per_class,
         )
 
-    def check_bad_images(self, counter: BadImageCounter) -> None:
+    def check_bad_images(self, counter: BadCount) -> None:
         self.bad_images += counter.bad
-        if counter.seen and counter.bad / counter.seen > self.cfg.max_bad_frac:
-            raise TooManyBadImages(
-                f"{counter.bad} of {counter.seen} images in epoch {self.epoch} could not be "
-                f"read (> --max-bad-frac {self.cfg.max_bad_frac}); check {self.train_dir}"
-            )
+        counter.check(
+            self.cfg.max_bad_frac,
+            f"in epoch {self.epoch}",
+            f"check {self.train_dir}, or allow more with --max-bad-frac",
+        )
         if counter.bad and self.main:
             print(
                 f"skipped {counter.bad} unreadable image(s) this epoch ({self.bad_images} in all)"

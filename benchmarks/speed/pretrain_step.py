@@ -128,19 +128,20 @@ def view_batches(
     through the ``pil`` or ``device`` pipeline, for ``epochs`` passes."""
     from torch.utils.data import DataLoader
 
-    from pretrain.data import BadImageCounter, ViewsDataset, byol_views
+    from common.badimages import BadCount, SkipBad
+    from pretrain.data import ViewsDataset, byol_views, collate_raw
     from pretrain.device_aug import DeviceAugment, decode_images
 
     raw = pipeline == "device"
     views = byol_views(size)
     ds = ViewsDataset(folder, views, raw=raw)
-    counter = BadImageCounter(raw=raw)
+    counter = BadCount()
     augment = DeviceAugment(views)
     loader = DataLoader(
         ds,
         batch_size=batch,
         num_workers=workers,
-        collate_fn=counter,
+        collate_fn=SkipBad(collate_raw if raw else None),
         persistent_workers=workers > 0,
         shuffle=True,
         drop_last=True,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from common.archs import ARCHS, arch_by_name, arch_from_layout, get_arch
+from common.badimages import BadCount, SkipBad, TooManyBadImages
 from common.cli import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, run_cli
 from common.distributed import any_rank, every_rank
 from common.flags import add_flags, given, opt
@@ -121,3 +122,18 @@ def test_rank_agreement_with_two_gloo_processes(tmp_path):
     for rank in (0, 1):
         assert torch.load(tmp_path / f"{rank}.pt") == [True, False, False, True]
     assert any_rank(True) and not every_rank(False)  # no process group: the local value
+
+
+def test_bad_images_are_dropped_counted_and_refused_past_the_fraction():
+    collate = SkipBad()
+    seen, bad, batch = collate([torch.ones(2), None, torch.zeros(2)])
+    assert (seen, bad) == (3, 1) and batch.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert collate([None, None]) == (2, 2, None)
+    count = BadCount()
+    assert count.take((3, 1, "b")) == "b" and count.take((2, 2, None)) is None
+    assert (count.seen, count.bad) == (5, 3)
+    count.check(0.6, "of x", "fix")  # 3 / 5 = 0.6 is allowed
+    count.check(0.0, "of x", "fix", min_seen=6)  # too few seen to judge yet
+    with pytest.raises(TooManyBadImages, match=r"^3 of 5 images of x could not be read .*; fix$"):
+        count.check(0.5, "of x", "fix")
+    assert SkipBad(len)([None, "ab", "cde"])[2] == 2  # a custom collate sees the good items

@@ -13,8 +13,9 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
+from common.badimages import BadCount, SkipBad
 from pretrain import device_aug as D
-from pretrain.data import MEAN, STD, BadImageCounter, ViewsDataset, byol_views, simsiam_views
+from pretrain.data import MEAN, STD, ViewsDataset, byol_views, collate_raw, simsiam_views
 
 
 class _Blur:  # the PIL path's blur and solarize as they were written before the split
@@ -147,8 +148,7 @@ def _write(folder, name, img, fmt="JPEG"):
 
 
 def _device_views(ds, views, indices):
-    counter = BadImageCounter(raw=True)
-    payloads, params, _, _ = counter.take(counter([ds[i] for i in indices]))
+    payloads, params, _, _ = BadCount().take(SkipBad(collate_raw)([ds[i] for i in indices]))
     return D.DeviceAugment(views)(D.decode_images(payloads, "cpu"), params)
 
 
@@ -189,8 +189,8 @@ def test_decode_keeps_good_files_and_drops_corrupt_ones(tmp_path):
     items = [ds[i] for i in range(4)]
     assert items[3] is None  # not an image at all: dropped by the worker
     assert items[0][0].dim() == 1 and items[1][0].dim() == 3  # JPEG bytes vs decoded PNG
-    counter = BadImageCounter(raw=True)
-    payloads, *_ = counter.take(counter(items))
+    counter = BadCount()
+    payloads, *_ = counter.take(SkipBad(collate_raw)(items))
     decoded = D.decode_images(payloads, "cpu")
     # the corrupt JPEG: one Pillow version opens it lazily and the decoder drops it;
     # another refuses it in the worker already. Either way it is counted once.

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.badimages import TooManyBadImages
 from common.cli import Interrupted
 from pretrain.config import PretrainConfig
 from pretrain.methods import method_options
 from pretrain.recipes import RECIPES, recipe_config
-from pretrain.trainer import NonFiniteLoss, TooManyBadImages, Trainer, run
+from pretrain.trainer import NonFiniteLoss, Trainer, run
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = RECIPES["test"]["options"]

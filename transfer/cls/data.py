@@ -3,7 +3,7 @@
 Layout: ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*.JPEG`` (the val split in
 class folders, as torchvision's ImageFolder reads it). SimCLR's subset files (one image
 name per line, e.g. ``n01440764_10026.JPEG``) select the semi-supervised training images.
-Unreadable images are skipped (``None`` items), counted by ``SkipBad`` and capped by the
+Unreadable images are skipped (``None`` items; ``common.badimages``) and capped by the
 protocol's ``max_bad_frac``.
 """
 
@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from common.cli import BadInput, InputNotFound, UserError
+from common.badimages import BadCount
+from common.cli import BadInput, InputNotFound
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG"
@@ -32,10 +33,7 @@ EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-
-
-class TooManyBadImages(UserError):
-    """More of an epoch's images were unreadable than the protocol allows."""
+BAD_FIX = "check the files, or allow more with a trailing `max_bad_frac F`"
 
 
 def _is_image(p: Path) -> bool:
@@ -144,36 +142,18 @@ class Images(Dataset):
         return self.transform(img), label
 
 
-class SkipBad:
-    """Collate that drops ``None`` items; returns (seen, bad, batch or None)."""
-
-    def __call__(self, batch):
-        good = [b for b in batch if b is not None]
-        out = torch.utils.data.default_collate(good) if good else None
-        return len(batch), len(batch) - len(good), out
-
-
-class BadCounter:
-    """Counts the unreadable images of an epoch and fails past ``max_frac``."""
+class BadCounter(BadCount):
+    """The unreadable images of one pass over a split, refused past ``max_frac``: as the
+    pass goes (from 100 images on) and at its end (``check_end``)."""
 
     def __init__(self, max_frac: float, where: str):
-        self.max_frac, self.where = max_frac, where
-        self.seen = self.bad = 0
+        super().__init__()
+        self.max_frac, self.what = max_frac, f"of {where}"
 
     def take(self, item):
-        seen, bad, batch = item
-        self.seen += seen
-        self.bad += bad
-        if self.bad and self.bad / self.seen > self.max_frac and self.seen >= 100:
-            raise TooManyBadImages(
-                f"{self.bad} of {self.seen} images of {self.where} could not be read "
-                f"(> max_bad_frac {self.max_frac}); check the files or raise max_bad_frac"
-            )
+        batch = super().take(item)
+        self.check(self.max_frac, self.what, BAD_FIX, min_seen=100)
         return batch
 
     def check_end(self) -> None:
-        if self.bad and self.bad / max(self.seen, 1) > self.max_frac:
-            raise TooManyBadImages(
-                f"{self.bad} of {self.seen} images of {self.where} could not be read "
-                f"(> max_bad_frac {self.max_frac}); check the files or raise max_bad_frac"
-            )
+        self.check(self.max_frac, self.what, BAD_FIX)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from common.archs import get_arch
 from common.atomic import atomic_torch_save, atomic_write_json
+from common.badimages import SkipBad
 from common.checkpoints import load_any
 from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
@@ -134,7 +135,7 @@ class Run:
             sampler=sampler,
             shuffle=False,
             num_workers=self.p.workers,
-            collate_fn=D.SkipBad(),
+            collate_fn=SkipBad(),
             drop_last=train and self.p.drop_last,
             generator=g,
             pin_memory=self.device.type == "cuda",

@@ -1,0 +1,56 @@
+"""Unreadable images: dropped at collate time, counted in the main process, refused past a
+fraction.
+
+A dataset returns ``None`` for an image it cannot read. ``SkipBad`` is the loader's collate:
+it runs in the worker processes, so it returns ``(seen, bad, batch or None)`` rather than
+counting; ``BadCount.take`` adds those counts in the main process and hands the batch on.
+Pretraining and the classification protocols share both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch.utils.data import default_collate
+
+from common.cli import UserError
+
+
+class TooManyBadImages(UserError):
+    """More images could not be read than the run allows."""
+
+
+class SkipBad:
+    """Collate that drops ``None`` items and collates the rest with ``collate`` (torch's
+    ``default_collate`` unless given; it must be picklable for worker processes)."""
+
+    def __init__(self, collate: Callable | None = None):
+        self.collate = collate or default_collate
+
+    def __call__(self, batch: list) -> tuple[int, int, object]:
+        good = [b for b in batch if b is not None]
+        return len(batch), len(batch) - len(good), self.collate(good) if good else None
+
+
+class BadCount:
+    """Images seen and unreadable, summed over the ``SkipBad`` items taken."""
+
+    def __init__(self) -> None:
+        self.seen = self.bad = 0
+
+    def take(self, item: tuple[int, int, object]):
+        """Counts of one collated item; returns its batch (None when every image was bad)."""
+        seen, bad, batch = item
+        self.seen += seen
+        self.bad += bad
+        return batch
+
+    def check(self, max_frac: float, what: str, fix: str, min_seen: int = 1) -> None:
+        """Raise ``TooManyBadImages`` when more than ``max_frac`` of the images seen (once at
+        least ``min_seen``) were unreadable. ``what``: where, e.g. "of the val split";
+        ``fix``: what the user can do."""
+        if self.bad and self.seen >= min_seen and self.bad / self.seen > max_frac:
+            raise TooManyBadImages(
+                f"{self.bad} of {self.seen} images {what} could not be read "
+                f"(more than {max_frac:g} of them); {fix}"
+            )
