@@ -24,8 +24,8 @@ def add_slurm_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--slurm-cluster",
         default=None,
-        choices=[None, "slurm", "local", "debug"],
-        help="submitit cluster (default: auto; 'local' runs the job here, for "
+        choices=["slurm", "local", "debug"],
+        help="submitit cluster (default: chosen by submitit; 'local' runs the job here, for "
         "testing the Slurm path)",
     )
     return p

@@ -299,16 +299,20 @@ def main(args: argparse.Namespace) -> dict:
         ips = end_to_end_speed(
             m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device, args.amp
         )
-        share = ips / res["model"][m] if m in res["model"] else float("nan")
+        share = ips / res["model"][m] if m in res["model"] else None
         res["end_to_end"][m] = {
             "images_per_s": ips,
             "pipeline": e2e_pipe,
             "workers": w,
             "of_model_alone": share,
         }
+        alone = (
+            f"{100 * share:.0f}% of model alone"
+            if share is not None
+            else "model alone not timed: add it to --methods"
+        )
         print(
-            f"end to end   {m:<11} {ips:9.1f} images/s ({e2e_pipe}, {w} workers; "
-            f"{100 * share:.0f}% of model alone)",
+            f"end to end   {m:<11} {ips:9.1f} images/s ({e2e_pipe}, {w} workers; {alone})",
             flush=True,
         )
     if args.json:
