@@ -51,6 +51,6 @@ class BadCount:
         ``fix``: what the user can do."""
         if self.bad and self.seen >= min_seen and self.bad / self.seen > max_frac:
             raise TooManyBadImages(
-                f"{self.bad} of {self.seen} images {what} could not be read "
-                f"(more than {max_frac:g} of them); {fix}"
+                f"{self.bad} of {self.seen} images {what} could not be read, more than the "
+                f"allowed fraction {max_frac:g}; {fix}"
             )
