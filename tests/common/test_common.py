@@ -134,6 +134,8 @@ def test_bad_images_are_dropped_counted_and_refused_past_the_fraction():
     assert (count.seen, count.bad) == (5, 3)
     count.check(0.6, "of x", "fix")  # 3 / 5 = 0.6 is allowed
     count.check(0.0, "of x", "fix", min_seen=6)  # too few seen to judge yet
-    with pytest.raises(TooManyBadImages, match=r"^3 of 5 images of x could not be read .*; fix$"):
+    with pytest.raises(
+        TooManyBadImages, match=r"^3 of 5 images of x could not be read, .*fraction 0.5; fix$"
+    ):
         count.check(0.5, "of x", "fix")
     assert SkipBad(len)([None, "ab", "cde"])[2] == 2  # a custom collate sees the good items
