@@ -4,8 +4,10 @@ Accepted (detected from the keys, never from the file name): this suite's pretra
 checkpoints (``format: care-suite/pretrain``, the online backbone under ``backbone``),
 plain torchvision ResNet state dicts (optionally under ``state_dict`` / ``model``),
 MoCo-style checkpoints (``module.encoder_q.``), the official CARE release
-(``module.student_encoder.``), any checkpoint with one unambiguous prefix before a ResNet
-body (or one picked with ``prefix``), and Detectron2 pickles (``read_backbone``).
+(``module.student_encoder.``), DINO-style ``teacher`` / ``student`` dicts, VISSL's nested
+``classy_state_dict.base_model.model.trunk._feature_blocks.`` (any nesting: names are joined
+with '.'), any checkpoint with one unambiguous prefix before a ResNet body (or one picked
+with ``prefix``), and Detectron2 pickles (``read_backbone``).
 The converter (``transfer.convert``), the attention-map tool and the classification
 protocols all read weights through here.
 """
@@ -37,6 +39,7 @@ KNOWN_PREFIXES = [
     ("encoder_q.", "MoCo (query encoder)"),
     ("module.online_encoder.", "online encoder"),
     ("online_encoder.", "online encoder"),
+    ("classy_state_dict.base_model.model.trunk._feature_blocks.", "VISSL trunk"),
     ("module.backbone.", "backbone"),
     ("backbone.", "backbone"),
     ("module.", "DataParallel / DDP wrapper"),
@@ -139,10 +142,25 @@ def tensor_dict(obj: Mapping) -> tuple[dict[str, torch.Tensor], str, dict]:
             return dict(inner), f"'{key}' of a checkpoint", {}
     if any(torch.is_tensor(v) for v in obj.values()):
         return dict(obj), "state dict", {}
+    nested = _flatten(obj)
+    if any(k.endswith("layer1.0.conv1.weight") for k in nested):
+        return nested, "nested dicts (names joined with '.')", {}
     raise CheckpointError(
         f"no tensors found; top-level keys: {sorted(obj)[:20]}. Expected a ResNet state dict, "
         "possibly under 'state_dict' or 'model', or a care-suite pretraining checkpoint."
     )
+
+
+def _flatten(obj: Mapping, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor below nested mappings, named by its keys joined with '.' (VISSL keeps
+    its trunk at ``classy_state_dict -> base_model -> model -> trunk``)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if torch.is_tensor(v):
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, Mapping) and depth < 8:
+            out.update(_flatten(v, f"{prefix}{k}.", depth + 1))
+    return out
 
 
 def find_prefix(keys: list[str], prefix: str | None = None) -> tuple[str, str]:

@@ -8,6 +8,9 @@ Accepted inputs (detected from the keys, never from the file name):
 - MoCo-style checkpoints (``state_dict`` with ``module.encoder_q.``);
 - the official CARE release (``model`` with ``module.student_encoder.{conv1,...,layer4}``;
   ``module.student_encoder.{trans,fc1,fc2}`` and ``module.teacher_encoder`` are dropped);
+- DINO-style ``teacher`` / ``student`` dicts (the teacher's ``backbone.`` body);
+- VISSL checkpoints (``classy_state_dict -> base_model -> model -> trunk``, names under
+  ``_feature_blocks.``): nested dicts are read with their keys joined by '.';
 - any checkpoint with one unambiguous prefix before a torchvision ResNet body
   (or pick one with ``--prefix``);
 - an existing Detectron2 ``.pkl`` (passed through unchanged).

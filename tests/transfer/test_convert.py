@@ -54,6 +54,22 @@ def _formats(sd: dict) -> dict[str, tuple[dict, set[str]]]:
         }
     )
     care.update({"module.teacher_encoder." + k: v.clone() for k, v in body.items()})
+    vissl_trunk = {"_feature_blocks." + k: v for k, v in body.items()}
+    vissl = {
+        "classy_state_dict": {
+            "base_model": {
+                "model": {"trunk": vissl_trunk, "heads": {"0.clf.0.weight": torch.randn(8, 2048)}}
+            }
+        },
+        "phase_idx": 199,
+        "type": "checkpoint",
+    }
+    dino = {
+        "student": {"module.backbone." + k: v.clone() for k, v in body.items()},
+        "teacher": {"backbone." + k: v for k, v in body.items()},
+        "epoch": 100,
+    }
+    dino["teacher"]["head.mlp.0.weight"] = torch.randn(8, 2048)
     suite = {
         "format": cv.SUITE_FORMAT,
         "backbone": dict(body),
@@ -74,10 +90,12 @@ def _formats(sd: dict) -> dict[str, tuple[dict, set[str]]]:
             },
         ),
         "suite": (suite, set()),
+        "vissl": (vissl, {"classy_state_dict.base_model.model.heads.0.clf.0.weight"}),
+        "dino": (dino, {"head.mlp.0.weight"}),
     }
 
 
-@pytest.mark.parametrize("fmt", ["torchvision", "moco", "care_official", "suite"])
+@pytest.mark.parametrize("fmt", ["torchvision", "moco", "care_official", "suite", "vissl", "dino"])
 def test_each_format_converts_equivalently(fmt, r50_state, tmp_path):
     ckpt, must_drop = _formats(r50_state)[fmt]
     src, dst = tmp_path / f"{fmt}.pth", tmp_path / f"{fmt}.pkl"
@@ -108,6 +126,8 @@ def test_each_format_converts_equivalently(fmt, r50_state, tmp_path):
     assert not any(k.startswith(("fc", "trans")) for k in model)
     if fmt == "suite":
         assert out["suite_meta"]["method"] == "care" and out["suite_meta"]["epochs"] == 3
+    source = {"vissl": "VISSL trunk (nested dicts", "dino": "backbone ('teacher'"}
+    assert report["source_format"].startswith(source.get(fmt, "")), report["source_format"]
 
 
 def test_detectron2_pickle_passes_through(r50_state, tmp_path):
