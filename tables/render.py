@@ -1,7 +1,8 @@
 """Write a built table as CSV (all numbers), Markdown and LaTeX (booktabs).
 
 Cells of our rows read "mean ± std" over seeds; the best two values per column (paper and
-ours together) are bold in LaTeX and Markdown, as in the paper; a dagger marks cells whose
+ours together) are bold in LaTeX and Markdown, as in the paper (not in a column with two
+rows or fewer); a dagger marks cells whose
 Welch t-test against the comparison row gives p < 0.05; rows with fewer than 5 seeds carry
 an asterisk after their seed count.
 """
@@ -78,12 +79,12 @@ def to_csv(spec: TableSpec, rows: list[Row]) -> str:
 
 
 def best_two(spec: TableSpec, rows: list[Row], decimals: int) -> dict[str, set[int]]:
-    """Per column, indices of the rows holding the two highest (rounded) values; ties count."""
+    """Per column, indices of the rows holding the two highest (rounded) values; ties count.
+    A column with values in two rows or fewer has none (the best two of two says nothing)."""
     out = {}
     for c in spec.columns:
-        vals = sorted(
-            {round(m, decimals) for r in rows if (m := r.mean(c.key)) is not None}, reverse=True
-        )[:2]
+        values = [round(m, decimals) for r in rows if (m := r.mean(c.key)) is not None]
+        vals = sorted(set(values), reverse=True)[:2] if len(values) > 2 else []
         out[c.key] = {
             i
             for i, r in enumerate(rows)

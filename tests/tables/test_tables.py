@@ -298,6 +298,8 @@ def test_classification_rows_carry_mean_and_std_and_ablation_values(tmp_path):
     assert "| CARE (care_l10) | 100 | ResNet-50 | 3* | 71.0 ± 1.0 | 91.0 ± 1.0 |" in md
     summary = (tmp_path / "t/classification.md").read_text()
     assert "60.0 ± 0.0" in summary and "71.0 ± 1.0" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| CARE (care_l10)"))
+    assert "**" not in row  # one row per column: no "best two" to mark
     # linear_care is in several tables: one plot per table, none overwritten by another
     plots = {n for n in written if n.endswith("_linear_care.png")}
     assert {
