@@ -8,6 +8,16 @@ from tables.aggregate import Group
 from tables.layout import TableSpec, read_reference
 
 
+def paper_means(paper: list, key: str) -> list[tuple[str, float]]:
+    """(label, value) of each paper row with a value in column ``key``; the label names the
+    method, epochs and, in tables with an arch column, the architecture."""
+    return [
+        (f"paper: {r.method} {r.epochs} {r.arch}".strip(), r.cells[key])
+        for r in paper
+        if r.cells.get(key) is not None
+    ]
+
+
 def plot_protocol(
     spec: TableSpec, groups: list[Group], protocol: str, out: Path, source: str | None = None
 ) -> Path | None:
@@ -41,11 +51,7 @@ def plot_protocol(
             ax.scatter(jitter, vals, s=18, zorder=3)
         ax.set_ylabel(f"{col.block} {col.label} (per seed)")
         ax.set_title(f"{protocol}: {col.block} {col.label}", fontsize=9)
-        means = [
-            (f"paper: {r.method} {r.epochs}".strip(), r.cells[col.key])
-            for r in paper
-            if r.cells.get(col.key) is not None
-        ]
+        means = paper_means(paper, col.key)
         xs = [len(names) + 1 + k * 0.6 for k in range(len(means))]
         if means:
             target = ax.twinx() if synthetic else ax

@@ -308,3 +308,15 @@ def test_classification_rows_carry_mean_and_std_and_ablation_values(tmp_path):
         "classification_linear_care.png",
     } <= plots
     assert len({written[n].read_bytes() for n in plots}) == len(plots)
+
+
+def test_plot_labels_tell_the_papers_rows_apart():
+    """Table 2 has BYOL 800 for four architectures: each paper point is labelled with its
+    arch, so no two labels of a column are the same."""
+    from tables.layout import TABLES, read_reference
+    from tables.plot import paper_means
+
+    spec = TABLES["table2"]
+    labels = [label for label, _ in paper_means(read_reference(spec), "top1")]
+    assert len(labels) > 4 and len(set(labels)) == len(labels)
+    assert "paper: BYOL 800 ResNet-101" in labels
