@@ -1,16 +1,18 @@
 """Unreadable images: dropped at collate time, counted in the main process, refused past a
 fraction.
 
-A dataset returns ``None`` for an image it cannot read. ``SkipBad`` is the loader's collate:
-it runs in the worker processes, so it returns ``(seen, bad, batch or None)`` rather than
-counting; ``BadCount.take`` adds those counts in the main process and hands the batch on.
-Pretraining and the classification protocols share both.
+A dataset returns ``None`` for an image it cannot read (``open_rgb``). ``SkipBad`` is the
+loader's collate: it runs in the worker processes, so it returns ``(seen, bad, batch or
+None)`` rather than counting; ``BadCount.take`` adds those counts in the main process and
+hands the batch on. Pretraining and the classification protocols share all three.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import default_collate
 
 from common.cli import UserError
@@ -18,6 +20,19 @@ from common.cli import UserError
 
 class TooManyBadImages(UserError):
     """More images could not be read than the run allows."""
+
+
+# what Pillow raises for a missing, truncated or corrupt file (SyntaxError: some broken PNGs)
+UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
+def open_rgb(path: str | Path) -> Image.Image | None:
+    """The image at ``path`` decoded as RGB, or None when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except UNREADABLE:
+        return None
 
 
 class SkipBad:

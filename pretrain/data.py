@@ -20,6 +20,7 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
+from common.badimages import UNREADABLE, open_rgb
 from common.cli import BadInput, ConfigError, InputNotFound
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -292,10 +293,8 @@ class ViewsDataset(Dataset):
         seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + idx) % (2**31 - 1)
         if self.raw:
             return self._raw_item(path, label, idx, seed)
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, ValueError, SyntaxError):
+        img = open_rgb(path)
+        if img is None:
             return None
         state = torch.get_rng_state()
         torch.manual_seed(seed)
@@ -318,7 +317,7 @@ class ViewsDataset(Dataset):
                     if jpeg
                     else torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
                 )
-        except (OSError, ValueError, SyntaxError):
+        except UNREADABLE:
             return None
         state = torch.get_rng_state()
         torch.manual_seed(seed)
@@ -347,11 +346,8 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, idx: int):
         path, label = self.samples[idx]
-        try:
-            with Image.open(path) as im:
-                return self.transform(im.convert("RGB")), label
-        except (OSError, ValueError, SyntaxError):
-            return None
+        img = open_rgb(path)
+        return None if img is None else (self.transform(img), label)
 
 
 class Payloads(NamedTuple):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from common.archs import ARCHS, arch_by_name, arch_from_layout, get_arch
-from common.badimages import BadCount, SkipBad, TooManyBadImages
+from common.badimages import BadCount, SkipBad, TooManyBadImages, open_rgb
 from common.cli import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, run_cli
 from common.distributed import any_rank, every_rank
 from common.flags import add_flags, given, opt
@@ -139,3 +139,22 @@ def test_bad_images_are_dropped_counted_and_refused_past_the_fraction():
     ):
         count.check(0.5, "of x", "fix")
     assert SkipBad(len)([None, "ab", "cde"])[2] == 2  # a custom collate sees the good items
+
+
+def test_open_rgb_decodes_or_returns_none(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (5, 4), 7).save(tmp_path / "grey.png")
+    im = open_rgb(tmp_path / "grey.png")
+    assert im.mode == "RGB" and im.size == (5, 4) and im.getpixel((0, 0)) == (7, 7, 7)
+    (tmp_path / "text.jpg").write_text("not an image")
+    data = (tmp_path / "grey.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    for name in ("missing.jpg", "text.jpg", "cut.png"):
+        assert open_rgb(tmp_path / name) is None, name
+
+    def broken(*a, **k):  # Pillow's PNG reader raises SyntaxError for some broken files
+        raise SyntaxError("broken PNG file")
+
+    monkeypatch.setattr(Image, "open", broken)
+    assert open_rgb(tmp_path / "grey.png") is None

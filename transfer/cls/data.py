@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from common.badimages import BadCount
+from common.badimages import BadCount, open_rgb
 from common.cli import BadInput, InputNotFound
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -134,12 +133,8 @@ class Images(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, ValueError):
-            return None
-        return self.transform(img), label
+        img = open_rgb(path)
+        return None if img is None else (self.transform(img), label)
 
 
 class BadCounter(BadCount):
