@@ -33,6 +33,10 @@ def atomic_write_json(path: str | Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=float).encode()))
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def atomic_pickle(path: str | Path, obj: dict) -> None:
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 

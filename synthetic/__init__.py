@@ -18,6 +18,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common.locks import waiting_lock
 from synthetic.render import CLASSES, Scene, SceneObject, render_scene
 from synthetic.writers import (
     write_coco,
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 STAMP = "shapes.json"
+LOCK = ".shapes.lock"  # held while a process writes the tree (two launches at once)
+INCOMPLETE = ".shapes.incomplete"  # present while the tree is being written
 FORMAT_VERSION = 1
 
 
@@ -68,18 +71,28 @@ def generate(root: str | Path, spec: ShapesSpec | None = None, force: bool = Fal
     spec = spec or ShapesSpec()
     root = Path(root)
     stamp = root / STAMP
-    if stamp.exists() and not force:
-        if json.loads(stamp.read_text()) == spec.to_json():
+    if stamp.exists() and not force and json.loads(stamp.read_text()) == spec.to_json():
+        return root
+    with waiting_lock(root / LOCK):  # another process may be writing it: wait, then look
+        if stamp.exists() and not force and json.loads(stamp.read_text()) == spec.to_json():
             return root
-    parts = ["imagefolder", "VOC2007", "VOC2012", "coco"]
-    if root.exists() and any(root.iterdir()) and not stamp.exists():
-        raise FileExistsError(
-            f"{root} is not empty and holds no {STAMP}: refusing to write synthetic data "
-            "into what may be a real dataset folder. Choose an empty folder."
-        )
-    for part in parts:
+        ours = {LOCK, INCOMPLETE}  # an interrupted earlier write leaves INCOMPLETE: redone
+        if not stamp.exists() and not (root / INCOMPLETE).exists():
+            if any(p.name not in ours for p in root.iterdir()):
+                raise FileExistsError(
+                    f"{root} is not empty and holds no {STAMP}: refusing to write synthetic "
+                    "data into what may be a real dataset folder. Choose an empty folder."
+                )
+        _write(root, spec)
+    return root
+
+
+def _write(root: Path, spec: ShapesSpec) -> None:
+    stamp = root / STAMP
+    for part in ("imagefolder", "VOC2007", "VOC2012", "coco"):
         shutil.rmtree(root / part, ignore_errors=True)
     stamp.unlink(missing_ok=True)
+    (root / INCOMPLETE).touch()
     write_imagefolder(
         root / "imagefolder", spec.seed, spec.size, spec.imagefolder, spec.distractors
     )
@@ -87,4 +100,4 @@ def generate(root: str | Path, spec: ShapesSpec | None = None, force: bool = Fal
     write_voc(root, 2012, spec.seed, spec.size, spec.voc2012, spec.max_objects)
     write_coco(root, spec.seed, spec.size, spec.coco, spec.max_objects)
     stamp.write_text(json.dumps(spec.to_json(), indent=1))  # last: marks the tree complete
-    return root
+    (root / INCOMPLETE).unlink()

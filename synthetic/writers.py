@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from shapely.geometry import box
 
+from common.atomic import atomic_write_text
 from synthetic.render import CLASSES, Scene, place_shape, render_scene
 
 JPEG_QUALITY = 92
@@ -124,7 +125,7 @@ def write_label_subsets(root: Path, fractions: dict[str, float] | None = None) -
         for folder in sorted(p for p in (root / "train").iterdir() if p.is_dir()):
             files = sorted(f.name for f in folder.iterdir() if f.is_file())
             lines += files[: max(1, round(frac * len(files)))]
-        path.write_text("\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")  # a second launcher may read it
     return written
 
 

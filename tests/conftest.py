@@ -35,7 +35,7 @@ def shapes_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def registered_shapes(shapes_root):
-    from transfer.datasets import register_shapes
+    from transfer.detection.datasets import register_shapes
 
     register_shapes(shapes_root)
     return shapes_root

@@ -52,8 +52,77 @@ def forbidden_imports(root: Path = REPO) -> list[str]:
     return bad
 
 
+FAMILIES = ("detection", "classification", "recognition", "segmentation")
+
+
+def imported_modules(path: Path) -> dict[str, int]:
+    """Every ``transfer.*`` module a file imports (dotted) -> the first line that does."""
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            if node.module == "transfer":  # from transfer import detection
+                names = [f"transfer.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("transfer."):
+                found.setdefault(name, node.lineno)
+    return found
+
+
+def family_of(path: Path, root: Path) -> str | None:
+    """The transfer family a file belongs to; None for the shared core. The user-facing
+    scripts ``transfer/run_*.py`` are entry points: they may import their family."""
+    rel = path.relative_to(root / "transfer").parts
+    if len(rel) == 1:
+        return "scripts" if rel[0].startswith("run_") else None
+    return rel[0]
+
+
+def cross_family_imports(root: Path = REPO) -> list[str]:
+    """Within transfer/: a family imports the core, never another family; the core imports
+    no family."""
+    bad = []
+    for path in sorted((root / "transfer").rglob("*.py")):
+        mine = family_of(path, root)
+        for module, line in imported_modules(path).items():
+            target = module.split(".")[1]
+            if target not in FAMILIES or mine in ("scripts", target):
+                continue
+            who = "the core" if mine is None else f"family {mine}"
+            bad.append(f"{path.relative_to(root)}:{line} ({who}) imports {module}")
+    return sorted(set(bad))
+
+
 def test_dependencies_run_one_way():
     assert forbidden_imports() == []
+
+
+def test_transfer_families_import_only_the_core():
+    assert cross_family_imports() == []
+    present = {p.name for p in (REPO / "transfer").iterdir() if (p / "__init__.py").exists()}
+    assert {"detection", "classification"} <= present <= set(FAMILIES)
+
+
+def test_the_family_check_catches_cross_imports(tmp_path):
+    """A family importing another family, and the core importing a family, are reported."""
+    for d in ("transfer/detection", "transfer/classification"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "transfer" / "runner.py").write_text("import transfer.spec\n")
+    (tmp_path / "transfer" / "launch.py").write_text(
+        "def f():\n    from transfer.detection.trainer import train_seed\n"
+    )
+    (tmp_path / "transfer" / "run_voc.py").write_text("from transfer.detection import runner\n")
+    (tmp_path / "transfer" / "classification" / "train.py").write_text(
+        "from transfer import detection\nfrom transfer.runner import add_seeds\n"
+    )
+    assert cross_family_imports(tmp_path) == [
+        "transfer/classification/train.py:1 (family classification) imports transfer.detection",
+        "transfer/launch.py:2 (the core) imports transfer.detection.trainer",
+    ]
 
 
 def test_the_import_check_catches_a_forbidden_import(tmp_path):

@@ -13,6 +13,7 @@ if not __package__:  # run as a file path: import the suite from the repository 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -22,29 +23,25 @@ import time
 import traceback
 
 from common.atomic import atomic_write_json
-from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Interrupted
+from common.locks import held_or_none
 from common.slurm import make_executor
 from transfer.spec import SeedSpec
 
 
-def _seed_function(spec: SeedSpec):
-    """The per-process function of the seed's family and the exceptions that mean a stop."""
-    from common.cli import Interrupted
-
-    if spec.family == "classification":
-        from transfer.cls.train import train_cls_seed
-
-        return train_cls_seed, (Interrupted, KeyboardInterrupt)
-    from transfer.trainer import TrainingInterrupted, train_seed
-
-    return train_seed, (TrainingInterrupted, Interrupted, KeyboardInterrupt)
+def seed_function(spec: SeedSpec):
+    """The family's per-process function named by ``spec.entry`` ("module:function")."""
+    module, _, name = spec.entry.partition(":")
+    if not module or not name:
+        raise ValueError(f"seed spec without a valid entry: {spec.entry!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_seed_process(spec: SeedSpec) -> int:
     """Train one seed over its GPUs; a failure is recorded in ``failed.json``."""
     from detectron2.engine import launch
 
-    train, stops = _seed_function(spec)
+    train = seed_function(spec)
     try:
         launch(
             train,
@@ -54,7 +51,7 @@ def run_seed_process(spec: SeedSpec) -> int:
             dist_url=spec.dist_url,
             args=(spec,),
         )
-    except stops as e:
+    except (Interrupted, KeyboardInterrupt) as e:
         print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - any failure of a seed is recorded, others go on
@@ -102,7 +99,15 @@ class SlurmSeedJob:
             host = os.environ.get("SLURM_LAUNCH_NODE_IPADDR") or env.hostnames[0]
             port = 29500 + int(str(env.job_id).split("_")[0]) % 1000  # same on every node
             spec = spec.replace(dist_url=f"tcp://{host}:{port}")
-        return run_seed_process(spec)
+        if spec.num_machines > 1:  # every node must join: Slurm runs the job once
+            return run_seed_process(spec)
+        from transfer.runner import seed_lock_path
+
+        with held_or_none(seed_lock_path(spec.seed_dir)) as lock:  # a second launcher's job
+            if lock is None or (Path(spec.seed_dir) / "metrics.json").exists():
+                print(f"seed {spec.seed_index}: held or finished elsewhere, skipped")
+                return EXIT_OK
+            return run_seed_process(spec)
 
     def checkpoint(self, spec: SeedSpec):
         import submitit

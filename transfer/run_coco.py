@@ -21,7 +21,8 @@ if not __package__:  # run as a file path: import the suite from the repository 
 import argparse
 
 from common.cli import ConfigError, doc_parser, run_cli
-from transfer.runner import add_common_args, run_protocol
+from transfer.detection.runner import run_protocol
+from transfer.runner import add_common_args
 
 # (arch, schedule) -> protocol: MoCo's / CARE's C4 1x and 2x and FPN 1x, and the GSG
 # paper's FPN 3x (270k iterations)

@@ -11,7 +11,7 @@
     torchrun --nproc-per-node 8 transfer/run_linear.py --weights care_r50.pth \\
         --protocol linear_care --data /data/imagenet
 
-Protocols (transfer/cls/protocols.py, docs/protocols.md): linear_care (CARE's, Linear +
+Protocols (transfer/classification/protocols.py, docs/protocols.md): linear_care (CARE's, Linear +
 BatchNorm1d, 80 epochs cosine), linear_moco (MoCo's, 100 epochs, steps 60/80),
 linear_multilayer (MaskCo's conv1..conv5 probes), knn (GSG's, k 20 and 200), semisup_1pct
 and semisup_10pct (SimCLR's fine-tuning on its label subsets). Trailing KEY VALUE pairs
@@ -32,7 +32,7 @@ import argparse
 
 from common.archs import ARCHS
 from common.cli import doc_parser, run_cli
-from transfer.cls.protocols import CLS_PROTOCOLS
+from transfer.classification.protocols import CLS_PROTOCOLS
 from transfer.runner import add_common_args
 
 
@@ -72,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from transfer.cls.runner import run_cls_protocol
+    from transfer.classification.runner import run_cls_protocol
 
     return run_cls_protocol(args)
 

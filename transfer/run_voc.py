@@ -20,7 +20,8 @@ if not __package__:  # run as a file path: import the suite from the repository 
 import argparse
 
 from common.cli import doc_parser, run_cli
-from transfer.runner import add_common_args, run_protocol
+from transfer.detection.runner import run_protocol
+from transfer.runner import add_common_args
 
 PROTOCOLS = {"c4": "voc_c4_24k", "fpn": "voc_fpn_144k"}
 

@@ -1,4 +1,4 @@
-"""Multi-seed transfer runs: convert the weights once, then fine-tune one seed at a time.
+"""The shared core of every transfer family's runner: weights, seeds, locks, launching.
 
 Layout of the results (what ``tables`` reads)::
 
@@ -9,10 +9,14 @@ Layout of the results (what ``tables`` reads)::
         failed.json                                         when the seed failed (NaN, ...)
 
 Seed ``k`` uses the recorded seed value ``SEED_BASE + k``. A finished seed is skipped; an
-unfinished one resumes from its last checkpoint. ``plan`` checks the inputs and lists the
-seeds (``transfer.spec.SeedSpec``); each runs in its own process (``launch_local``) or
-Slurm job (``launch_slurm``; ``transfer.launch``), so a failing seed never takes the
-others down.
+unfinished one resumes from its last checkpoint. A family's planner (``transfer.<family>
+.runner``) checks its inputs and lists the seeds (``transfer.spec.SeedSpec``, whose
+``entry`` names the family's per-process function); each runs in its own process
+(``launch_local``) or Slurm job (``launch_slurm``; ``transfer.launch``), so a failing seed
+never takes the others down. A seed runs only while its launcher holds the seed folder's
+lock (``seed<k>.lock`` beside it), so two launches on one output folder train each seed
+once: the second skips (or, with ``--if-locked wait``, waits for) what the first holds.
+This module imports no family.
 """
 
 from __future__ import annotations
@@ -24,11 +28,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.archs import arch_by_name
 from common.atomic import atomic_write_json
 from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, InputNotFound
+from common.locks import held_or_none, waiting_lock
 from common.slurm import add_slurm_args
-from transfer.config import PROTOCOLS, build_config
 from transfer.spec import SeedSpec
 
 SEED_BASE = 1000
@@ -93,6 +96,13 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="allow weights files holding Python objects (trusted files only)",
     )
+    p.add_argument(
+        "--if-locked",
+        choices=["skip", "wait"],
+        default="skip",
+        help="a seed another launcher is running (its seed<k>.lock is held): skip it, or "
+        "wait for it and then skip it if finished / resume it if not (default: %(default)s)",
+    )
     add_slurm_args(p)
     p.add_argument(
         "opts",
@@ -127,13 +137,14 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
     stem = src.stem
     cached = output / "weights" / f"{stem}-{sha[:12]}.pkl"
     report_path = cached.with_suffix(".json")
-    if not (cached.exists() and report_path.exists()):
-        report = convert_file(src, cached, allow_pickle=allow_pickle)
-        atomic_write_json(report_path, report)
-        print(summarise(report))
-    else:
-        report = json.loads(report_path.read_text())
-        print(f"weights: reusing {cached} (converted from {src})")
+    with waiting_lock(cached.with_suffix(".lock")):  # a second launcher waits, then reuses
+        if not (cached.exists() and report_path.exists()):
+            report = convert_file(src, cached, allow_pickle=allow_pickle)
+            atomic_write_json(report_path, report)
+            print(summarise(report))
+        else:
+            report = json.loads(report_path.read_text())
+            print(f"weights: reusing {cached} (converted from {src})")
     return {
         "path": str(cached.resolve()),
         "stem": stem,
@@ -142,26 +153,6 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
         "meta": report.get("meta", {}),
         "arch": report.get("arch"),
     }
-
-
-def arch_opts(arch: str | None) -> list[str]:
-    """Config overrides that build the detector's backbone as the weights' ResNet
-    (``arch``: the display name a conversion records, e.g. ``ResNet-101``)."""
-    if arch is None:  # random init or a .pkl without metadata: the protocol's ResNet-50
-        return []
-    a = arch_by_name(arch)
-    if not a.bottleneck:
-        raise ConfigError(
-            f"the weights are a {arch}; the detection protocols need a "
-            "bottleneck ResNet (ResNet-50 / 101 / 152 / 50 x2): Detectron2's C4 "
-            "head is a bottleneck res5"
-        )
-    opts = []
-    if a.depth != 50:
-        opts += ["MODEL.RESNETS.DEPTH", str(a.depth)]
-    if a.width_per_group != 64:
-        opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", str(a.width_per_group)]
-    return opts
 
 
 def seed_status(seed_dir: Path) -> str:
@@ -181,6 +172,7 @@ class RunPlan:
     run_dir: Path
     specs: list[SeedSpec] = field(default_factory=list)
     statuses: dict[int, str] = field(default_factory=dict)
+    if_locked: str = "skip"  # a seed held by another launcher: skip | wait
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
@@ -204,37 +196,6 @@ def devices(args: argparse.Namespace) -> tuple[int, str]:
     return num_gpus, "cuda" if num_gpus > 0 else "cpu"
 
 
-def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
-    """Check the inputs, convert the weights, and list the seeds that still need running."""
-    from transfer.datasets import check_real
-
-    smoke = args.dataset == "synthetic"
-    num_gpus, device = devices(args)
-    opts = config_overrides(args)
-    cfg = build_config(protocol, smoke=smoke, opts=opts, device=device)  # validates opts early
-    output = args.output.resolve()
-    shapes_root = None
-    if smoke:
-        from synthetic import generate
-
-        shapes_root = str(generate(args.shapes_root or output / "datasets" / "shapes"))
-    else:
-        check_real(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-    weights = resolve_weights(args.weights, output, args.allow_pickle)
-    opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
-    protocol_name = f"{protocol}_smoke" if smoke else protocol
-    result = RunPlan(output / protocol_name / weights["stem"])
-    print(
-        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
-        f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
-    )
-    template = seed_template(
-        args, protocol, protocol_name, weights, opts, num_gpus, device, shapes_root=shapes_root
-    )
-    add_seeds(result, args.seeds, template)
-    return result
-
-
 def seed_template(
     args: argparse.Namespace,
     protocol: str,
@@ -243,11 +204,18 @@ def seed_template(
     opts: list[str],
     num_gpus: int,
     device: str,
+    *,
+    entry: str,
+    family: str,
     **extra,
 ) -> SeedSpec:
-    """The spec every seed of a run shares (``add_seeds`` fills in each seed's values);
-    ``extra``: further ``SeedSpec`` fields (the classification runner's)."""
+    """The spec every seed of a run shares (``add_seeds`` fills in each seed's values).
+
+    ``entry``: the family's per-process function as ``module:function``; ``extra``: further
+    ``SeedSpec`` fields of the family."""
     return SeedSpec(
+        entry=entry,
+        family=family,
         protocol=protocol,
         protocol_name=protocol_name,
         smoke=args.dataset == "synthetic",
@@ -284,15 +252,46 @@ def add_seeds(run: RunPlan, n: int, template: SeedSpec) -> None:
         run.specs.append(template.replace(seed_index=k, seed=seed_value(k), seed_dir=str(seed_dir)))
 
 
+def seed_lock_path(seed_dir: str | Path) -> Path:
+    """The lock a launcher holds while seed ``seed_dir`` runs (beside the folder, so a
+    seed folder's content stays the seed's)."""
+    seed_dir = Path(seed_dir)
+    return seed_dir.with_name(f"{seed_dir.name}.lock")
+
+
+def still_to_run(spec: SeedSpec, statuses: dict[int, str]) -> bool:
+    """Under the seed's lock: False (and recorded) when another launcher finished it."""
+    if seed_status(Path(spec.seed_dir)) == "finished":
+        print(f"seed {spec.seed_index}: finished by another launcher, skipped")
+        statuses[spec.seed_index] = "finished (elsewhere)"
+        return False
+    return True
+
+
+def report_held(spec: SeedSpec, statuses: dict[int, str]) -> None:
+    print(
+        f"seed {spec.seed_index}: running in another launcher ({seed_lock_path(spec.seed_dir)} "
+        "is held), skipped; --if-locked wait waits for it"
+    )
+    statuses[spec.seed_index] = "running elsewhere"
+
+
 def launch_local(run: RunPlan) -> int | None:
-    """The planned seeds one after another here; EXIT_INTERRUPTED if one was interrupted."""
+    """The planned seeds one after another here, each while holding its lock;
+    EXIT_INTERRUPTED if one was interrupted."""
     from transfer.launch import run_local
 
     for spec in run.specs:
         k = spec.seed_index
-        resumable = seed_status(Path(spec.seed_dir)) == "resumable"
-        print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
-        code = run_local(spec)
+        with held_or_none(seed_lock_path(spec.seed_dir), wait=run.if_locked == "wait") as lock:
+            if lock is None:
+                report_held(spec, run.statuses)
+                continue
+            if not still_to_run(spec, run.statuses):
+                continue
+            resumable = seed_status(Path(spec.seed_dir)) == "resumable"
+            print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
+            code = run_local(spec)
         if code in (EXIT_INTERRUPTED, -signal.SIGINT):
             print(
                 f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
@@ -319,13 +318,9 @@ def launch_slurm(run: RunPlan, args: argparse.Namespace) -> bool:
     return True
 
 
-def run_protocol(args: argparse.Namespace, protocol: str) -> int:
-    """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
-    return launch_and_summarise(plan(args, protocol), args)
-
-
 def launch_and_summarise(run: RunPlan, args: argparse.Namespace) -> int:
     """Launch the planned seeds (here or as Slurm jobs), then one line per seed."""
+    run.if_locked = getattr(args, "if_locked", "skip")
     if args.launcher == "slurm":
         if not launch_slurm(run, args):
             return EXIT_OK
@@ -335,7 +330,10 @@ def launch_and_summarise(run: RunPlan, args: argparse.Namespace) -> int:
 
 
 def headline(m: dict) -> str:
-    """The headline numbers of a metrics.json: APs of a detector, accuracies of a classifier."""
+    """The headline numbers of a metrics.json: a family's own ``headline`` {name: value},
+    APs of a detector, accuracies of a classifier."""
+    if "headline" in m:
+        return "  ".join(f"{k} {v:.2f}" for k, v in m["headline"].items())
     if "cls" in m:
         return "  ".join(
             f"{k} {v:.2f}" for k, v in m["cls"].items() if "top1" in k and k != "best_top1"
@@ -352,7 +350,9 @@ def summarise_run(run_dir: Path, statuses: dict[int, str]) -> int:
     failed = [k for k, s in statuses.items() if s == "failed"]
     for k in sorted(statuses):
         seed_dir = run_dir / f"seed{k}"
-        if (seed_dir / "metrics.json").exists():
+        if statuses[k] == "running elsewhere":
+            print(f"seed {k}: {statuses[k]}")
+        elif (seed_dir / "metrics.json").exists():
             m = json.loads((seed_dir / "metrics.json").read_text())
             print(f"seed {k}: {statuses[k]:<18} {headline(m)}  ({m['wall_time_s']:.0f} s)")
         else:

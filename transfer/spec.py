@@ -27,7 +27,8 @@ class SeedSpec:
     dist_url: str = "auto"
     amp: bool = False
     device: str = "cpu"
-    family: str = "detection"  # detection (detectron2) | classification (transfer.cls)
+    family: str = "detection"  # detection | classification | recognition (records, tables)
+    entry: str = ""  # the family's per-process function, "module:function"
     data: str | None = None  # classification: the ImageNet-layout root
     arch: str | None = None  # classification with random init: the ResNet to build
     subset_file: str | None = None  # semi-supervised: SimCLR's subset file

@@ -9,7 +9,7 @@ Prints images/s of
   over ``--workers`` processes, on ImageNet-sized JPEGs written to a temporary ImageFolder;
 - the model alone: the frozen forward + Linear/BatchNorm1d step on random tensors
   (``--amp``: bf16 autocast);
-- the loop: both together, as ``transfer/cls/train.py`` runs them.
+- the loop: both together, as ``transfer/classification/train.py`` runs them.
 The loop should keep >= 90% of the slower of the two. ``--json`` writes the figures.
 """
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from common.archs import get_arch
-    from transfer.cls import data as D
-    from transfer.cls.models import FeatureResNet, LinearHead
+    from transfer.classification import data as D
+    from transfer.classification.models import FeatureResNet, LinearHead
 
     device = torch.device(args.device)
     arch = get_arch(args.arch)

@@ -55,8 +55,8 @@ def bare_step(
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from transfer.config import build_config
-    from transfer.datasets import register_shapes
+    from transfer.detection.config import build_config
+    from transfer.detection.datasets import register_shapes
 
     register_shapes(shapes_root)
     opts = [
@@ -153,7 +153,7 @@ def runner_job(
 
 
 def _ims_per_batch(protocol: str, smoke: bool) -> int:
-    from transfer.config import build_config
+    from transfer.detection.config import build_config
 
     return build_config(protocol, smoke=smoke, device="cpu").SOLVER.IMS_PER_BATCH
 
@@ -161,7 +161,7 @@ def _ims_per_batch(protocol: str, smoke: bool) -> int:
 def full_size_opts(protocol: str) -> list[str]:
     """Overrides giving the smoke config (what --dataset synthetic runs) the full protocol's
     image sizes, batch and sampling, so the runner's per-image work matches the protocol's."""
-    from transfer.config import build_config
+    from transfer.detection.config import build_config
 
     full = build_config(protocol, smoke=False, device="cpu")
     return [

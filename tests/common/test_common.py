@@ -158,3 +158,37 @@ def test_open_rgb_decodes_or_returns_none(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image, "open", broken)
     assert open_rgb(tmp_path / "grey.png") is None
+
+
+def test_a_lock_is_exclusive_across_processes_and_released_when_its_holder_dies(tmp_path):
+    """held_or_none: None while another process holds the lock; the OS frees it when that
+    process is killed (no stale lock after SIGKILL)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from common.locks import held_or_none
+
+    path = tmp_path / "seed0.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); "
+         "l.acquire(); print('held', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with held_or_none(path) as lock:
+            assert lock is None
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.time() + 10
+    while True:
+        with held_or_none(path) as lock:
+            if lock is not None:
+                assert lock.is_locked
+                break
+        assert time.time() < deadline, "the dead holder's lock was never released"
+        time.sleep(0.1)

@@ -15,13 +15,13 @@ import torch
 from common.archs import ARCHS
 from common.cli import BadInput, ConfigError, InputNotFound, Interrupted
 from transfer import run_linear
-from transfer.cls import knn as knn_mod
-from transfer.cls import train as cls_train
-from transfer.cls.data import check_layout, read_subset, scan_split
-from transfer.cls.knn import knn_scores, topk_correct
-from transfer.cls.models import STAGES, FeatureResNet, MultiHead, feature_dims
-from transfer.cls.protocols import CLS_PROTOCOLS, resolve
-from transfer.cls.runner import plan_cls
+from transfer.classification import knn as knn_mod
+from transfer.classification import train as cls_train
+from transfer.classification.data import check_layout, read_subset, scan_split
+from transfer.classification.knn import knn_scores, topk_correct
+from transfer.classification.models import STAGES, FeatureResNet, MultiHead, feature_dims
+from transfer.classification.protocols import CLS_PROTOCOLS, resolve
+from transfer.classification.runner import plan_cls
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transfer.config import CONFIG_DIR, PROTOCOLS, build_config, smoke_datasets
+from transfer.detection.config import CONFIG_DIR, PROTOCOLS, build_config, smoke_datasets
 
 COMMON = {  # every protocol: the inputs of self-supervised (torchvision) weights
     "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530],
@@ -54,7 +54,7 @@ EXPECTED = {
     "voc_fpn_144k": {
         "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
         "MODEL.RESNETS.NORM": "FrozenBN",
-        "MODEL.BACKBONE.FREEZE_AT": 2,
+        "MODEL.BACKBONE.FREEZE_AT": 0,  # ssl-transfer's finetune/*.yaml at HEAD (c2cf033)
         "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
         "MODEL.MASK_ON": False,
         "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
@@ -73,7 +73,7 @@ EXPECTED = {
     "coco_fpn_3x": {
         "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
         "MODEL.RESNETS.NORM": "FrozenBN",
-        "MODEL.BACKBONE.FREEZE_AT": 2,
+        "MODEL.BACKBONE.FREEZE_AT": 0,  # ssl-transfer's finetune/*.yaml at HEAD (c2cf033)
         "MODEL.MASK_ON": True,
         "MODEL.ROI_HEADS.NUM_CLASSES": 80,
         "INPUT.MIN_SIZE_TRAIN": tuple(range(640, 801, 32)),
@@ -169,3 +169,9 @@ def test_overrides_apply_and_bad_ones_are_named():
         build_config("voc_c4_24k", opts=["SOLVER.MAX_ITR", "100"], device="cpu")
     with pytest.raises(ValueError, match="unknown protocol"):
         build_config("voc_fpn_9k")
+
+
+def test_gsg_first_version_freeze_at_is_one_override_away():
+    """ssl-transfer's first fine-tuning configs (3eb9196) kept detectron2's FREEZE_AT 2."""
+    cfg = build_config("voc_fpn_144k", opts=["MODEL.BACKBONE.FREEZE_AT", "2"], device="cpu")
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2

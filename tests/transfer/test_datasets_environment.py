@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from transfer.datasets import SHAPES_SPLITS, check_real, register_shapes
+from transfer.detection.datasets import SHAPES_SPLITS, check_real, register_shapes
 from transfer.environment import describe_detectron2, environment_record
 
 
@@ -68,7 +68,7 @@ def test_faster_coco_eval_gives_pycocotools_numbers(shapes_root):
     pytest.importorskip("faster_coco_eval")
     from pycocotools.coco import COCO
 
-    from transfer.evaluation import evaluate_on_coco
+    from transfer.detection.evaluation import evaluate_on_coco
 
     gt = COCO(str(shapes_root / "coco" / "annotations" / "instances_val2017.json"))
     results = _fake_results(gt)

@@ -69,7 +69,7 @@ def test_one_train_step_on_cpu(protocol, registered_shapes):
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from transfer.config import build_config
+    from transfer.detection.config import build_config
 
     cfg = build_config(protocol, smoke=True, device="cpu")
     torch.manual_seed(0)

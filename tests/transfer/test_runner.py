@@ -110,9 +110,9 @@ def test_backbone_really_loaded(weights, tmp_path, registered_shapes):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from transfer.config import build_config
     from transfer.convert import convert_file
-    from transfer.trainer import verify_backbone_loaded
+    from transfer.detection.config import build_config
+    from transfer.detection.trainer import verify_backbone_loaded
 
     pkl = tmp_path / "w.pkl"
     convert_file(weights, pkl)

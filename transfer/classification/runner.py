@@ -11,6 +11,7 @@ processes instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -19,17 +20,24 @@ from pathlib import Path
 from common.archs import get_arch
 from common.atomic import atomic_write_json
 from common.cli import EXIT_INTERRUPTED, EXIT_OK, ConfigError, Interrupted
-from transfer.cls.protocols import resolve
+from common.locks import held_or_none
+from transfer.classification.protocols import resolve
 from transfer.runner import (
     RunPlan,
     add_seeds,
     config_overrides,
     devices,
     launch_and_summarise,
+    report_held,
     resolve_weights,
+    seed_lock_path,
     seed_template,
+    still_to_run,
     summarise_run,
 )
+from transfer.spec import SeedSpec
+
+ENTRY = "transfer.classification.train:train_cls_seed"  # the per-process function of a seed
 
 
 def synthetic_data(args: argparse.Namespace, output: Path) -> Path:
@@ -47,7 +55,7 @@ def synthetic_data(args: argparse.Namespace, output: Path) -> Path:
 
 def plan_cls(args: argparse.Namespace) -> RunPlan:
     """Check the data and the weights, and list the seeds that still need running."""
-    from transfer.cls.data import check_layout, read_subset
+    from transfer.classification.data import check_layout, read_subset
 
     smoke = args.dataset == "synthetic"
     num_gpus, device = devices(args)
@@ -82,6 +90,7 @@ def plan_cls(args: argparse.Namespace) -> RunPlan:
         opts,
         num_gpus,
         device,
+        entry=ENTRY,
         family="classification",
         data=str(data.resolve()),
         arch=arch,
@@ -101,26 +110,52 @@ def launch_torchrun(run: RunPlan) -> int | None:
     import torch
     import torch.distributed as dist
 
-    from transfer.cls.train import train_cls_seed
-
     rank = dist.get_rank()
     for spec in run.specs:
         spec = spec.replace(device="cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            train_cls_seed(spec)
-            run.statuses[spec.seed_index] = "finished"
-        except (Interrupted, KeyboardInterrupt) as e:
-            print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except Exception as e:  # noqa: BLE001 - a failing seed is recorded, the others go on
+        with contextlib.ExitStack() as held:
+            # rank 0 holds the seed's lock for the group; every rank follows its decision
+            decision = ["run"]
             if rank == 0:
-                atomic_write_json(
-                    Path(spec.seed_dir) / "failed.json",
-                    {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
+                lock = held.enter_context(
+                    held_or_none(seed_lock_path(spec.seed_dir), wait=run.if_locked == "wait")
                 )
-            print(f"seed {spec.seed_index} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-            run.statuses[spec.seed_index] = "failed"
+                if lock is None:
+                    decision = ["held"]
+                elif (Path(spec.seed_dir) / "metrics.json").exists():
+                    decision = ["finished"]
+            dist.broadcast_object_list(decision, src=0)
+            if decision[0] == "held":
+                report_held(spec, run.statuses)
+                continue
+            if decision[0] == "finished":
+                still_to_run(spec, run.statuses)
+                continue
+            code = _train_in_group(spec, run, rank)
+            if code is not None:
+                return code
         dist.barrier()
+    return None
+
+
+def _train_in_group(spec: SeedSpec, run: RunPlan, rank: int) -> int | None:
+    """One seed in the torchrun group; EXIT_INTERRUPTED when it was stopped."""
+    from transfer.classification.train import train_cls_seed
+
+    try:
+        train_cls_seed(spec)
+        run.statuses[spec.seed_index] = "finished"
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a failing seed is recorded, the others go on
+        if rank == 0:
+            atomic_write_json(
+                Path(spec.seed_dir) / "failed.json",
+                {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
+            )
+        print(f"seed {spec.seed_index} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        run.statuses[spec.seed_index] = "failed"
     return None
 
 
@@ -134,6 +169,7 @@ def run_cls_protocol(args: argparse.Namespace) -> int:
         if dist.get_rank() != 0:
             dist.barrier()  # rank 0 converts the weights and writes the data first
         run = plan_cls(args)
+        run.if_locked = args.if_locked
         if dist.get_rank() == 0:
             dist.barrier()
         code = launch_torchrun(run)

@@ -23,14 +23,15 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from common.atomic import atomic_write_json
+from common.cli import Interrupted
 from common.distributed import any_rank
 from common.signals import StopFlag
+from transfer.detection.evaluation import SuiteCOCOEvaluator, VOCEvaluator
 from transfer.environment import environment_record
-from transfer.evaluation import SuiteCOCOEvaluator, VOCEvaluator
 from transfer.spec import SeedSpec
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Interrupted):
     """Raised after a signal once the resumable checkpoint has been written."""
 
 
@@ -181,8 +182,8 @@ def _seed_trainer(spec: SeedSpec) -> SuiteTrainer:
     weights, which are verified tensor by tensor on a fresh start."""
     import argparse
 
-    from transfer.config import build_config
-    from transfer.datasets import register_shapes
+    from transfer.detection.config import build_config
+    from transfer.detection.datasets import register_shapes
 
     if spec.dataset == "synthetic":
         register_shapes(spec.shapes_root)

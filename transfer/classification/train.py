@@ -32,10 +32,10 @@ from common.checkpoints import load_any
 from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
 from common.signals import StopFlag
-from transfer.cls import data as D
-from transfer.cls.knn import gather_rows, normalise, sharded_knn_scores, topk_correct
-from transfer.cls.models import LinearHead, MultiHead, load_backbone
-from transfer.cls.protocols import ClsProtocol, resolve
+from transfer.classification import data as D
+from transfer.classification.knn import gather_rows, normalise, sharded_knn_scores, topk_correct
+from transfer.classification.models import LinearHead, MultiHead, load_backbone
+from transfer.classification.protocols import ClsProtocol, resolve
 from transfer.environment import environment_record
 from transfer.spec import SeedSpec
 

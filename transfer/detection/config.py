@@ -1,4 +1,4 @@
-"""The standard detection protocols as Detectron2 configs (``transfer/configs``).
+"""The standard detection protocols as Detectron2 configs (``transfer/detection/configs``).
 
 A protocol name is what results and tables refer to: MoCo's protocols as CARE uses them
 (``voc_c4_24k``, ``coco_c4_1x``, ``coco_c4_2x``, ``coco_fpn_1x``; chained from
@@ -17,7 +17,7 @@ from common.cli import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SMOKE_OVERLAY = CONFIG_DIR / "smoke.yaml"
-SYNTHETIC_PREFIX = "shapes_"  # transfer.datasets.register_shapes registers these names
+SYNTHETIC_PREFIX = "shapes_"  # transfer.detection.datasets.register_shapes registers these names
 
 PROTOCOLS: dict[str, str] = {
     "voc_c4_24k": "VOC07+12 Faster R-CNN R50-C4, 24k iterations",
@@ -59,7 +59,7 @@ def build_config(
     import torch
     from detectron2.config import get_cfg
 
-    import transfer.modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+    import transfer.detection.modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 
     cfg = get_cfg()
     cfg.merge_from_file(str(config_path(protocol)))

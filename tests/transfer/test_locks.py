@@ -1,0 +1,75 @@
+"""Two launches on one output folder: the data is written once, each seed trains once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from transfer.runner import RunPlan, launch_local, seed_lock_path
+from transfer.spec import SeedSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_two_launches_at_once_write_the_data_once_and_train_each_seed_once(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "tv_r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    cmd = [sys.executable, "transfer/run_linear.py", "--weights", str(weights), "--protocol",
+           "linear_care", "--seeds", "2", "--dataset", "synthetic", "--arch", "resnet18",
+           "--output", str(tmp_path / "out")]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = []
+    for log in logs:
+        with open(log, "w") as f:  # both start before the synthetic data exists
+            procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                          env=env))  # fmt: skip
+    codes = [p.wait(timeout=600) for p in procs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts
+    assert not any("Traceback" in t for t in texts), texts
+    both = "\n".join(texts)
+    run_dir = tmp_path / "out" / "linear_care_smoke" / "tv_r18"
+    for k in (0, 1):
+        assert both.count(f"seed {k} (seed value {1000 + k}): starting") == 1, both
+        lines = (run_dir / f"seed{k}" / "train_metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+        assert json.loads((run_dir / f"seed{k}" / "metrics.json").read_text())["seed"] == 1000 + k
+    # the other launcher said what happened to each seed it did not run
+    assert both.count("running in another launcher") + both.count("finished by another") == 2
+
+
+def _spec(seed_dir: Path) -> SeedSpec:
+    return SeedSpec(protocol="p", protocol_name="p", smoke=True, dataset="synthetic",
+                    shapes_root=None, weights="", weights_info={}, seed_index=0, seed=1000,
+                    seed_dir=str(seed_dir), entry="nowhere:never")  # fmt: skip
+
+
+def test_a_held_seed_is_skipped_and_a_finished_one_is_not_rerun(tmp_path, capsys):
+    from common.locks import make_lock
+
+    seed_dir = tmp_path / "p" / "w" / "seed0"
+    other = make_lock(seed_lock_path(seed_dir))
+    other.acquire()  # another launcher (this process's own lock object) holds seed 0
+    try:
+        run = RunPlan(seed_dir.parent, specs=[_spec(seed_dir)])
+        assert launch_local(run) is None  # never reaches run_local (the entry is bogus)
+        assert run.statuses == {0: "running elsewhere"}
+        assert "is held), skipped" in capsys.readouterr().out
+    finally:
+        other.release()
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "metrics.json").write_text("{}")  # the other launcher finished it meanwhile
+    run = RunPlan(seed_dir.parent, specs=[_spec(seed_dir)], if_locked="wait")
+    assert launch_local(run) is None
+    assert run.statuses == {0: "finished (elsewhere)"}

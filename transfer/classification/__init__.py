@@ -1,0 +1,1 @@
+"""Classification transfer: the ImageNet linear, multi-layer, kNN and semi-supervised protocols."""

@@ -1,0 +1,91 @@
+"""Planning the seeds of a detection protocol (``transfer/run_voc.py``, ``run_coco.py``).
+
+Checks the data (``$DETECTRON2_DATASETS``, or writes the synthetic shapes), converts the
+weights once (``transfer.runner.resolve_weights``), builds the backbone's config overrides
+from the converted ResNet, and lists the seeds still to run; launching, skipping, locking
+and the summary are the shared core's (``transfer.runner``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common.archs import arch_by_name
+from common.cli import ConfigError
+from transfer.detection.config import PROTOCOLS, build_config
+from transfer.runner import (
+    RunPlan,
+    add_seeds,
+    config_overrides,
+    devices,
+    launch_and_summarise,
+    resolve_weights,
+    seed_template,
+)
+
+ENTRY = "transfer.detection.trainer:train_seed"  # the per-process function of a seed
+
+
+def arch_opts(arch: str | None) -> list[str]:
+    """Config overrides that build the detector's backbone as the weights' ResNet
+    (``arch``: the display name a conversion records, e.g. ``ResNet-101``)."""
+    if arch is None:  # random init or a .pkl without metadata: the protocol's ResNet-50
+        return []
+    a = arch_by_name(arch)
+    if not a.bottleneck:
+        raise ConfigError(
+            f"the weights are a {arch}; the detection protocols need a "
+            "bottleneck ResNet (ResNet-50 / 101 / 152 / 50 x2): Detectron2's C4 "
+            "head is a bottleneck res5"
+        )
+    opts = []
+    if a.depth != 50:
+        opts += ["MODEL.RESNETS.DEPTH", str(a.depth)]
+    if a.width_per_group != 64:
+        opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", str(a.width_per_group)]
+    return opts
+
+
+def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
+    """Check the inputs, convert the weights, and list the seeds that still need running."""
+    from transfer.detection.datasets import check_real
+
+    smoke = args.dataset == "synthetic"
+    num_gpus, device = devices(args)
+    opts = config_overrides(args)
+    cfg = build_config(protocol, smoke=smoke, opts=opts, device=device)  # validates opts early
+    output = args.output.resolve()
+    shapes_root = None
+    if smoke:
+        from synthetic import generate
+
+        shapes_root = str(generate(args.shapes_root or output / "datasets" / "shapes"))
+    else:
+        check_real(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    weights = resolve_weights(args.weights, output, args.allow_pickle)
+    opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
+    protocol_name = f"{protocol}_smoke" if smoke else protocol
+    result = RunPlan(output / protocol_name / weights["stem"])
+    print(
+        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
+        f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
+    )
+    template = seed_template(
+        args,
+        protocol,
+        protocol_name,
+        weights,
+        opts,
+        num_gpus,
+        device,
+        entry=ENTRY,
+        family="detection",
+        shapes_root=shapes_root,
+    )
+    add_seeds(result, args.seeds, template)
+    return result
+
+
+def run_protocol(args: argparse.Namespace, protocol: str) -> int:
+    """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
+    return launch_and_summarise(plan(args, protocol), args)
