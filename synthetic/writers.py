@@ -92,18 +92,20 @@ def write_silhouettes(root: Path, seed: int, size: int, per_class: dict[str, int
         for c, name in enumerate(CLASSES):
             for i in range(n):
                 rng = _rng(seed, split, c * 100_000 + i)
-                while True:  # keep at least 85% of the shape inside the frame
-                    poly = place_shape(rng, c, size, size, (0.5, 0.85), (0.2, 0.8), rotate=False)
-                    if poly.intersection(box(0, 0, size, size)).area > 0.85 * poly.area:
-                        break
-                canvas = Image.new("L", (size, size), 26)
-                ImageDraw.Draw(canvas).polygon([tuple(p) for p in poly.exterior.coords], fill=230)
-                noisy = np.asarray(canvas, np.float32) + rng.normal(0, 6, (size, size))
-                grey = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
-                _save_jpeg(
-                    np.repeat(grey[..., None], 3, axis=2),
-                    root / split / name / f"{name}_{i:05d}.jpg",
-                )
+                _save_jpeg(silhouette(rng, c, size), root / split / name / f"{name}_{i:05d}.jpg")
+
+
+def silhouette(rng: np.random.Generator, c: int, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: shape ``c`` of ``CLASSES``, light on dark, with pixel noise."""
+    while True:  # keep at least 85% of the shape inside the frame
+        poly = place_shape(rng, c, size, size, (0.5, 0.85), (0.2, 0.8), rotate=False)
+        if poly.intersection(box(0, 0, size, size)).area > 0.85 * poly.area:
+            break
+    canvas = Image.new("L", (size, size), 26)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in poly.exterior.coords], fill=230)
+    noisy = np.asarray(canvas, np.float32) + rng.normal(0, 6, (size, size))
+    grey = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 # The synthetic stand-ins of SimCLR's subset files: the same names and format, fractions

@@ -33,6 +33,8 @@ class SeedSpec:
     arch: str | None = None  # classification with random init: the ResNet to build
     subset_file: str | None = None  # semi-supervised: SimCLR's subset file
     allow_pickle: bool = False
+    task: str | None = None  # recognition: the downstream dataset (aircraft, ..., voc2007)
+    cache_dir: str | None = None  # recognition: where extracted features are cached
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

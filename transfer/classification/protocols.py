@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from common.cli import ConfigError
+from transfer.overrides import apply_overrides
 
 KINDS = ("linear", "multilayer", "knn", "finetune")
 HEADS = ("linear", "linear_bn", "multihead", "none")
@@ -170,23 +171,6 @@ def smoke(p: ClsProtocol) -> ClsProtocol:
     return dataclasses.replace(p, name=f"{p.name}_smoke", **changes)
 
 
-def _coerce(field_: dataclasses.Field, text: str):
-    kind = field_.type if isinstance(field_.type, str) else field_.type.__name__
-    if kind == "bool":
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(f"{field_.name} takes true or false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if kind == "int":
-        return int(text)
-    if kind == "float":
-        return float(text)
-    if kind.startswith("tuple[int"):
-        return tuple(int(v) for v in text.strip("()[] ").split(",") if v.strip())
-    if kind.startswith("tuple[str"):
-        return tuple(v.strip() for v in text.strip("()[] ").split(",") if v.strip())
-    return text
-
-
 _FIXED = {"name", "kind", "source", "smoke", "head"}
 _CHOICES = {"schedule": SCHEDULES, "train_aug": TRAIN_AUGS, "pool": POOLS}
 
@@ -197,20 +181,4 @@ def resolve(name: str, smoke_variant: bool, overrides: list[str] | None = None) 
         raise ConfigError(f"unknown protocol {name!r}; choose from {', '.join(CLS_PROTOCOLS)}")
     p = CLS_PROTOCOLS[name]
     p = smoke(p) if smoke_variant else p
-    overrides = list(overrides or [])
-    if len(overrides) % 2:
-        raise ConfigError(f"overrides must be KEY VALUE pairs, got {overrides}")
-    fields = {f.name: f for f in dataclasses.fields(ClsProtocol)}
-    changes = {}
-    for key, text in zip(overrides[::2], overrides[1::2]):
-        if key not in fields or key in _FIXED:
-            free = sorted(set(fields) - _FIXED)
-            raise ConfigError(f"{name} has no setting {key!r}; settings: {', '.join(free)}")
-        try:
-            value = _coerce(fields[key], text)
-        except ValueError as e:
-            raise ConfigError(f"{key} {text!r}: {e}") from e
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-        changes[key] = value
-    return dataclasses.replace(p, **changes)
+    return apply_overrides(p, overrides, _FIXED, _CHOICES)

@@ -1,0 +1,107 @@
+"""Frozen features of a recognition split, extracted once per (weights, dataset, split,
+transform) and cached by content hash.
+
+``features(backbone, samples, ...)`` -> (N, C) float32 pooled res5 of the backbone in eval
+mode (ssl-transfer's ``ResNetBackbone``: conv1 .. layer4, average pool, flatten). The
+cache file is ``<cache>/<key>.npy`` with ``key`` the sha256 of the weights' hash, the
+sample list's fingerprint, the transform and the architecture: a rerun, a second protocol
+over the same features, or a resumed run never recomputes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from common.atomic import atomic_write
+from common.badimages import open_rgb
+from common.cli import BadInput
+from transfer.recognition.datasets import Samples
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def eval_transform(size: int, normalise: bool) -> T.Compose:
+    """ssl-transfer's: Resize(size, bicubic) of the shorter side, CenterCrop(size),
+    ToTensor, Normalize (ImageNet's mean / std, or 0 / 1 for --no-norm)."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise else ((0.0,) * 3, (1.0,) * 3)
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])  # fmt: skip
+
+
+class SplitImages(Dataset):
+    """(image tensor, index) of a ``Samples``; an unreadable image is a one-line error."""
+
+    def __init__(self, samples: Samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        if self.samples.arrays is not None:
+            img = Image.fromarray(self.samples.arrays[i])
+        else:
+            img = open_rgb(self.samples.paths[i])
+            if img is None:
+                raise BadInput(
+                    f"{self.samples.paths[i]}: unreadable image; the frozen-feature protocols "
+                    "score every image of a split: replace or re-download the file"
+                )
+        return self.transform(img), i
+
+
+def cache_key(weights_id: str, samples: Samples, size: int, normalise: bool) -> str:
+    spec = {"weights": weights_id, "samples": samples.fingerprint(), "size": size,
+            "normalise": normalise, "resize": "bicubic", "pool": "res5_avg", "v": 1}  # fmt: skip
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+@torch.no_grad()
+def extract(backbone, samples: Samples, transform, batch_size: int, workers: int,
+            device: torch.device, desc: str) -> np.ndarray:  # fmt: skip
+    """(N, C) float32 pooled res5 features in the samples' order, with a tqdm bar."""
+    from tqdm import tqdm
+
+    backbone.eval()
+    loader = DataLoader(SplitImages(samples, transform), batch_size=batch_size,
+                        num_workers=workers, shuffle=False)  # fmt: skip
+    out: np.ndarray | None = None
+    t0 = time.perf_counter()
+    with tqdm(total=len(samples), desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for x, idx in loader:
+            f = backbone(x.to(device), stages=("res5",))["res5"]
+            f = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(f, 1), 1).float().cpu()
+            if out is None:
+                out = np.zeros((len(samples), f.shape[1]), np.float32)
+            out[idx.numpy()] = f.numpy()
+            bar.update(len(idx))
+            bar.set_postfix_str(f"{bar.n / (time.perf_counter() - t0):.1f} img/s")
+    return out
+
+
+def cached_features(cache_dir: Path, key: str, compute) -> tuple[np.ndarray, bool]:
+    """(features, True if read from the cache). ``compute()`` runs only on a miss; the file
+    is written atomically, so an interrupted extraction leaves no partial cache entry."""
+    path = cache_dir / f"{key}.npy"
+    if path.is_file():
+        try:
+            return np.load(path), True
+        except (OSError, ValueError):  # a damaged entry is recomputed
+            path.unlink()
+    feats = compute()
+    atomic_write(path, lambda f: np.save(f, feats))
+    return feats, False
