@@ -157,6 +157,7 @@ def test_runnable_modules_are_the_expected_ones():
         "transfer/launch.py",
         "transfer/run_coco.py",
         "transfer/run_linear.py",
+        "transfer/run_recognition.py",
         "transfer/run_voc.py",
     ]
 
@@ -173,9 +174,14 @@ def test_every_script_path_runs(script):
 
 def test_console_scripts_resolve():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"care-pretrain", "care-convert", "care-run-voc", "care-run-coco", "care-tables"} <= set(
-        scripts
-    )
+    assert {
+        "care-pretrain",
+        "care-convert",
+        "care-run-voc",
+        "care-run-coco",
+        "care-tables",
+        "care-run-recognition",
+    } <= set(scripts)
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name

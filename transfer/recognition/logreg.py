@@ -227,8 +227,10 @@ def sweep(
         if after_fit is not None:
             after_fit(state)
     if state.best_C is None:
-        raise NoCSelected(
-            f"no weight decay scored above 0 on val (scores {state.scores[:5]}...); the "
-            "features or labels carry no signal (check the data and the weights)"
-        )
+        hint = "the features or labels carry no signal (check the data and the weights)"
+        if all(np.isnan(state.scores)):
+            hint = ("a class predicted on val has no val sample, so ssl-transfer's per-class "
+                    "mean is NaN: pass absent_class_nan false")  # fmt: skip
+        raise NoCSelected(f"no weight decay scored above 0 on val (scores "
+                          f"{state.scores[:3]}...); {hint}")  # fmt: skip
     return state
