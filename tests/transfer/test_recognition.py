@@ -269,8 +269,8 @@ def test_readers_keep_ssl_transfers_labels(twins):
 
 def test_sun397_labels_ignore_a_class_name_in_the_data_path(twins, tmp_path):
     """ssl-transfer matched ``/<class>/`` on the joined path: under a folder named after a
-    class that sorts first (here .../abbey/SUN397) every image became that class. The guard matches on the
-    path inside the dataset folder."""
+    class that sorts first (here .../abbey/SUN397) every image became that class. The guard
+    matches on the path inside the dataset folder."""
     import shutil
 
     root = tmp_path / "abbey"

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from common.archs import get_arch
-from common.cli import EXIT_OK, ConfigError
+from common.cli import EXIT_INTERRUPTED, EXIT_OK, ConfigError
 from transfer.recognition.datasets import DATASETS, find_dataset
 from transfer.recognition.protocols import resolve
 from transfer.runner import (
@@ -92,7 +92,7 @@ def run_recognition(args: argparse.Namespace) -> int:
     for run in plan_recognition(args):
         print(f"== {run.run_dir.parent.name} / {run.run_dir.name}")
         c = launch_and_summarise(run, args)
-        if c == 130:
+        if c == EXIT_INTERRUPTED:
             return c
         code = code or c
     return code
