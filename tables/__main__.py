@@ -26,7 +26,7 @@ import json
 from common.cli import doc_parser, run_cli
 from tables.aggregate import MIN_SEEDS, TablesError, collect
 from tables.layout import TABLES, build_table, known_sources, table_for
-from tables.plot import plot_protocol
+from tables.plot import plot_datasets, plot_protocol
 from tables.render import to_csv, to_latex, to_markdown
 
 
@@ -109,6 +109,11 @@ def write_table(spec, groups, args: argparse.Namespace, out: Path) -> dict[str, 
         path = out / f"{spec.name}.{ext}"
         path.write_text(text)
         written[f"{spec.name}.{ext}"] = path
+    if spec.min_seeds == 1:  # a per-dataset table: one plot of every dataset
+        png = plot_datasets(spec, rows, out / f"{spec.name}.png")
+        if png:
+            written[png.name] = png
+        return written
     for protocol in sorted(
         {g.protocol for g in groups if g.seeds and g.base_protocol in spec.protocols}
     ):

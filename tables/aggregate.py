@@ -70,6 +70,7 @@ class Group:
 
     protocol: str
     weights: str
+    task: str = ""  # recognition: the downstream dataset (<protocol>/<weights>/<task>/seed<k>)
     seeds: list[SeedResult] = field(default_factory=list)
     unfinished: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -149,23 +150,23 @@ def check_same_config(group: Group) -> None:
                 )
 
 
-def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple[str, str, int], Path]) -> None:
+def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple, Path]) -> None:
     """Record one seed folder in its group: finished, failed or unfinished."""
     if (seed_dir / "metrics.json").exists():
         m = _read_json(seed_dir / "metrics.json")
         missing = [k for k in ("protocol", "seed") if k not in m]
-        if not ({"bbox", "cls"} & set(m)):
-            missing.append("bbox")  # a detection result, or 'cls' for a classification one
+        if not ({"bbox", "cls", "headline"} & set(m)):
+            missing.append("bbox")  # detection; 'cls' classification, 'headline' recognition
         if missing:
             raise TablesError(
                 f"{seed_dir / 'metrics.json'} lacks '{missing[0]}': not a metrics "
                 "file written by transfer/run_*.py"
             )
-        key = (group.protocol, group.weights, m["seed"])
+        key = (group.protocol, group.weights, group.task, m["seed"])
         if key in seen:
+            where = "/".join(x for x in (group.protocol, group.weights, group.task) if x)
             raise TablesError(
-                f"seed value {m['seed']} of {group.protocol}/{group.weights} "
-                f"appears twice: {seen[key]} and {seed_dir}"
+                f"seed value {m['seed']} of {where} appears twice: {seen[key]} and {seed_dir}"
             )
         seen[key] = seed_dir
         group.seeds.append(SeedResult(seed_dir, m, _read_config(seed_dir)))
@@ -176,28 +177,44 @@ def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple[str, str, int], Pat
         group.unfinished.append(seed_dir)
 
 
+# Protocols whose results sit one level deeper, per downstream dataset.
+PER_DATASET_PROTOCOLS = {"manyshot_linear"}
+
+
+def _seed_folders(root: Path):
+    """(protocol, weights, task, seed folder) of every seed under ``root``."""
+    for seed_dir in sorted(root.glob("*/*/seed*")):
+        if seed_dir.is_dir() and seed_dir.name[4:].isdigit():
+            yield seed_dir.parent.parent.name, seed_dir.parent.name, "", seed_dir
+    for seed_dir in sorted(root.glob("*/*/*/seed*")):
+        protocol = seed_dir.parents[2].name
+        if protocol.removesuffix("_smoke") not in PER_DATASET_PROTOCOLS:
+            continue
+        if seed_dir.is_dir() and seed_dir.name[4:].isdigit():
+            yield protocol, seed_dir.parents[1].name, seed_dir.parent.name, seed_dir
+
+
 def collect(roots: list[str | Path]) -> list[Group]:
-    """Every seed folder ``<root>/<protocol>/<weights>/seed<k>/`` under the roots."""
-    groups: dict[tuple[str, str], Group] = {}
-    seen: dict[tuple[str, str, int], Path] = {}
+    """Every seed folder ``<root>/<protocol>/<weights>/seed<k>/`` under the roots (and
+    ``<protocol>/<weights>/<dataset>/seed<k>/`` of the per-dataset recognition protocols)."""
+    groups: dict[tuple[str, str, str], Group] = {}
+    seen: dict[tuple, Path] = {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise TablesError(f"results root {root} does not exist")
-        for seed_dir in sorted(root.glob("*/*/seed*")):
-            if not seed_dir.is_dir() or not seed_dir.name[4:].isdigit():
-                continue
-            protocol, weights = seed_dir.parent.parent.name, seed_dir.parent.name
-            group = groups.setdefault((protocol, weights), Group(protocol, weights))
+        for protocol, weights, task, seed_dir in _seed_folders(root):
+            key = (protocol, weights, task)
+            group = groups.setdefault(key, Group(protocol, weights, task))
             _add_seed(group, seed_dir, seen)
     if not groups:
         raise TablesError(
             f"no seed folders (<protocol>/<weights>/seed<k>/) under {', '.join(map(str, roots))}; "
-            "run transfer/run_voc.py, run_coco.py or run_linear.py first"
+            "run transfer/run_voc.py, run_coco.py, run_linear.py or run_recognition.py first"
         )
     for g in groups.values():
         if g.seeds:
             check_same_config(g)
-    return sorted(groups.values(), key=lambda g: (g.protocol, g.weights))
+    return sorted(groups.values(), key=lambda g: (g.protocol, g.weights, g.task))
 
 
 def welch(a: Stat, b: Stat) -> float:

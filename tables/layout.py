@@ -61,6 +61,14 @@ def _block(prefix: str, block: str, protocol: str, task: str, sym: str) -> list[
     ]
 
 
+# ssl-transfer's 11 many-shot datasets, in its order, and their column labels.
+RECOGNITION_DATASETS = (
+    ("aircraft", "Aircraft"), ("caltech101", "Caltech101"), ("cars", "Cars"),
+    ("cifar10", "CIFAR10"), ("cifar100", "CIFAR100"), ("dtd", "DTD"), ("flowers", "Flowers"),
+    ("food", "Food"), ("pets", "Pets"), ("sun397", "SUN397"), ("voc2007", "VOC2007"),
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -70,6 +78,10 @@ class TableSpec:
     default_source: str | None
     arch_column: bool = False  # rows carry the backbone (CARE Table 2, 3)
     factor: str | None = None  # an ablation table: rows are values of this FACTORS key
+    min_seeds: int = 5  # fewer finished seeds are marked (1: a deterministic protocol)
+    mean_column: str | None = None  # key of a column holding the mean of the others
+    rank: bool = True  # bold the best two of each column (not in a table of settings)
+    fmt: str = ""  # a format spec for every cell instead of mean ± std at --decimals
 
     @property
     def reference_files(self) -> tuple[str, ...]:
@@ -173,6 +185,46 @@ TABLES: dict[str, TableSpec] = {
         "maskco_supp_table1_multilayer_linear.csv",
         "maskco_supp_table1",
     ),
+    **{
+        name: TableSpec(
+            name,
+            title,
+            [
+                Column(d, label, block, "manyshot_linear", task, d)
+                for d, label in RECOGNITION_DATASETS
+            ]
+            + ([Column("mean", "Mean", block, "manyshot_linear", task, "mean")] if mean else []),
+            csv_name,
+            source,
+            arch_column=True,
+            min_seeds=1,
+            mean_column="mean" if mean else None,
+            rank=mean,
+            fmt="" if mean else ".4g",
+        )
+        for name, title, block, task, csv_name, source, mean in (
+            (
+                "manyshot",
+                "GSG / ssl-transfer many-shot linear transfer: test metric per dataset (accuracy; "
+                "mean per-class accuracy for Aircraft, Caltech101, Flowers, Pets; 11-point mAP "
+                "for VOC2007)",
+                "Many-shot linear",
+                "headline",
+                "sslt_manyshot_linear.csv",
+                "sslt_readme",
+                True,
+            ),
+            (
+                "manyshot_C",
+                "Many-shot linear: the C = 1 / wd the validation sweep selected per dataset",
+                "Selected C",
+                "selected_C",
+                "sslt_manyshot_selected_C.csv",
+                "sslt_run_linear_sh",
+                False,
+            ),
+        )
+    },
     "classification": TableSpec(
         "classification",
         "Classification protocols: linear (CARE, MoCo) and weighted kNN (GSG), top-1",
@@ -203,6 +255,7 @@ class Row:
     delta_ref: str = ""
     pvalues: dict[str, float] = field(default_factory=dict)
     p_vs: str = ""
+    min_seeds: int = 5
 
     @property
     def label(self) -> str:
@@ -217,7 +270,7 @@ class Row:
 
     @property
     def few_seeds(self) -> bool:
-        return self.kind == "ours" and any(n < 5 for n in self.n_seeds.values())
+        return self.kind == "ours" and any(n < self.min_seeds for n in self.n_seeds.values())
 
 
 def _reference_records(spec: TableSpec) -> list[dict]:
@@ -298,13 +351,12 @@ def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, 
         key = (g.weights, g.synthetic)
         if key not in rows:
             method, epochs, arch = ident
-            rows[key] = Row(
-                "ours", method, epochs, weights=g.weights, arch=arch, synthetic=g.synthetic
-            )
+            rows[key] = Row("ours", method, epochs, weights=g.weights, arch=arch,
+                            synthetic=g.synthetic, min_seeds=spec.min_seeds)  # fmt: skip
         row = rows[key]
-        row.n_seeds[g.base_protocol] = len(g.seeds)
+        row.n_seeds[f"{g.base_protocol}/{g.task}" if g.task else g.base_protocol] = len(g.seeds)
         for c in spec.columns:
-            if c.protocol == g.base_protocol:
+            if c.protocol == g.base_protocol and (not g.task or c.metric == g.task):
                 row.cells[c.key] = g.stat(c.task, c.metric)
     return sorted(rows.values(), key=lambda r: (r.synthetic, r.method, r.epochs, r.weights))
 
@@ -351,6 +403,18 @@ def add_deltas(spec: TableSpec, rows: list[Row], reference: str | None = None) -
                 row.delta[c.key] = ours - theirs
 
 
+def add_means(spec: TableSpec, rows: list[Row]) -> None:
+    """The mean column of each row: the mean of its other columns' means, when every one
+    of them has a value (a paper row keeps its own figure when it reports one)."""
+    keys = [c.key for c in spec.columns if c.key != spec.mean_column]
+    for row in rows:
+        if row.cells.get(spec.mean_column) is not None:
+            continue
+        values = [row.mean(k) for k in keys]
+        if all(v is not None for v in values):
+            row.cells[spec.mean_column] = sum(values) / len(values)
+
+
 def add_significance(spec: TableSpec, rows: list[Row], a: str, b: str) -> None:
     """Welch's t-test per column between our rows with weights ``a`` and ``b`` (p on b's
     row), separately for real-data and synthetic rows."""
@@ -376,6 +440,8 @@ def build_table(
     with_paper: bool = True,
 ) -> list[Row]:
     rows = (read_reference(spec, source) if with_paper else []) + our_rows(spec, groups, labels)
+    if spec.mean_column:
+        add_means(spec, rows)
     add_deltas(spec, rows, reference)
     if compare:
         add_significance(spec, rows, *compare)

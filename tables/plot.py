@@ -72,3 +72,47 @@ def plot_protocol(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_datasets(spec: TableSpec, rows: list, out: Path) -> Path | None:
+    """One PNG of a per-dataset table (many-shot recognition): for each dataset, a bar per
+    of our rows (its mean over seeds) and the paper's values as grey ticks beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ours = [r for r in rows if r.kind == "ours"]
+    if not ours:
+        return None
+    paper = [r for r in rows if r.kind == "paper"]
+    cols = spec.columns
+    x = np.arange(len(cols))
+    width = 0.8 / max(len(ours), 1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(cols) + 2), 4.2))
+    for k, r in enumerate(ours):
+        ys = [r.mean(c.key) for c in cols]
+        ax.bar(x - 0.4 + width * (k + 0.5), [np.nan if y is None else y for y in ys], width,
+               label=r.label)  # fmt: skip
+    for r in paper:
+        ys = [r.mean(c.key) for c in cols]
+        if any(y is not None for y in ys):
+            ax.scatter(x, [np.nan if y is None else y for y in ys], marker="_", s=300,
+                       color="grey", zorder=3)  # fmt: skip
+            for xi, y in zip(x, ys):
+                if y is not None:
+                    ax.annotate(f"paper: {r.method}", (xi, y), fontsize=6, color="grey",
+                                xytext=(4, 2), textcoords="offset points")  # fmt: skip
+    ax.set_xticks(x, [c.label for c in cols], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(cols[0].block)
+    if spec.name.endswith("_C"):
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    synthetic = all(r.synthetic for r in ours)
+    ax.set_title(("synthetic data: " if synthetic else "") + spec.title, fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

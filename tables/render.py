@@ -81,7 +81,9 @@ def to_csv(spec: TableSpec, rows: list[Row]) -> str:
 def best_two(spec: TableSpec, rows: list[Row], decimals: int) -> dict[str, set[int]]:
     """Per column, indices of the rows holding the two highest (rounded) values; ties count.
     A column with values in two rows or fewer has none (the best two of two says nothing)."""
-    out = {}
+    out: dict[str, set[int]] = {}
+    if not spec.rank:
+        return {c.key: set() for c in spec.columns}
     for c in spec.columns:
         values = [round(m, decimals) for r in rows if (m := r.mean(c.key)) is not None]
         vals = sorted(set(values), reverse=True)[:2] if len(values) > 2 else []
@@ -93,10 +95,12 @@ def best_two(spec: TableSpec, rows: list[Row], decimals: int) -> dict[str, set[i
     return out
 
 
-def _cell(r: Row, key: str, decimals: int, pm: str) -> str:
+def _cell(r: Row, key: str, decimals: int, pm: str, fmt: str = "") -> str:
     v = r.cells.get(key)
     if v is None:
         return "–"
+    if fmt:  # a table of settings (the selected C): one value, general format
+        return format(v.mean if isinstance(v, Stat) else v, fmt)
     if isinstance(v, Stat):
         s = f"{v.mean:.{decimals}f}"
         if v.n > 1:
@@ -150,7 +154,7 @@ def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
     for i, r in enumerate(rows):
         cells = []
         for c in spec.columns:
-            s = _cell(r, c.key, decimals, " ± ")
+            s = _cell(r, c.key, decimals, " ± ", spec.fmt)
             if r.pvalues.get(c.key, 1.0) < SIGNIFICANT:
                 s += " †"
             cells.append(f"**{s}**" if i in bold[c.key] else s)
@@ -243,7 +247,7 @@ def to_latex(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
             if v is None:
                 cells.append("--")
                 continue
-            s = _cell(r, c.key, decimals, r" \pm ")
+            s = _cell(r, c.key, decimals, r" \pm ", spec.fmt)
             if i in bold[c.key]:
                 s = rf"\mathbf{{{s}}}"
             if r.pvalues.get(c.key, 1.0) < SIGNIFICANT:

@@ -320,3 +320,42 @@ def test_plot_labels_tell_the_papers_rows_apart():
     labels = [label for label, _ in paper_means(read_reference(spec), "top1")]
     assert len(labels) > 4 and len(set(labels)) == len(labels)
     assert "paper: BYOL 800 ResNet-101" in labels
+
+
+def _recognition_seed(root: Path, weights: str, task: str, test: float, C: float, sha: str):
+    d = root / "manyshot_linear" / weights / task / "seed0"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"protocol": {"solver": "sklearn"}}))
+    m = {"protocol": "manyshot_linear", "base_protocol": "manyshot_linear", "dataset": "real",
+         "seed": 1000, "seed_index": 0, "wall_time_s": 1.0, "arch": "ResNet-50",
+         "weights": {"stem": weights, "sha256": sha, "meta": {"method": weights.upper()}},
+         "task": task, "test": test, "best_C": C, "headline": {task: test},
+         "selected_C": {task: C}}  # fmt: skip
+    (d / "metrics.json").write_text(json.dumps(m))
+
+
+def test_manyshot_tables_one_row_per_weights_with_the_mean_and_selected_c(tmp_path):
+    from tables.layout import RECOGNITION_DATASETS
+
+    names = [d for d, _ in RECOGNITION_DATASETS]
+    for k, task in enumerate(names):
+        _recognition_seed(tmp_path, "care_r50", task, 50.0 + k, 10.0 ** (k - 5), "a")
+        if task != "voc2007":  # byol is missing one dataset: no mean
+            _recognition_seed(tmp_path, "byol_r50", task, 40.0 + k, 0.5, "b")
+    args = cli.get_args_parser().parse_args(["--runs", str(tmp_path), "--decimals", "2"])
+    written = cli.main(args)
+    rows = {r["weights"]: r for r in _csv_rows(written["manyshot.csv"])}
+    care = rows["care_r50"]
+    assert [float(care[d]) for d in names] == [50.0 + k for k in range(11)]
+    assert float(care["mean"]) == pytest.approx(55.0)  # (50 + ... + 60) / 11, by hand
+    assert rows["byol_r50"]["mean"] == "" and rows["byol_r50"]["voc2007"] == ""
+    assert care["few_seeds"] == "0"  # a deterministic protocol: one seed is all it has
+    paper = [r for r in _csv_rows(written["manyshot.csv"]) if r["kind"] == "paper"]
+    assert {r["method"]: r["cifar10"] for r in paper} == {"DeepCluster-v2": "94.07",
+                                                          "Supervised": "91.47"}  # fmt: skip
+    c_rows = {r["weights"] or r["method"]: r for r in _csv_rows(written["manyshot_C.csv"])}
+    assert float(c_rows["care_r50"]["cifar10"]) == pytest.approx(1e-2)
+    assert float(c_rows["byol"]["aircraft"]) == pytest.approx(17782.8)  # run_linear.sh
+    md = written["manyshot_C.md"].read_text()
+    assert "**" not in md.split("\n", 1)[1] and "| 0.01 |" in md  # no bold; general format
+    assert written["manyshot.png"].stat().st_size > 0 and written["manyshot_C.png"].exists()

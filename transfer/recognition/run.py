@@ -136,6 +136,7 @@ def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> d
         "wds": grid,
         "images": {k: int(len(v[1])) for k, v in parts.items()},
         "headline": {spec.task: test},
+        "selected_C": {spec.task: state.best_C},
     }
 
 
