@@ -7,7 +7,8 @@
 4. runs the VOC C4 and COCO C4 smoke protocols, 2 seeds each, for the three;
 5. classification: pretrains CARE (ResNet-18, 64 px) on the silhouettes, where two CPU
    minutes measurably beat random initialisation, then runs the linear (CARE's protocol)
-   and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18;
+   and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18, and the
+   many-shot linear recognition transfer (ssl-transfer's) of both on two synthetic twins;
 6. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots;
 7. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4).
 
@@ -105,9 +106,13 @@ def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Pat
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
+RECOGNITION_DATASETS = ("cifar10", "dtd")  # the demo's many-shot linear transfer
+
+
 def classification(size: dict, out: Path) -> list[str]:
     """Step 5: CARE on the silhouettes (the learning-signal recipe at 64 px), then the
-    linear and kNN probes (64 px crops) of it and of a random ResNet-18."""
+    linear and kNN probes (64 px crops) of it and of a random ResNet-18, and ssl-transfer's
+    many-shot linear transfer of both to two synthetic recognition twins."""
     from pretrain.recipes import recipe_config
     from pretrain.trainer import run
     from synthetic import write_silhouettes
@@ -147,6 +152,13 @@ def classification(size: dict, out: Path) -> list[str]:
                    *opts]  # fmt: skip
             if subprocess.run(cmd, cwd=REPO).returncode != 0:
                 failures.append(f"run_linear.py --protocol {protocol} --weights {w}")
+    # recognition transfer: ssl-transfer's many-shot linear on two synthetic twins
+    twins = out / "datasets" / "recognition"
+    cmd = [sys.executable, "transfer/run_recognition.py", "--weights", str(weights), "none",
+           "--arch", "resnet18", "--datasets", *RECOGNITION_DATASETS, "--dataset", "synthetic",
+           "--data", str(twins), "--output", str(out / "runs")]  # fmt: skip
+    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        failures.append("run_recognition.py --protocol manyshot_linear")
     return failures
 
 
@@ -190,12 +202,12 @@ def tables_and_maps(
 def report(out: Path, written: dict[str, Path], seconds: float) -> None:
     print(f"\n=== done in {seconds:.0f} s. Results:")
     for name in ("table4.md", "table4.csv", "table4.tex", "classification.md",
-                 "attention_maps.png"):  # fmt: skip
+                 "manyshot.md", "attention_maps.png"):  # fmt: skip
         if name in written:
             print(f"  {written[name]}")
     for path in sorted(p for k, p in written.items() if k.endswith(".png") and "maps" not in k):
         print(f"  {path}")
-    for name in ("table4.md", "classification.md"):
+    for name in ("table4.md", "classification.md", "manyshot.md"):
         if (out / "tables" / name).exists():
             print("\n" + (out / "tables" / name).read_text())
 
@@ -231,7 +243,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
 
     step(
         "5/7 classification: CARE (ResNet-18) on the silhouettes, then the linear and "
-        f"kNN smoke protocols, {size['seeds']} seed(s) each, beside a random ResNet-18"
+        f"kNN smoke protocols, {size['seeds']} seed(s) each, beside a random ResNet-18, "
+        "and many-shot linear recognition transfer"
     )
     failures += classification(size, out)
 

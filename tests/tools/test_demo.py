@@ -45,6 +45,15 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
                 (out / "runs" / protocol / weights / "seed0" / "metrics.json").read_text()
             )
             assert 0 <= m["cls"][key] <= 100 and m["arch"] == "ResNet-18"
+    # many-shot linear recognition transfer of both on two synthetic twins
+    for task in ("cifar10", "dtd"):
+        for weights in ("care_r18", "random_init_r18"):
+            m = json.loads(
+                (out / "runs" / "manyshot_linear_smoke" / weights / task / "seed0" /
+                 "metrics.json").read_text()
+            )  # fmt: skip
+            assert 0 <= m["test"] <= 100 and m["best_C"] > 0
+    assert "CARE (care_r18) (synthetic)" in written["manyshot.md"].read_text()
     summary = written["classification.md"].read_text()
     assert "CARE (care_r18) (synthetic)" in summary and "Rand Init (random_init_r18)" in summary
     # the tables parse and carry our three rows beside the paper's
