@@ -34,6 +34,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="multiply every image count by this factor (default: 1)",
     )
     p.add_argument("--force", action="store_true", help="rewrite even if the stamp matches")
+    p.add_argument(
+        "--recognition",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the synthetic twins of the 11 recognition datasets to DIR "
+        "(transfer/run_recognition.py --data DIR)",
+    )
+    p.add_argument(
+        "--recognition-layout",
+        choices=["ssl-transfer", "torchvision"],
+        default="ssl-transfer",
+        help="the twins' on-disk layout (default: %(default)s)",
+    )
     return p
 
 
@@ -55,6 +69,12 @@ def main(args: argparse.Namespace) -> Path:
     root = generate(args.root, spec, force=args.force)
     n = sum(1 for _ in root.rglob("*.jpg"))
     print(f"synthetic shapes: {n} images under {root} ({time.time() - t0:.1f} s)")
+    if args.recognition:
+        from synthetic.recognition import write_recognition
+
+        rec = write_recognition(args.recognition, args.seed, layout=args.recognition_layout)
+        n = sum(1 for _ in rec.rglob("*.jpg"))
+        print(f"recognition twins ({args.recognition_layout} layout): {n} images under {rec}")
     return root
 
 
