@@ -39,7 +39,7 @@ SDIST_VERSION = "0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 WHEEL_VERSION = "0.6+pb1.purepy"
 # Bump when the patches below change, so an older rebuild is replaced by `make install`.
-PATCH_LEVEL = 2
+PATCH_LEVEL = 3
 
 RUNTIME_REQUIREMENTS = [
     "Pillow>=7.1",
@@ -130,6 +130,11 @@ TEXT_PATCHES: list[tuple[str, str, str]] = [
         "    if getattr(_C, 'IS_STAND_IN', False):\n"
         "        return _C.nms_rotated(boxes, scores, iou_threshold)\n"
         "    return torch.ops.detectron2.nms_rotated(boxes, scores, iou_threshold)",
+    ),
+    (  # Python 3.11 refuses random.sample of a set: a skipped (unreadable) image crashed
+        "detectron2/data/common.py",
+        "cur_idx = self._rng.sample(self._fallback_candidates, k=1)[0]",
+        "cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]",
     ),
 ]
 

@@ -254,3 +254,65 @@ def test_gsg_protocols_run_and_fill_their_table(tmp_path, weights, small_shapes)
         ["--runs", str(tmp_path), "--out", str(tmp_path / "tables")]))  # fmt: skip
     assert "gsg_detection.md" in written
     assert "tv_r50" in written["gsg_detection.md"].read_text()
+
+
+def _copy_shapes(shapes_root, tmp_path) -> Path:
+    """A copy of the default synthetic tree (the runner keeps a tree of the default spec)."""
+    import shutil
+
+    shapes = tmp_path / "shapes"
+    shutil.copytree(shapes_root, shapes)
+    return shapes
+
+
+@pytest.mark.slow
+def test_a_corrupt_training_jpeg_is_skipped_counted_and_reported(tmp_path, weights, shapes_root):
+    shapes = _copy_shapes(shapes_root, tmp_path)
+    bad = sorted((shapes / "VOC2012" / "JPEGImages").glob("*.jpg"))  # 16 of the 40 train images
+    for p in bad:
+        p.write_bytes(p.read_bytes()[:200])  # a truncated JPEG: Pillow cannot decode it
+    args = _args(run_voc, (tmp_path / "runs", shapes), weights, "--seeds", "1",
+                 opts=["SOLVER.MAX_ITER", "4", "TEST.PRECISE_BN.NUM_ITER", "1"])  # fmt: skip
+    assert run_voc.main(args) == 0
+    m = json.loads((tmp_path / "runs/voc_c4_24k_smoke/tv_r50/seed0/metrics.json").read_text())
+    assert m["skipped_images"]["count"] >= 1
+    assert set(m["skipped_images"]["files"]) <= {str(p) for p in bad}
+
+
+def test_too_many_unreadable_training_images_stop_the_seed(shapes_root):
+    from common.badimages import TooManyBadImages
+    from transfer.detection.checks import MIN_SEEN, SkippingMapper
+    from transfer.detection.config import build_config
+
+    cfg = build_config("voc_c4_24k", smoke=True, device="cpu")
+    mapper = SkippingMapper(cfg, str(shapes_root.parent), max_frac=0.01)
+    missing = {"file_name": str(shapes_root / "nope.jpg"), "height": 8, "width": 8,
+               "image_id": 0, "annotations": []}  # fmt: skip
+    for _ in range(MIN_SEEN - 1):
+        assert mapper(missing) is None  # skipped (MapDataset draws another image)
+    with pytest.raises(TooManyBadImages, match=r"50 of 50 training images could not be read"):
+        mapper(missing)
+
+
+def test_a_corrupt_test_image_or_a_foreign_class_stops_before_training(
+    tmp_path, weights, shapes_root, capsys
+):
+    shapes = _copy_shapes(shapes_root, tmp_path)
+    test_id = (shapes / "VOC2007/ImageSets/Main/test.txt").read_text().split()[0]
+    image = shapes / "VOC2007" / "JPEGImages" / f"{test_id}.jpg"
+    image.write_bytes(b"not a jpeg")
+    argv = ["--weights", str(weights), "--seeds", "1", "--dataset", "synthetic", "--output",
+            str(tmp_path / "runs"), "--shapes-root", str(shapes), *FAST]  # fmt: skip
+    assert run_voc.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{image}: unreadable evaluation image" in err[0]
+    assert not (tmp_path / "runs" / "voc_c4_24k_smoke").exists()  # no seed started
+    image.write_bytes((shapes_root / "VOC2007" / "JPEGImages" / f"{test_id}.jpg").read_bytes())
+    train_id = (shapes / "VOC2012/ImageSets/Main/trainval.txt").read_text().split()[0]
+    xml = shapes / "VOC2012" / "Annotations" / f"{train_id}.xml"
+    text = xml.read_text()
+    first = text.split("<name>")[1].split("</name>")[0]
+    xml.write_text(text.replace(f"<name>{first}</name>", "<name>unicorn</name>", 1))
+    assert run_voc.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{xml}: object class 'unicorn' is not one of the 6" in err[0]

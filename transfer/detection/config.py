@@ -57,11 +57,13 @@ def build_config(
         device: "cpu" / "cuda"; default: cuda when available, else cpu.
     """
     import torch
-    from detectron2.config import get_cfg
+    from detectron2.config import CfgNode, get_cfg
 
     import transfer.detection.modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 
     cfg = get_cfg()
+    cfg.SUITE = CfgNode()
+    cfg.SUITE.MAX_BAD_FRAC = 0.01  # unreadable training images allowed (then skipped)
     cfg.merge_from_file(str(config_path(protocol)))
     if smoke:
         cfg.merge_from_file(str(SMOKE_OVERLAY))

@@ -26,6 +26,16 @@ from transfer.runner import (
 ENTRY = "transfer.detection.trainer:train_seed"  # the per-process function of a seed
 
 
+def check_data(protocol: str, smoke: bool, opts: list, device: str, shapes_root) -> None:
+    """Foreign classes and unreadable evaluation images: one line before any seed runs."""
+    from transfer.detection.checks import check_datasets
+    from transfer.detection.datasets import register_shapes
+
+    if shapes_root:
+        register_shapes(shapes_root)
+    check_datasets(build_config(protocol, smoke=smoke, opts=opts, device=device))
+
+
 def arch_opts(arch: str | None) -> list[str]:
     """Config overrides that build the detector's backbone as the weights' ResNet
     (``arch``: the display name a conversion records, e.g. ``ResNet-101``)."""
@@ -62,6 +72,7 @@ def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
         shapes_root = str(generate(args.shapes_root or output / "datasets" / "shapes"))
     else:
         check_real(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    check_data(protocol, smoke, opts, device, shapes_root)
     weights = resolve_weights(args.weights, output, args.allow_pickle)
     opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
     protocol_name = f"{protocol}_smoke" if smoke else protocol

@@ -115,6 +115,15 @@ class SuiteTrainer(DefaultTrainer):
             return SuiteCOCOEvaluator(dataset_name, output_dir=out)
         raise ValueError(f"no evaluator for dataset {dataset_name!r} of type {kind!r}")
 
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from detectron2.data import build_detection_train_loader
+
+        from transfer.detection.checks import SkippingMapper
+
+        mapper = SkippingMapper(cfg, cfg.OUTPUT_DIR, cfg.SUITE.MAX_BAD_FRAC)
+        return build_detection_train_loader(cfg, mapper=mapper)
+
     def build_writers(self):
         # detectron2's JSONWriter would write OUTPUT_DIR/metrics.json, the name the suite
         # keeps for final results; training scalars go to train_metrics.jsonl instead.
@@ -270,6 +279,16 @@ def train_seed(spec: SeedSpec) -> dict | None:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **{task: dict(vals) for task, vals in results.items()},
     }
+    from transfer.detection.checks import skipped_images
+
+    skipped = skipped_images(out)
+    if skipped:
+        files = sorted(set(skipped))
+        metrics["skipped_images"] = {"count": len(skipped), "files": files[:20]}
+        print(
+            f"seed {spec.seed_index}: skipped {len(skipped)} unreadable training image(s) "
+            f"({', '.join(files[:3])}; all in {out / 'skipped_images.txt'})"
+        )
     atomic_write_json(out / "environment.json", environment_record())
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
