@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -392,7 +393,9 @@ def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
               "--data", str(imagefolder)]  # fmt: skip
     args = _args(tmp_path / "one", "knn", r18, seeds=1, data=imagefolder)
     assert run_linear.main(args) == 0
-    for protocol, extra in (("knn", []), ("linear_care", []), ("semisup_10pct", ["epochs", "2"])):
+    runs = (("knn", []), ("linear_care", []), ("semisup_10pct", ["epochs", "2"]),
+            ("linear_multilayer", ["epochs", "1"]))  # fmt: skip
+    for protocol, extra in runs:
         r = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
              "--master-port", "29731", "transfer/run_linear.py", "--protocol", protocol,
@@ -405,7 +408,7 @@ def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
     assert two["world_size"] == 2 and two["cls"]["bank_images"] == 6 * 16
     for key in ("k20_top1", "k200_top1", "k200_top5"):
         assert two["cls"][key] == pytest.approx(one["cls"][key]), key
-    for protocol in ("linear_care_smoke", "semisup_10pct_smoke"):
+    for protocol in ("linear_care_smoke", "semisup_10pct_smoke", "linear_multilayer_smoke"):
         m = json.loads((tmp_path / "two" / protocol / "tv_r18/seed0/metrics.json").read_text())
         assert m["world_size"] == 2 and m["cls"]["val_images"] == 6 * 8
 
@@ -448,3 +451,55 @@ def test_sigterm_keeps_a_resumable_state_and_the_rerun_finishes(tmp_path, r18, i
     assert f"resuming seed 0 after epoch {done}" in rerun.stdout
     lines = (seed_dir / "train_metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 41))
+
+
+def _global_bn_worker(rank: int, out: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from transfer.classification.models import GlobalBatchNorm2d
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4) * 3 + 1
+    w = torch.randn(6, 3, 4, 4)
+    half = slice(0, 2) if rank == 0 else slice(2, 6)  # unequal shares of the global batch
+    xi = x[half].clone().requires_grad_(True)
+    bn = GlobalBatchNorm2d(3, affine=False, momentum=0.1)
+    y = bn(xi)
+    (y * w[half]).sum().backward()
+    torch.save({"y": y.detach(), "grad": xi.grad, "mean": bn.running_mean,
+                "var": bn.running_var}, f"{out}/rank{rank}.pt")  # fmt: skip
+    dist.destroy_process_group()
+
+
+def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path):
+    """Two CPU processes with 2 and 4 of 6 samples: GlobalBatchNorm2d gives the outputs,
+    input gradients and running statistics of one BatchNorm2d over all 6 (OpenSelfSup's
+    SyncBN benchmark setting); in one process it is BatchNorm2d."""
+    import torch.multiprocessing as mp
+
+    from transfer.classification.models import GlobalBatchNorm2d, synchronise_head_bn
+
+    mp.spawn(_global_bn_worker, args=(str(tmp_path), 29000 + os.getpid() % 500), nprocs=2)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    torch.manual_seed(0)
+    x = (torch.randn(6, 3, 4, 4) * 3 + 1).requires_grad_(True)
+    w = torch.randn(6, 3, 4, 4)
+    bn = torch.nn.BatchNorm2d(3, affine=False, momentum=0.1)
+    y = bn(x)
+    (y * w).sum().backward()
+    assert torch.allclose(torch.cat([p["y"] for p in parts]), y.detach(), atol=1e-5)
+    assert torch.allclose(torch.cat([p["grad"] for p in parts]), x.grad, atol=1e-5)
+    for p in parts:
+        assert torch.allclose(p["mean"], bn.running_mean, atol=1e-6)
+        assert torch.allclose(p["var"], bn.running_var, atol=1e-5)
+    head = MultiHead(ARCHS["resnet18"], ("res2",), 4, "adaptive", 64)
+    synchronise_head_bn(head, cuda=False)
+    assert type(head.norms["res2"]) is GlobalBatchNorm2d and not head.norms["res2"].affine
+    single = GlobalBatchNorm2d(3, affine=False)  # no process group: plain BatchNorm2d
+    torch.manual_seed(1)
+    z = torch.randn(4, 3, 2, 2)
+    assert torch.equal(single(z), torch.nn.BatchNorm2d(3, affine=False)(z))

@@ -34,7 +34,12 @@ from common.distributed import any_rank
 from common.signals import StopFlag
 from transfer.classification import data as D
 from transfer.classification.knn import gather_rows, normalise, sharded_knn_scores, topk_correct
-from transfer.classification.models import LinearHead, MultiHead, load_backbone
+from transfer.classification.models import (
+    LinearHead,
+    MultiHead,
+    load_backbone,
+    synchronise_head_bn,
+)
 from transfer.classification.protocols import ClsProtocol, resolve
 from transfer.environment import environment_record
 from transfer.spec import SeedSpec
@@ -274,6 +279,8 @@ def _distributed(run: Run, probe: Probe) -> nn.Module:
     """The module the loop calls: DDP over the probe when several processes train."""
     if run.world == 1:
         return probe
+    if run.p.head == "multihead":  # OpenSelfSup: the heads' BatchNorm over the global batch
+        probe.head = synchronise_head_bn(probe.head, run.device.type == "cuda")
     if not probe.frozen and run.p.sync_bn:
         if run.device.type == "cuda":
             probe.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(probe.backbone)
