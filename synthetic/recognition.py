@@ -1,4 +1,4 @@
-"""Synthetic twins of the 11 recognition datasets, in their real on-disk formats.
+"""Synthetic twins of the 15 recognition datasets, in their real on-disk formats.
 
 ``write_recognition(root)`` writes ``root/<Folder>`` for each dataset in ssl-transfer's
 layout (``layout="torchvision"``: torchvision's folder names and file places instead)::
@@ -14,6 +14,10 @@ layout (``layout="torchvision"``: torchvision's folder names and file places ins
     Pets/{images/*.jpg, annotations/{trainval,test}.txt}
     SUN397/{ClassName.txt, Training_01.txt, Testing_01.txt, <l>/<class>/sun_*.jpg}
     VOC2007/VOCdevkit/VOC2007/{JPEGImages, ImageSets/Main/<class>_<split>.txt}
+    CropDiseases/dataset/train/<class>/*.JPG          (few-shot only, CD-FSL's four)
+    EuroSAT/2750/<class>/*.jpg
+    ISIC/{ISIC2018_Task3_Training_Input/*.jpg, ISIC2018_Task3_Training_GroundTruth/*.csv}
+    ChestX/{images/*.png, Data_Entry_2017.csv}
 
 Each image is one silhouette (``writers.silhouette``) whose shape is its class (VOC2007:
 category j is present iff the class is j mod 4), so a backbone that knows shapes scores
@@ -37,7 +41,7 @@ from synthetic.render import CLASSES
 from synthetic.writers import _save_jpeg, silhouette
 
 STAMP = "recognition.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = {"train": 8, "val": 3, "test": 4}  # images per class and split
 N_CLASSES = 4  # classes per dataset (each a shape of CLASSES)
 VOC_NAMES = (
@@ -48,6 +52,7 @@ VOC_NAMES = (
 TORCHVISION_FOLDERS = {
     "Aircraft": "fgvc-aircraft-2013b", "Cars": "stanford_cars", "DTD": "dtd/dtd",
     "Flowers": "flowers-102", "Pets": "oxford-iiit-pet", "SUN397": "SUN397",
+    "EuroSAT": "eurosat",
 }  # fmt: skip
 
 
@@ -252,11 +257,67 @@ def _write_voc2007(d: Path, im: _Images) -> None:
             _write_lines(base / "ImageSets" / "Main" / f"{name}_{split}.txt", lines)
 
 
+CDFSL_IMAGES = 12  # per class, all in one pool (the few-shot smoke needs 10)
+
+
+def _cdfsl_images(im: _Images):
+    for c in range(N_CLASSES):
+        for i in range(CDFSL_IMAGES):
+            yield c, i, im.array("train", c, i)
+
+
+def _write_cropdiseases(d: Path, im: _Images) -> None:
+    names = ["Apple___Apple_scab", "Apple___healthy", "Corn___Common_rust", "Tomato___healthy"]
+    for c, i, a in _cdfsl_images(im):
+        _save_jpeg(a, d / "dataset" / "train" / names[c] / f"{names[c][:5]}{i:04d}.JPG")
+
+
+def _write_eurosat(d: Path, im: _Images) -> None:
+    names = ["AnnualCrop", "Forest", "Highway", "River"]
+    for c, i, a in _cdfsl_images(im):
+        _save_jpeg(a, d / "2750" / names[c] / f"{names[c]}_{i + 1}.jpg")
+
+
+def _write_isic(d: Path, im: _Images) -> None:
+    header = "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"
+    rows = [header]
+    for c, i, a in _cdfsl_images(im):
+        name = f"ISIC_{24306 + 100 * c + i:07d}"
+        _save_jpeg(a, d / "ISIC2018_Task3_Training_Input" / f"{name}.jpg")
+        onehot = ["1.0" if j == 2 * c else "0.0" for j in range(7)]  # classes 0, 2, 4, 6
+        rows.append(",".join([name, *onehot]))
+    _write_lines(d / "ISIC2018_Task3_Training_GroundTruth" /
+                 "ISIC2018_Task3_Training_GroundTruth.csv", rows)  # fmt: skip
+
+
+def _write_chestx(d: Path, im: _Images) -> None:
+    """Grayscale PNGs; besides the single-finding rows the reader keeps, rows it must drop
+    (two findings, "No Finding", Pneumonia), as the real Data_Entry_2017.csv has."""
+    names = ["Atelectasis", "Effusion", "Mass", "Pneumothorax"]
+    rows = [
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+    ]
+    extra = ["Atelectasis|Effusion", "No Finding", "Pneumonia"]
+    k = 0
+    for c, i, a in _cdfsl_images(im):
+        k += 1
+        name = f"{k:08d}_000.png"
+        path = d / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).convert("L").save(path)
+        finding = names[c] if i < CDFSL_IMAGES - 1 or c >= len(extra) else extra[c]
+        rows.append(f"{name},{finding},0,{k},58,M,PA,2682,2749,0.143,0.143,")
+    _write_lines(d / "Data_Entry_2017.csv", rows)
+
+
 WRITERS = {
     "Aircraft": write_aircraft, "Caltech101": _write_caltech101, "Cars": _write_cars,
     "CIFAR10": _write_cifar10, "CIFAR100": _write_cifar100, "DTD": _write_dtd,
     "Flowers": _write_flowers, "Food": _write_food, "Pets": _write_pets,
     "SUN397": _write_sun397, "VOC2007": _write_voc2007,
+    "CropDiseases": _write_cropdiseases, "EuroSAT": _write_eurosat, "ISIC": _write_isic,
+    "ChestX": _write_chestx,
 }  # fmt: skip
 
 

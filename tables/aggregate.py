@@ -18,7 +18,7 @@ import yaml
 from common.cli import UserError
 
 MIN_SEEDS = 5  # the protocol's number of trials; fewer is marked
-IGNORED_CONFIG_KEYS = {"SEED", "OUTPUT_DIR", "MODEL.WEIGHTS"}
+IGNORED_CONFIG_KEYS = {"SEED", "OUTPUT_DIR", "MODEL.WEIGHTS", "seed"}
 
 
 class TablesError(UserError, ValueError):
@@ -58,6 +58,27 @@ class Stat:
 
 
 @dataclass
+class IntervalStat(Stat):
+    """A few-shot cell: ``values`` the seeds' mean episode accuracies, ``interval`` the 95%
+    half-width ssl-transfer prints, ``1.96 * std / sqrt(episodes)``, here with the std of all
+    the seeds' episodes pooled (a paper row: the interval it reports)."""
+
+    interval: float = math.nan
+
+    @property
+    def ci95(self) -> float:
+        return self.interval
+
+    @classmethod
+    def pooled(cls, seeds: list[dict]) -> IntervalStat:
+        """From per-seed ``{"mean", "std", "episodes"}`` (population std per seed)."""
+        n = sum(s["episodes"] for s in seeds)
+        grand = sum(s["mean"] * s["episodes"] for s in seeds) / n
+        var = sum(s["episodes"] * (s["std"] ** 2 + (s["mean"] - grand) ** 2) for s in seeds) / n
+        return cls([float(s["mean"]) for s in seeds], 1.96 * math.sqrt(var) / math.sqrt(n))
+
+
+@dataclass
 class SeedResult:
     path: Path  # the seed folder
     metrics: dict
@@ -90,6 +111,12 @@ class Group:
     @property
     def few_seeds(self) -> bool:
         return len(self.seeds) < MIN_SEEDS
+
+    def episode_stat(self, key: str) -> IntervalStat | None:
+        """The few-shot cell ``key`` (e.g. ``eurosat_5shot``) over the seeds' episodes."""
+        seeds = [s.metrics["episodes"][key] for s in self.seeds
+                 if key in s.metrics.get("episodes", {})]  # fmt: skip
+        return IntervalStat.pooled(seeds) if seeds else None
 
     def stat(self, task: str, metric: str) -> Stat | None:
         vals = [
@@ -178,7 +205,7 @@ def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple, Path]) -> None:
 
 
 # Protocols whose results sit one level deeper, per downstream dataset.
-PER_DATASET_PROTOCOLS = {"manyshot_linear"}
+PER_DATASET_PROTOCOLS = {"manyshot_linear", "manyshot_finetune", "fewshot"}
 
 
 def _seed_folders(root: Path):

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tables.aggregate import Group, Stat, TablesError, welch
+from tables.aggregate import Group, IntervalStat, Stat, TablesError, welch
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
@@ -30,6 +30,7 @@ class Column:
     protocol: str  # base protocol filling it
     task: str  # "bbox" or "segm"
     metric: str  # "AP", "AP50", "AP75"
+    dataset: str = ""  # per-dataset protocols: the downstream dataset (default: metric)
 
 
 def _cls(key: str, label: str, block: str, protocol: str, metric: str) -> Column:
@@ -67,6 +68,20 @@ RECOGNITION_DATASETS = (
     ("cifar10", "CIFAR10"), ("cifar100", "CIFAR100"), ("dtd", "DTD"), ("flowers", "Flowers"),
     ("food", "Food"), ("pets", "Pets"), ("sun397", "SUN397"), ("voc2007", "VOC2007"),
 )  # fmt: skip
+
+
+# ssl-transfer's few-shot datasets: CD-FSL's four, and the many-shot ones but VOC2007.
+CDFSL_DATASETS = (("cropdiseases", "CropDiseases"), ("eurosat", "EuroSAT"), ("isic", "ISIC"),
+                  ("chestx", "ChestX"))  # fmt: skip
+FEWSHOT_SHOTS = (5, 20, 50)
+
+
+def _fewshot_columns(datasets) -> list[Column]:
+    return [
+        Column(f"{d}_{k}", f"{k}-shot", label, "fewshot", "episodes", f"{d}_{k}shot", d)
+        for d, label in datasets
+        for k in FEWSHOT_SHOTS
+    ]
 
 
 @dataclass(frozen=True)
@@ -189,11 +204,8 @@ TABLES: dict[str, TableSpec] = {
         name: TableSpec(
             name,
             title,
-            [
-                Column(d, label, block, "manyshot_linear", task, d)
-                for d, label in RECOGNITION_DATASETS
-            ]
-            + ([Column("mean", "Mean", block, "manyshot_linear", task, "mean")] if mean else []),
+            [Column(d, label, block, protocol, task, d) for d, label in RECOGNITION_DATASETS]
+            + ([Column("mean", "Mean", block, protocol, task, "mean")] if mean else []),
             csv_name,
             source,
             arch_column=True,
@@ -202,9 +214,10 @@ TABLES: dict[str, TableSpec] = {
             rank=mean,
             fmt="" if mean else ".4g",
         )
-        for name, title, block, task, csv_name, source, mean in (
+        for name, protocol, title, block, task, csv_name, source, mean in (
             (
                 "manyshot",
+                "manyshot_linear",
                 "GSG / ssl-transfer many-shot linear transfer: test metric per dataset (accuracy; "
                 "mean per-class accuracy for Aircraft, Caltech101, Flowers, Pets; 11-point mAP "
                 "for VOC2007)",
@@ -215,13 +228,50 @@ TABLES: dict[str, TableSpec] = {
                 True,
             ),
             (
+                "manyshot_finetune",
+                "manyshot_finetune",
+                "GSG / ssl-transfer many-shot fine-tuning: test metric per dataset (the best of "
+                "20 (lr, weight decay) runs on val, retrained on trainval)",
+                "Many-shot fine-tuning",
+                "headline",
+                "sslt_manyshot_finetune.csv",
+                "sslt_readme",
+                True,
+            ),
+            (
                 "manyshot_C",
+                "manyshot_linear",
                 "Many-shot linear: the C = 1 / wd the validation sweep selected per dataset",
                 "Selected C",
                 "selected_C",
                 "sslt_manyshot_selected_C.csv",
                 "sslt_run_linear_sh",
                 False,
+            ),
+        )
+    },
+    **{
+        name: TableSpec(
+            name,
+            title,
+            _fewshot_columns(datasets),
+            "sslt_fewshot.csv",
+            "sslt_readme",
+            arch_column=True,
+            min_seeds=1,
+        )
+        for name, title, datasets in (
+            (
+                "fewshot_cdfsl",
+                "ssl-transfer few-shot (CD-FSL): 5-way ProtoNet accuracy, mean ± 95% interval "
+                "over 600 episodes",
+                CDFSL_DATASETS,
+            ),
+            (
+                "fewshot_many",
+                "ssl-transfer few-shot on the many-shot datasets (all splits pooled): 5-way "
+                "ProtoNet accuracy, mean ± 95% interval over 600 episodes",
+                tuple(x for x in RECOGNITION_DATASETS if x[0] != "voc2007"),
             ),
         )
     },
@@ -298,6 +348,9 @@ def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
                 c.key: float(rec[c.key]) if rec.get(c.key) not in (None, "") else None
                 for c in spec.columns
             }
+            for c in spec.columns:  # a reported interval (few-shot: mean +- 95%)
+                if cells[c.key] is not None and rec.get(f"{c.key}_ci95") not in (None, ""):
+                    cells[c.key] = IntervalStat([cells[c.key]], float(rec[f"{c.key}_ci95"]))
             method = rec["value"] if spec.factor else rec["method"]
             epochs = "100" if spec.factor else rec.get("epochs", "")
             arch = rec.get("arch", "")
@@ -356,8 +409,11 @@ def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, 
         row = rows[key]
         row.n_seeds[f"{g.base_protocol}/{g.task}" if g.task else g.base_protocol] = len(g.seeds)
         for c in spec.columns:
-            if c.protocol == g.base_protocol and (not g.task or c.metric == g.task):
-                row.cells[c.key] = g.stat(c.task, c.metric)
+            if c.protocol == g.base_protocol and (not g.task or (c.dataset or c.metric) == g.task):
+                if c.task == "episodes":
+                    row.cells[c.key] = g.episode_stat(c.metric)
+                else:
+                    row.cells[c.key] = g.stat(c.task, c.metric)
     return sorted(rows.values(), key=lambda r: (r.synthetic, r.method, r.epochs, r.weights))
 
 

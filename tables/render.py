@@ -13,7 +13,7 @@ import csv
 import io
 import math
 
-from tables.aggregate import Stat
+from tables.aggregate import IntervalStat, Stat
 from tables.layout import FACTORS, Column, Row, TableSpec
 
 SIGNIFICANT = 0.05
@@ -101,6 +101,8 @@ def _cell(r: Row, key: str, decimals: int, pm: str, fmt: str = "") -> str:
         return "–"
     if fmt:  # a table of settings (the selected C): one value, general format
         return format(v.mean if isinstance(v, Stat) else v, fmt)
+    if isinstance(v, IntervalStat):  # few-shot: mean ± the episodes' 95% interval
+        return f"{v.mean:.{decimals}f}{pm}{v.interval:.{decimals}f}"
     if isinstance(v, Stat):
         s = f"{v.mean:.{decimals}f}"
         if v.n > 1:

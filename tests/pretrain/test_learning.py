@@ -6,8 +6,8 @@ CPU budget (the jitter leaves colour as the easiest cue). The silhouettes keep g
 orientation fixed, so the shape is what survives crops; ``--aug crop`` drops the photometric
 augmentations, which need far more steps than a CPU run has. The EMA target's momentum is 0.9
 (cosine to 1), short as the run is (see ``pretrain.learning_signal``). Each run takes about
-3 minutes, so ``make test`` runs SimSiam and ``make test-extended`` adds SimSiam-GSG,
-BYOL-GSG, CARE and BYOL (the C-stream of CARE) at 64 px and MaskCo at 96 px;
+3 minutes, so they run in ``make test-extended`` (SimSiam, SimSiam-GSG, BYOL-GSG, CARE and
+BYOL, the C-stream of CARE, at 64 px, and MaskCo at 96 px);
 ``python -m pretrain.learning_signal --method M`` runs any method (docs/learning-signal.md
 lists what each gained). The kNN accuracy is read on 576 val images: on 144 its standard
 error (about 4 points) was as large as the gain asserted.
@@ -23,17 +23,10 @@ pytestmark = pytest.mark.slow
 
 
 # measured on 2 CPU cores with 576 val images: SimSiam 44.1% at random init -> 51.4% after
-# 360 steps (docs/learning-signal.md has every method's figures). All but SimSiam are
-# left out of `make test` for CI time (20 minutes in all; a CI run with BYOL too took 19 min on
-# a slow day); `make test-extended` runs them.
-@pytest.mark.parametrize(
-    "method",
-    [
-        "simsiam",
-        pytest.param("simsiam_gsg", marks=pytest.mark.extended),
-        pytest.param("byol_gsg", marks=pytest.mark.extended),
-    ],
-)
+# 360 steps (docs/learning-signal.md has every method's figures). They are left out of
+# `make test` for CI time; `make test-extended` runs them.
+@pytest.mark.extended
+@pytest.mark.parametrize("method", ["simsiam", "simsiam_gsg", "byol_gsg"])
 def test_knn_beats_random_init(tmp_path, method):
     res = learning_signal(method, tmp_path, epochs=30)
     assert res["final"] >= res["init"] + 5.0, res

@@ -14,7 +14,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
 
+# The whole pipeline, about 4 minutes on 2 cores: in `make test-extended` (CI time); every
+# step is also covered on its own in `make test`.
 @pytest.mark.slow
+@pytest.mark.extended
 def test_tiny_demo_produces_every_artefact(tmp_path):
     import demo
     from PIL import Image

@@ -93,7 +93,9 @@ def test_voc_two_seeds_then_skip(out, weights, capsys):
     assert (root / "voc_c4_24k_smoke/tv_r50/seed0/metrics.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("arch", ["c4", "fpn"])
+# FPN's two seeds are in `make test-extended` (CI time); GSG's COCO FPN 3x smoke seed runs in
+# test_gsg_protocols_run_and_fill_their_table.
+@pytest.mark.parametrize("arch", ["c4", pytest.param("fpn", marks=pytest.mark.extended)])
 def test_coco_two_seeds(arch, out, weights):
     root, _ = out
     # FPN goes through the Slurm launcher (submitit's local cluster runs the jobs here)
@@ -228,7 +230,7 @@ def test_script_help_runs_from_repo_root():
 
 
 def test_weights_arch_sets_the_detector_or_is_refused():
-    from transfer.runner import arch_opts
+    from transfer.detection.runner import arch_opts
 
     assert arch_opts("ResNet-50") == [] and arch_opts(None) == []
     assert arch_opts("ResNet-101") == ["MODEL.RESNETS.DEPTH", "101"]

@@ -24,8 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import BadInput, InputNotFound
-from common.splits import caltech101_split_lines, random_val_indices
+from common.splits import caltech101_split_lines, imagefolder, random_val_indices
 
+ISIC_CSV = "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv"
+# ChestX: ssl-transfer keeps single-finding images of these 7 (Pneumonia and "No Finding"
+# are left out), labelled in this order.
+CHESTX_CLASSES = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax",
+)  # fmt: skip
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -101,6 +107,28 @@ DATASETS: dict[str, DatasetInfo] = {
 }  # fmt: skip
 
 
+# The few-shot-only datasets of ssl-transfer (CD-FSL's four), read whole (split "all").
+CDFSL: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("cropdiseases", "CropDiseases", "CropDiseases", 38, "accuracy", "none", (
+            ("ssl-transfer", "", ("dataset/train",)),
+        )),
+        DatasetInfo("eurosat", "EuroSAT", "EuroSAT", 10, "accuracy", "none", (
+            ("ssl-transfer", "", ("2750",)),
+            ("torchvision", "eurosat", ("2750",)),
+        )),
+        DatasetInfo("isic", "ISIC2018", "ISIC", 7, "accuracy", "none", (
+            ("ssl-transfer", "", ("ISIC2018_Task3_Training_Input", ISIC_CSV)),
+        )),
+        DatasetInfo("chestx", "ChestX-ray8", "ChestX", 7, "accuracy", "none", (
+            ("ssl-transfer", "", ("images", "Data_Entry_2017.csv")),
+        )),
+    )
+}  # fmt: skip
+INFO: dict[str, DatasetInfo] = {**DATASETS, **CDFSL}
+
+
 @dataclass
 class Samples:
     """The images of one split: ``paths`` (files) or ``arrays`` (N, H, W, 3) uint8 (CIFAR),
@@ -110,6 +138,9 @@ class Samples:
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
     root: Path | None = field(default=None, repr=False)  # what the paths are relative to
+    # (w, h): resized to this in the file's own mode, then made RGB, before any transform
+    # (ssl-transfer's ChestX reader: 256 x 256)
+    pre_resize: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,6 +152,7 @@ class Samples:
             None if self.paths is None else [self.paths[i] for i in idx],
             None if self.arrays is None else self.arrays[idx],
             self.root,
+            self.pre_resize,
         )
 
     def fingerprint(self) -> str:
@@ -132,6 +164,8 @@ class Samples:
         else:
             h.update(np.ascontiguousarray(self.arrays).tobytes())
         h.update(np.ascontiguousarray(self.labels).tobytes())
+        if self.pre_resize:
+            h.update(f"pre_resize{self.pre_resize}".encode())
         return h.hexdigest()
 
 
@@ -142,6 +176,7 @@ def concat(a: Samples, b: Samples) -> Samples:
         None if a.paths is None else a.paths + b.paths,
         None if a.arrays is None else np.concatenate([a.arrays, b.arrays]),
         a.root,
+        a.pre_resize,
     )
 
 
@@ -149,7 +184,7 @@ def find_dataset(name: str, data_root: str | Path) -> tuple[Path, str]:
     """(the dataset's folder, its layout name) under ``data_root``: ``data_root/<Folder>``
     (ssl-transfer's ``data/``), torchvision's folder inside it or beside it, or
     ``data_root`` itself being the dataset's folder."""
-    info = DATASETS[name]
+    info = INFO[name]
     data_root = Path(data_root)
     candidates = [data_root / info.folder, data_root]
     for base in candidates:
@@ -366,28 +401,96 @@ def read_voc2007(root: Path, split: str, layout: str, **_) -> Samples:
     return Samples(labels, [images / f"{i}.jpg" for i in ids], root=root)
 
 
+def _imagefolder(folder: Path) -> Samples:
+    paths, labels, _ = imagefolder(folder)
+    return Samples(np.array(labels, np.int64), paths, root=folder.parent)
+
+
+def read_cropdiseases(root: Path, split: str, layout: str, **_) -> Samples:
+    return _imagefolder(root / "dataset" / "train")
+
+
+def read_eurosat(root: Path, split: str, layout: str, **_) -> Samples:
+    return _imagefolder(root / "2750")
+
+
+def _csv_rows(path: Path, min_columns: int) -> list[list[str]]:
+    """The rows after the header line (ssl-transfer reads with ``skiprows=[0]``)."""
+    import csv
+
+    if not path.is_file():
+        raise InputNotFound(f"{path}: missing")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f)][1:]
+    bad = next((k for k, r in enumerate(rows) if r and len(r) < min_columns), None)
+    if bad is not None:
+        raise BadInput(f"{path}: line {bad + 2} has {len(rows[bad])} fields, expected at least "
+                       f"{min_columns}; is this the dataset's own file?")  # fmt: skip
+    return [r for r in rows if r]
+
+
+def read_isic(root: Path, split: str, layout: str, **_) -> Samples:
+    """ISIC2018 task 3 training set: the class is the first non-zero of the 7 one-hot
+    columns of the ground-truth CSV (ssl-transfer: ``(labels != 0).argmax(1)``)."""
+    rows = _csv_rows(root / ISIC_CSV, 8)
+    try:
+        onehot = np.array([[float(v) for v in r[1:8]] for r in rows])
+    except ValueError as e:
+        raise BadInput(f"{root / ISIC_CSV}: a non-numeric class column ({e})") from e
+    labels = (onehot != 0).argmax(axis=1).astype(np.int64)
+    paths = [root / "ISIC2018_Task3_Training_Input" / f"{r[0]}.jpg" for r in rows]
+    return Samples(labels, paths, root=root)
+
+
+def read_chestx(root: Path, split: str, layout: str, **_) -> Samples:
+    """ChestX-ray8: images with exactly one finding among CHESTX_CLASSES (column 2 of
+    Data_Entry_2017.csv, '|'-separated), each resized to 256 x 256 before the transform."""
+    paths, labels = [], []
+    for r in _csv_rows(root / "Data_Entry_2017.csv", 2):
+        findings = r[1].split("|")
+        if len(findings) == 1 and findings[0] in CHESTX_CLASSES:
+            paths.append(root / "images" / r[0])
+            labels.append(CHESTX_CLASSES.index(findings[0]))
+    return Samples(np.array(labels, np.int64), paths, root=root, pre_resize=(256, 256))
+
+
 READERS = {
     "aircraft": read_aircraft, "caltech101": read_caltech101, "cars": read_cars,
     "cifar10": read_cifar10, "cifar100": read_cifar100, "dtd": read_dtd,
     "flowers": read_flowers, "food": read_food, "pets": read_pets, "sun397": read_sun397,
-    "voc2007": read_voc2007,
+    "voc2007": read_voc2007, "cropdiseases": read_cropdiseases, "eurosat": read_eurosat,
+    "isic": read_isic, "chestx": read_chestx,
 }  # fmt: skip
 
 
 def read_split(name: str, data_root: str | Path, split: str, **options) -> Samples:
-    """One of the dataset's own splits (``train``, ``val`` where it has one, ``test``)."""
+    """One of the dataset's own splits (``train``, ``val`` where it has one, ``test``; a
+    CD-FSL dataset: ``all``)."""
     folder, layout = find_dataset(name, data_root)
     samples = READERS[name](folder, split, layout, **options)
+    title = INFO[name].title
     if len(samples) == 0:
-        raise BadInput(f"{DATASETS[name].title} under {folder}: the {split} split is empty")
+        raise BadInput(f"{title} under {folder}: the {split} split is empty")
     if samples.paths is not None:
-        _check_files(samples.paths, f"{DATASETS[name].title}'s {split} split ({folder})")
+        _check_files(samples.paths, f"{title}'s {split} split ({folder})")
     return samples
 
 
 def source_splits(name: str) -> tuple[str, ...]:
-    """The splits features are extracted for: own val -> train, val, test; else train, test."""
-    return ("train", "val", "test") if DATASETS[name].val == "own" else ("train", "test")
+    """The splits features are extracted for: own val -> train, val, test; a CD-FSL
+    dataset -> all; else train, test."""
+    val = INFO[name].val
+    return {"own": ("train", "val", "test"), "none": ("all",)}.get(val, ("train", "test"))
+
+
+def pooled(name: str, data_root: str | Path, **options) -> Samples:
+    """Every image of the dataset, its source splits in order (ssl-transfer's few-shot
+    ``SetDataset`` pools train, val and test)."""
+    parts = [read_split(name, data_root, s, **options) for s in source_splits(name)]
+    out = parts[0]
+    for p in parts[1:]:
+        out = concat(out, p)
+    return out
 
 
 def fit_splits(name: str, parts: dict[str, tuple]) -> dict[str, tuple]:
@@ -402,4 +505,16 @@ def fit_splits(name: str, parts: dict[str, tuple]) -> dict[str, tuple]:
     x, y = parts["train"]
     train_idx, val_idx = random_val_indices(len(y))
     return {"train": (x[train_idx], y[train_idx]), "val": (x[val_idx], y[val_idx]),
+            "trainval": parts["train"], "test": parts["test"]}  # fmt: skip
+
+
+def fit_samples(name: str, parts: dict[str, Samples]) -> dict[str, Samples]:
+    """``fit_splits`` on the images themselves (fine-tuning): train / val / trainval / test
+    ``Samples`` from the source splits, with the same random 20% validation indices."""
+    if DATASETS[name].val == "own":
+        trainval = concat(parts["train"], parts["val"])
+        return {"train": parts["train"], "val": parts["val"], "trainval": trainval,
+                "test": parts["test"]}  # fmt: skip
+    train_idx, val_idx = random_val_indices(len(parts["train"]))
+    return {"train": parts["train"].subset(train_idx), "val": parts["train"].subset(val_idx),
             "trainval": parts["train"], "test": parts["test"]}  # fmt: skip

@@ -1,7 +1,7 @@
 """Frozen features of a recognition split, extracted once per (weights, dataset, split,
 transform) and cached by content hash.
 
-``features(backbone, samples, ...)`` -> (N, C) float32 pooled res5 of the backbone in eval
+``extract(backbone, samples, ...)`` -> (N, C) float32 pooled res5 of the backbone in eval
 mode (ssl-transfer's ``ResNetBackbone``: conv1 .. layer4, average pool, flatten). The
 cache file is ``<cache>/<key>.npy`` with ``key`` the sha256 of the weights' hash, the
 sample list's fingerprint, the transform and the architecture: a rerun, a second protocol
@@ -40,6 +40,33 @@ def eval_transform(size: int, normalise: bool) -> T.Compose:
     ])  # fmt: skip
 
 
+def fewshot_transform(size: int, normalise: bool) -> T.Compose:
+    """ssl-transfer's few-shot evaluation transform: Resize to a square of int(1.15 * size)
+    (torchvision's default bilinear; 257 for 224), CenterCrop(size), ToTensor, Normalize."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise else ((0.0,) * 3, (1.0,) * 3)
+    side = int(size * 1.15)
+    return T.Compose([
+        T.Resize([side, side]),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])  # fmt: skip
+
+
+def open_pre_resized(path: Path, size: tuple[int, int]):
+    """ssl-transfer's ChestX loading: ``Image.open(p).resize(size).convert('RGB')`` with
+    the resampling filter Pillow (>= 7) uses by default, named here; None if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            nearest = im.mode in ("1", "P")
+            im = im.resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC)
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
+
+
 class SplitImages(Dataset):
     """(image tensor, index) of a ``Samples``; an unreadable image is a one-line error."""
 
@@ -55,7 +82,9 @@ class SplitImages(Dataset):
         if self.samples.arrays is not None:
             img = Image.fromarray(self.samples.arrays[i])
         else:
-            img = open_rgb(self.samples.paths[i])
+            path = self.samples.paths[i]
+            pre = self.samples.pre_resize
+            img = open_pre_resized(path, pre) if pre else open_rgb(path)
             if img is None:
                 raise BadInput(
                     f"{self.samples.paths[i]}: unreadable image; the frozen-feature protocols "
@@ -64,9 +93,12 @@ class SplitImages(Dataset):
         return self.transform(img), i
 
 
-def cache_key(weights_id: str, samples: Samples, size: int, normalise: bool) -> str:
+def cache_key(weights_id: str, samples: Samples, size: int, normalise: bool,
+              resize: str = "bicubic") -> str:  # fmt: skip
+    """The cache file's name; ``resize``: ``bicubic`` (many-shot: shorter side) or
+    ``square_bilinear`` (few-shot: ``fewshot_transform``)."""
     spec = {"weights": weights_id, "samples": samples.fingerprint(), "size": size,
-            "normalise": normalise, "resize": "bicubic", "pool": "res5_avg", "v": 1}  # fmt: skip
+            "normalise": normalise, "resize": resize, "pool": "res5_avg", "v": 1}  # fmt: skip
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 

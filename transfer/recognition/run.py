@@ -1,5 +1,9 @@
-"""One (weights, dataset) result of a recognition protocol in this process:
+"""One (weights, dataset, seed) result of a recognition protocol in this process:
 ``run_recognition_seed(spec)`` (the seed's entry point).
+
+fewshot: features of every image (all splits pooled, the few-shot transform, cached), then
+for each shot count 600 ProtoNet episodes from a generator seeded with the seed.
+manyshot_finetune: ``finetune.py``.
 
 manyshot_linear: features of every source split (cached), ssl-transfer's 45-value sweep on
 train -> val (its state saved after each fit: an interrupted sweep resumes at the next wd,
@@ -22,12 +26,20 @@ import yaml
 
 from common.archs import get_arch
 from common.atomic import atomic_pickle, atomic_write_json, atomic_write_text
-from common.cli import Interrupted
+from common.cli import BadInput, Interrupted
 from common.signals import StopFlag
 from transfer.backbone import load_backbone
 from transfer.environment import environment_record
 from transfer.recognition import datasets as D
-from transfer.recognition.features import cache_key, cached_features, eval_transform, extract
+from transfer.recognition import fewshot as FS
+from transfer.recognition.features import (
+    cache_key,
+    cached_features,
+    eval_transform,
+    extract,
+    fewshot_transform,
+)
+from transfer.recognition.finetune import manyshot_finetune
 from transfer.recognition.logreg import SweepState, fit_and_score, make_solver, sweep, wd_grid
 from transfer.recognition.metrics import METRIC_NAMES
 from transfer.recognition.protocols import RecProtocol, resolve
@@ -140,6 +152,60 @@ def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> d
     }
 
 
+def pooled_features(spec: SeedSpec, p: RecProtocol, log: Log) -> tuple[np.ndarray, np.ndarray]:
+    """(X (N, C), y (N,)) of every image of ``spec.task`` under the few-shot transform."""
+    device = torch.device("cuda" if spec.device == "cuda" else "cpu")
+    samples = D.pooled(spec.task, spec.data, caltech101_split=p.caltech101_split)
+    weights_id = spec.weights_info.get("sha256") or f"random-{spec.arch}"
+    key = cache_key(weights_id, samples, p.image_size, p.normalise, resize="square_bilinear")
+
+    def compute():
+        arch = get_arch(spec.arch) if spec.arch else None
+        backbone, n = load_backbone(spec.weights, arch, spec.allow_pickle)
+        backbone.to(device)
+        log(f"backbone loaded and verified: {n} tensors equal {spec.weights}" if n
+            else f"backbone: random initialisation ({backbone.arch.name})")  # fmt: skip
+        tf = fewshot_transform(p.image_size, p.normalise)
+        return extract(backbone, samples, tf, p.batch_size, p.workers, device,
+                       f"{spec.task} features (all splits)")  # fmt: skip
+
+    feats, hit = cached_features(Path(spec.cache_dir), key, compute)
+    log(f"{len(samples)} images (all splits), features {feats.shape} "
+        f"({'cached' if hit else 'extracted'}, {key[:12]})")  # fmt: skip
+    return feats, samples.labels
+
+
+def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
+    """ProtoNet episodes for each shot count, each from a generator seeded with the seed."""
+    from tqdm import tqdm
+
+    if D.INFO[spec.task].metric == "map11":
+        raise BadInput(f"{spec.task} is multi-label: the few-shot protocol needs one class per "
+                       "image (ssl-transfer's few-shot loader cannot read it either)")  # fmt: skip
+    X, y = pooled_features(spec, p, log)
+    per_shot, headline = {}, {}
+    for shots in p.shots:
+        need = shots + p.n_query
+        classes, _ = FS.class_members(y, need)
+        dropped = len(np.unique(y)) - len(classes)
+        if dropped:
+            log(f"{shots}-shot: {dropped} class(es) with fewer than {need} images take no part")
+        if len(classes) < p.n_way:
+            raise BadInput(f"{spec.task}: {len(classes)} classes have {need} images or more; a "
+                           f"{p.n_way}-way {shots}-shot episode with {p.n_query} queries needs "
+                           f"{p.n_way} (lower n_way, shots or n_query)")  # fmt: skip
+        with tqdm(total=p.episodes, desc=f"{spec.task} {p.n_way}-way {shots}-shot",
+                  unit="ep", dynamic_ncols=True) as bar:  # fmt: skip
+            res = FS.evaluate(X, y, p.n_way, shots, p.n_query, p.episodes, spec.seed, bar.update)
+        key = f"{spec.task}_{shots}shot"
+        per_shot[key] = {**res.summary(), "classes": len(classes)}
+        headline[key] = res.mean
+        log(f"{spec.task} {p.n_way}-way {shots}-shot: {res.mean:.2f} +- {res.ci95:.2f} "
+            f"({p.episodes} episodes, {len(classes)} classes)")  # fmt: skip
+    return {"task": spec.task, "metric": "accuracy", "images": int(len(y)),
+            "episodes": per_shot, "headline": headline}  # fmt: skip
+
+
 def run_recognition_seed(spec: SeedSpec) -> dict:
     """The seed's work; ``metrics.json`` is written last."""
     p = resolve(spec.protocol, spec.smoke, spec.opts)
@@ -154,7 +220,9 @@ def run_recognition_seed(spec: SeedSpec) -> dict:
     sessions_path = folder / "sessions.json"
     status = "failed"
     try:
-        res = manyshot_linear(spec, p, folder, log)
+        drivers = {"manyshot_linear": manyshot_linear, "fewshot": fewshot,
+                   "manyshot_finetune": manyshot_finetune}  # fmt: skip
+        res = drivers[p.kind](spec, p, folder, log)
         status = "finished"
     except Interrupted:
         status = "interrupted"
@@ -174,7 +242,7 @@ def run_recognition_seed(spec: SeedSpec) -> dict:
         "arch": spec.weights_info.get("arch") or get_arch(spec.arch).name,
         "seed_index": spec.seed_index,
         "seed": spec.seed,
-        "solver": p.solver,
+        **({"solver": p.solver} if p.kind == "manyshot_linear" else {}),
         "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
         "sessions": len(sessions),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

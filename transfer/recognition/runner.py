@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.archs import get_arch
 from common.cli import EXIT_INTERRUPTED, EXIT_OK, ConfigError
-from transfer.recognition.datasets import DATASETS, find_dataset
+from transfer.recognition.datasets import CDFSL, DATASETS, find_dataset
 from transfer.recognition.protocols import resolve
 from transfer.runner import (
     RunPlan,
@@ -25,12 +25,22 @@ from transfer.runner import (
 ENTRY = "transfer.recognition.run:run_recognition_seed"
 
 
-def dataset_names(names: list[str]) -> list[str]:
+def protocol_datasets(kind: str) -> list[str]:
+    """The datasets a protocol runs on: the 11 many-shot ones; few-shot adds CD-FSL's four
+    and leaves out multi-label VOC2007 (ssl-transfer's few-shot loader cannot take it)."""
+    if kind == "fewshot":
+        return list(CDFSL) + [n for n in DATASETS if n != "voc2007"]
+    return list(DATASETS)
+
+
+def dataset_names(names: list[str], kind: str = "manyshot_linear") -> list[str]:
+    known = protocol_datasets(kind)
     if names == ["all"]:
-        return list(DATASETS)
-    bad = [n for n in names if n not in DATASETS]
+        return known
+    bad = [n for n in names if n not in known]
     if bad:
-        raise ConfigError(f"unknown dataset(s) {bad}; choose from all, {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset(s) {bad} for {kind}; choose from all, "
+                          f"{', '.join(known)}")  # fmt: skip
     return list(dict.fromkeys(names))
 
 
@@ -58,7 +68,7 @@ def plan_recognition(args: argparse.Namespace) -> list[RunPlan]:
     protocol = resolve(args.protocol, smoke, opts)  # validates the overrides early
     output = args.output.resolve()
     root = data_root(args, output)
-    names = dataset_names(args.datasets)
+    names = dataset_names(args.datasets, protocol.kind)
     for name in names:  # every layout is checked before any work starts
         find_dataset(name, root)
     plans = []
