@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""GSG's recognition transfer suite (ssl-transfer): many-shot linear on 11 datasets.
+"""GSG's recognition transfer suite (ssl-transfer): many-shot linear and many-shot
+fine-tuning on 11 datasets, few-shot ProtoNet on CD-FSL's four and ten of the eleven.
 
     python transfer/run_recognition.py --weights care_r50.pth byol_r50.pth \\
         --protocol manyshot_linear --datasets all --data /data/transfer
     python transfer/run_recognition.py --weights care_r50.pth --datasets cifar10 pets \\
         --data /data/transfer solver torch
+    python transfer/run_recognition.py --weights care_r50.pth --protocol fewshot \\
+        --datasets eurosat chestx --data /data/transfer --seeds 3
     python transfer/run_recognition.py --weights care_r50.pth --datasets all \\
         --dataset synthetic
 
 --data holds ssl-transfer's data/ folders (Aircraft/, Caltech101/, Cars/, CIFAR10/,
-CIFAR100/, DTD/, Flowers/, Food/, Pets/, SUN397/, VOC2007/) or torchvision's folders of the
-same files (docs/recognition.md). Features are extracted once per (weights, dataset) and
-cached under <output>/features/. Trailing KEY VALUE pairs override protocol settings, e.g.
-``solver torch`` or ``image_size 224``. Results: <output>/<protocol>/<weights-stem>/
-<dataset>/seed0/{config.yaml, log.txt, train_metrics.jsonl, sweep.pkl, metrics.json}.
+CIFAR100/, DTD/, Flowers/, Food/, Pets/, SUN397/, VOC2007/; few-shot: CropDiseases/,
+EuroSAT/, ISIC/, ChestX/) or torchvision's folders of the same files (docs/recognition.md).
+Features are extracted once per (weights, dataset) and cached under <output>/features/.
+Trailing KEY VALUE pairs override protocol settings, e.g. ``solver torch`` or ``shots 5``.
+Results: <output>/<protocol>/<weights-stem>/<dataset>/seed<k>/{config.yaml, log.txt,
+train_metrics.jsonl, metrics.json, ...}.
 """
 
 from __future__ import annotations
@@ -63,8 +67,11 @@ def get_args_parser() -> argparse.ArgumentParser:
             action.nargs = "+"
             action.help = "one or more checkpoints (any format the converter reads) or 'none'"
         elif action.dest == "seeds":
-            action.help = "seeds per (weights, dataset) (default: 1; the linear protocol is "
-            "deterministic); seed k uses seed value 1000+k"
+            action.help = (
+                "seeds per (weights, dataset) (default: 1; the linear protocol is "
+                "deterministic; fine-tuning and few-shot episodes are seeded); seed k uses "
+                "seed value 1000+k"
+            )
         elif action.dest == "opts":
             action.help = "trailing KEY VALUE protocol overrides, e.g. solver torch"
     return p
