@@ -75,8 +75,9 @@ def plot_protocol(
 
 
 def plot_datasets(spec: TableSpec, rows: list, out: Path) -> Path | None:
-    """One PNG of a per-dataset table (many-shot recognition): for each dataset, a bar per
-    of our rows (its mean over seeds) and the paper's values as grey ticks beside them."""
+    """One PNG of a per-dataset table (recognition): for each column, a bar per of our rows
+    (its mean over seeds; few-shot: with the 95% interval) and the paper's values as grey
+    ticks beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,8 +94,10 @@ def plot_datasets(spec: TableSpec, rows: list, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(cols) + 2), 4.2))
     for k, r in enumerate(ours):
         ys = [r.mean(c.key) for c in cols]
+        # few-shot cells carry the episodes' 95% interval: drawn as error bars
+        err = [getattr(r.cells.get(c.key), "interval", np.nan) for c in cols]
         ax.bar(x - 0.4 + width * (k + 0.5), [np.nan if y is None else y for y in ys], width,
-               label=r.label)  # fmt: skip
+               yerr=err, capsize=2, label=r.label)  # fmt: skip
     for r in paper:
         ys = [r.mean(c.key) for c in cols]
         if any(y is not None for y in ys):
@@ -104,8 +107,10 @@ def plot_datasets(spec: TableSpec, rows: list, out: Path) -> Path | None:
                 if y is not None:
                     ax.annotate(f"paper: {r.method}", (xi, y), fontsize=6, color="grey",
                                 xytext=(4, 2), textcoords="offset points")  # fmt: skip
-    ax.set_xticks(x, [c.label for c in cols], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(cols[0].block)
+    blocks = {c.block for c in cols}
+    ticks = [c.label if len(blocks) == 1 else f"{c.block} {c.label}" for c in cols]
+    ax.set_xticks(x, ticks, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(cols[0].block if len(blocks) == 1 else "accuracy (%)")
     if spec.name.endswith("_C"):
         ax.set_yscale("log")
     ax.legend(fontsize=7)

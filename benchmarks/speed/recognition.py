@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""The many-shot linear protocol's two costs: feature extraction and the 45-value sweep.
+"""The recognition protocols' costs: feature extraction, the 45-value linear sweep, few-shot
+episodes and the fine-tuning step.
 
     python benchmarks/speed/recognition.py                                  # CUDA if present
     python benchmarks/speed/recognition.py --device cpu --fits 3 --n 50000 --images 64
@@ -12,7 +13,9 @@ Prints
   each warm-started from the previous as in the sweep) on an ``--n`` x 2048 feature set of
   ``--classes`` classes, with scikit-learn and with the PyTorch L-BFGS solver, seconds per
   fit, the estimated 45-fit sweep, and both solvers' val accuracy at each timed C;
-- the estimated cost of the whole 11-dataset protocol for one checkpoint from those rates
+- few-shot ProtoNet episodes/s on cached features, and the fine-tuning training step's
+  images/s (ResNet-50, ``--finetune-batch``) with the estimated cost of one dataset's grid;
+- the estimated cost of the whole 11-dataset linear protocol for one checkpoint from those rates
   and the datasets' sizes (``--json`` writes the figures). Estimates are labelled as such.
 """
 
@@ -89,6 +92,43 @@ def time_sweep(solver_name: str, fits: list[float], data, device: str) -> dict:
     return out
 
 
+def fewshot_rate(n_episodes: int = 600) -> float:
+    """ProtoNet episodes per second on 5000 x 2048 features of 50 classes."""
+    from transfer.recognition.fewshot import evaluate
+
+    x, y = clusters(5000, 2048, 50, 3)
+    t0 = time.perf_counter()
+    evaluate(x, y, 5, 5, 15, n_episodes, seed=0)
+    return n_episodes / (time.perf_counter() - t0)
+
+
+def finetune_rate(device: torch.device, batch: int, steps: int) -> float:
+    """Training images/s of the fine-tuning step (ResNet-50 + Linear, SGD Nesterov)."""
+    from common.archs import get_arch
+    from transfer.backbone import FeatureResNet
+    from transfer.recognition.finetune import FinetuneNet
+
+    net = FinetuneNet(FeatureResNet(get_arch("resnet50")), 100).to(device).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 100, (batch,), device=device)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -100,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--fits", type=int, default=3, help="fits timed per solver (of 45)")
     p.add_argument("--solvers", nargs="+", default=["sklearn", "torch"])
+    p.add_argument("--finetune-steps", type=int, default=3, help="timed steps (0: skip)")
+    p.add_argument("--finetune-batch", type=int, default=16)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -122,6 +164,16 @@ def main(argv: list[str] | None = None) -> dict:
               f"{', '.join(f'{s:.1f}' for s in r['seconds'])} s; val "
               f"{', '.join(f'{v:.2f}' for v in r['val'])}); 45 fits estimated "
               f"{45 * per_fit / 60:.1f} min")  # fmt: skip
+    res["fewshot_episodes_s"] = fewshot_rate()
+    print(f"few-shot: {res['fewshot_episodes_s']:.0f} ProtoNet episodes/s on cached 2048-d "
+          "features (5-way 5-shot, 15 queries)")  # fmt: skip
+    if args.finetune_steps:
+        res["finetune_img_s"] = finetune_rate(device, args.finetune_batch, args.finetune_steps)
+        print(f"fine-tuning: {res['finetune_img_s']:.1f} images/s (ResNet-50 train step, 224 px,"
+              f" batch {args.finetune_batch}, {device}, tensors in memory)")  # fmt: skip
+        steps = 21 * 5000 * 64
+        print(f"estimated, fine-tuning one dataset (21 runs x 5000 steps x 64 images): "
+              f"{steps / res['finetune_img_s'] / 3600:.1f} h of training steps")  # fmt: skip
     # the whole protocol for one checkpoint, estimated from the measured rates
     images = sum(n for n, _ in DATASET_SIZES.values())
     extract_h = images / res["extract_img_s"] / 3600

@@ -196,6 +196,7 @@ def test_fewshot_runner_and_table(tmp_path, capsys):
         ["--runs", str(tmp_path), "--out", str(tmp_path / "tables")]))  # fmt: skip
     md = written["fewshot_cdfsl.md"].read_text()
     assert "Rand Init (random_init_r18) (synthetic)" in md and "±" in md
+    assert "fewshot_cdfsl.png" in written and "fewshot_cdfsl.tex" in written
     assert "88.4 ± 0.5" in md  # the reference row: DeepCluster-v2, EuroSAT 5-shot (88.39 ± 0.49)
 
 
