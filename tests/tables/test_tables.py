@@ -359,3 +359,36 @@ def test_manyshot_tables_one_row_per_weights_with_the_mean_and_selected_c(tmp_pa
     md = written["manyshot_C.md"].read_text()
     assert "**" not in md.split("\n", 1)[1] and "| 0.01 |" in md  # no bold; general format
     assert written["manyshot.png"].stat().st_size > 0 and written["manyshot_C.png"].exists()
+
+
+def test_load_runs_is_one_tidy_row_per_seed_and_metric(tmp_path):
+    from tables import load_runs
+    from tables.aggregate import collect
+
+    meta = {"method": "CARE", "epochs": 200}
+    for k, ap in enumerate((50.0, 52.0, 54.0)):
+        make_seed(tmp_path, "voc_c4_24k", "care_r50", k, voc(ap, ap + 30, ap + 5), meta=meta)
+    (tmp_path / "voc_c4_24k/care_r50/seed3").mkdir()  # unfinished: no row
+    _recognition_seed(tmp_path, "byol_r50", "cifar10", 91.5, 0.316, "b")
+    df = load_runs(tmp_path)
+    voc_rows = df[df.protocol == "voc_c4_24k"]
+    # 3 seeds x (AP, AP50, AP75, wall_time_s)
+    assert len(voc_rows) == 12 and set(voc_rows.metric) == {"bbox/AP", "bbox/AP50", "bbox/AP75",
+                                                           "wall_time_s"}  # fmt: skip
+    ap = voc_rows[voc_rows.metric == "bbox/AP"]
+    assert ap.value.tolist() == [50.0, 52.0, 54.0] and ap.seed.tolist() == [1000, 1001, 1002]
+    assert set(ap.family) == {"detection"} and set(ap.method) == {"CARE"}
+    assert ap.epochs.tolist() == [200] * 3 and not ap.synthetic.any()
+    # the aggregate over seeds is a groupby: it equals the tables' Stat
+    stat = next(g for g in collect([tmp_path]) if g.protocol == "voc_c4_24k").stat("bbox", "AP")
+    agg = ap.groupby("weights").value.agg(["mean", "std"]).loc["care_r50"]
+    assert agg["mean"] == stat.mean and agg["std"] == pytest.approx(stat.std)
+    # config fields as columns; a recognition seed's rows name its dataset
+    assert ap["config.SOLVER.BASE_LR"].tolist() == [0.02] * 3
+    rec = df[df.protocol == "manyshot_linear"].set_index("metric").value
+    assert rec["headline/cifar10"] == 91.5 and rec["selected_C/cifar10"] == 0.316
+    assert set(df[df.protocol == "manyshot_linear"].task) == {"cifar10"}
+    assert str(df.value.dtype) == "float64" and str(df.seed.dtype) == "Int64"
+    assert "config.SOLVER.BASE_LR" not in load_runs(tmp_path, config=False).columns
+    with pytest.raises(TablesError, match="does not exist"):
+        load_runs(tmp_path / "nowhere")
