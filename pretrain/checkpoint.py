@@ -18,6 +18,7 @@ from common.atomic import atomic_torch_save
 from common.checkpoints import SUITE_FORMAT, CheckpointError, load_any
 from common.cli import ConfigError
 from pretrain.config import RESUME_FREE_KEYS
+from pretrain.knn import KNN
 
 
 def rng_state() -> dict:
@@ -48,7 +49,7 @@ def exported(
     history: list[dict],
 ) -> dict:
     """The documented format: online backbone (torchvision names) + metadata."""
-    knn = [h for h in history if h.get("type") == "epoch" and "knn_top1_k20" in h]
+    knn = [h for h in history if h.get("type") == "epoch" and KNN in h]
     return {
         "format": SUITE_FORMAT,
         "backbone": backbone_state,

@@ -17,6 +17,7 @@ import torch
 from common.archs import ARCHS, get_arch
 from common.cli import ConfigError, InputNotFound
 from common.flags import opt
+from common.metrics import LOGGERS
 from pretrain.base import HeadSizes
 from pretrain.data import AUGMENTATIONS, LAYOUT_HELP
 from pretrain.methods import METHODS, method_class, method_options
@@ -35,6 +36,7 @@ RESUME_FREE_KEYS = {
     "knn_limit_per_class",
     "stop_after_steps",
     "recipe",
+    "logger",
 }
 
 
@@ -125,6 +127,12 @@ class PretrainConfig:
     knn_temperature: float = opt(0.07, "kNN vote temperature")
     knn_limit_per_class: int = opt(0, "bank images per class for the kNN probe (0 = all)")
     log_every: int = opt(10, "a metrics.jsonl line every N steps")
+    logger: str = opt(
+        "tensorboard",
+        "besides metrics.jsonl: TensorBoard events in the run folder (tensorboard), also "
+        "Weights & Biases (wandb: pip install -e '.[wandb]'), or nothing else (none)",
+        choices=LOGGERS,
+    )
     max_bad_frac: float = opt(
         0.01, "fail when more than this fraction of an epoch's images is unreadable"
     )

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader
 from common.badimages import BadCount, SkipBad
 from pretrain.data import LabelledImages
 
+KNN = "knn/top1_k20"  # the headline key of the kNN probe in a run's records
+
 
 def knn_predict(
     query: torch.Tensor,
@@ -84,5 +86,5 @@ def knn_accuracy(
     out = {}
     for k in ks:
         pred = knn_predict(query, bank, bank_y, n_classes, k, temperature).argmax(1)
-        out[f"knn_top1_k{k}"] = float((pred == query_y).float().mean() * 100)
+        out[f"knn/top1_k{k}"] = float((pred == query_y).float().mean() * 100)
     return out

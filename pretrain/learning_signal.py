@@ -25,6 +25,7 @@ import argparse
 import json
 import shutil
 
+from pretrain.knn import KNN
 from pretrain.recipes import RECIPES, recipe_config
 from pretrain.trainer import Trainer
 from synthetic import write_silhouettes
@@ -65,11 +66,7 @@ def learning_signal(
     )
     trainer = Trainer(cfg)
     trainer.fit()
-    knn = [
-        h["knn_top1_k20"]
-        for h in trainer.history
-        if h.get("type") == "epoch" and "knn_top1_k20" in h
-    ]
+    knn = [h[KNN] for h in trainer.history if h.get("type") == "epoch" and KNN in h]
     return {
         "method": method,
         "epochs": cfg.epochs,

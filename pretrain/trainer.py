@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from common.badimages import BadCount, SkipBad
 from common.cli import InputNotFound, Interrupted, UserError
 from common.distributed import any_rank, every_rank
+from common.metrics import MetricsLog
 from common.signals import StopFlag
 from pretrain import checkpoint
 from pretrain.amp import AmpStep
@@ -85,6 +86,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
         self.bad_images, self.skipped_steps = 0, 0
         self.history: list[dict] = []
+        self.metrics: MetricsLog | None = None
         self.stop = StopFlag()
 
     def _build_data(self) -> None:
@@ -197,11 +199,26 @@ class Trainer:
         self.history = st["history"]
         checkpoint.set_rng_state(st["rng"])
 
-    def log(self, record: dict) -> None:
-        self.history.append(record)
+    def open_metrics(self, resumed: bool) -> None:
+        """``metrics.jsonl`` and the TensorBoard events (rank 0), truncated to the resumed
+        step: no point is logged twice."""
         if self.main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.metrics = MetricsLog(
+                self.out,
+                "metrics.jsonl",
+                resume=self.global_step if resumed else None,
+                logger=self.cfg.logger,
+                group=self.out.name,
+                name=f"pretrain/{self.cfg.method}",
+                config=self.cfg.to_json(),
+            )
+
+    def log(self, kind: str, values: dict) -> None:
+        """One record (``kind`` step | epoch) at the current step and epoch."""
+        record = {"type": kind, "iteration": self.global_step, "epoch": self.epoch, **values}
+        self.history.append(record)
+        if self.metrics is not None:
+            self.metrics.write({"type": kind, **values}, self.global_step, self.epoch)
 
     # -- one step ----------------------------------------------------------------------
     def schedule(self) -> tuple[float, float]:
@@ -323,14 +340,21 @@ class Trainer:
     # -- epochs ------------------------------------------------------------------------
     def fit(self) -> Path | None:
         """Train until ``cfg.epochs``; returns the final checkpoint path (rank 0)."""
-        with self.stop:
-            if self.global_step == 0 and self.main and self.cfg.knn_every:
-                self.log({"type": "epoch", "epoch": 0, **self.knn()})
-            while self.epoch < self.cfg.epochs:
-                self.dataset.set_epoch(self.epoch)
-                sums = self.run_epoch()
-                self.end_epoch(sums)
-        return self.finish()
+        if self.metrics is None:
+            self.open_metrics(resumed=self.global_step > 0)
+        try:
+            with self.stop:
+                if self.global_step == 0 and self.main and self.cfg.knn_every:
+                    self.log("epoch", self.knn())
+                while self.epoch < self.cfg.epochs:
+                    self.dataset.set_epoch(self.epoch)
+                    sums = self.run_epoch()
+                    self.end_epoch(sums)
+            return self.finish()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
 
     def run_epoch(self) -> dict[str, float]:
         """The remaining steps of this epoch; returns the sums of the logged values."""
@@ -381,14 +405,14 @@ class Trainer:
         bar.update(1)
         if self.global_step % self.cfg.log_every == 0:
             self.log(
+                "step",
                 {
-                    "type": "step",
-                    "epoch": self.epoch,
-                    "step": self.global_step,
-                    "images_seen": self.images_seen,
-                    "img_per_s": ips,
-                    **stats,
-                }
+                    **{f"train/{k}": v for k, v in stats.items() if k.startswith("loss")},
+                    "lr": stats["lr"],
+                    "train/ema_momentum": stats["tau"],
+                    "train/images_seen": self.images_seen,
+                    "train/img_per_s": ips,
+                },
             )
 
     def end_epoch(self, sums: dict[str, float]) -> None:
@@ -397,18 +421,17 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         record = {
-            "type": "epoch",
-            "epoch": self.epoch,
-            **{k: v / n for k, v in sums.items()},
-            "bad_images": self.bad_images,
-            "skipped_steps": self.skipped_steps,
+            **{f"train/epoch_{k}": v / n for k, v in sums.items() if k.startswith("loss")},
+            "data/bad_images": self.bad_images,
+            "data/skipped_steps": self.skipped_steps,
         }
         if cfg.knn_every and (self.epoch % cfg.knn_every == 0 or self.epoch == cfg.epochs):
             record.update(self.knn())
-        self.log(record)
+        self.log("epoch", record)
         if self.main:
-            knn = {k: round(v, 2) for k, v in record.items() if k.startswith("knn")}
-            print(f"epoch {self.epoch}: loss {record.get('loss', math.nan):.4f} {knn}", flush=True)
+            knn = {k: round(v, 2) for k, v in record.items() if k.startswith("knn/")}
+            loss = record.get("train/epoch_loss", math.nan)
+            print(f"epoch {self.epoch}: loss {loss:.4f} {knn}", flush=True)
         if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
             self.save()
 

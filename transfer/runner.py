@@ -31,6 +31,7 @@ from pathlib import Path
 from common.atomic import atomic_write_json
 from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, InputNotFound
 from common.locks import held_or_none, waiting_lock
+from common.metrics import LOGGERS
 from common.slurm import add_slurm_args
 from transfer.spec import SeedSpec
 
@@ -102,6 +103,15 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="skip",
         help="a seed another launcher is running (its seed<k>.lock is held): skip it, or "
         "wait for it and then skip it if finished / resume it if not (default: %(default)s)",
+    )
+    p.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        default="tensorboard",
+        help="besides each seed's train_metrics.jsonl: TensorBoard events in its folder "
+        "(tensorboard), also Weights & Biases, one group per weights file and one run per "
+        "protocol and seed (wandb: pip install -e '.[wandb]'), or nothing else (none); "
+        "default: %(default)s",
     )
     add_slurm_args(p)
     p.add_argument(
@@ -233,6 +243,7 @@ def seed_template(
         dist_url=args.dist_url,
         amp=args.amp,
         device=device,
+        logger=getattr(args, "logger", "tensorboard"),
         **extra,
     )
 

@@ -35,6 +35,28 @@ class SeedSpec:
     allow_pickle: bool = False
     task: str | None = None  # recognition: the downstream dataset (aircraft, ..., voc2007)
     cache_dir: str | None = None  # recognition: where extracted features are cached
+    logger: str = "tensorboard"  # tensorboard | wandb | none, beside train_metrics.jsonl
+
+    def wandb_names(self) -> dict:
+        """W&B's group (the weights file) and run name (protocol[/task]/seed) of this seed."""
+        task = f"/{self.task}" if self.task else ""
+        return {
+            "group": self.weights_info.get("stem") or "random",
+            "name": f"{self.protocol_name}{task}/seed{self.seed_index}",
+        }
+
+    def metrics_log(self, resume: int | None, folder: str | None = None):
+        """This seed's ``train_metrics.jsonl`` + TensorBoard (+ W&B) writer, truncated to
+        ``resume`` (the iteration it continues from; None: a fresh start)."""
+        from common.metrics import MetricsLog
+
+        return MetricsLog(
+            folder or self.seed_dir,
+            resume=resume,
+            logger=self.logger,
+            config=self.to_json(),
+            **self.wandb_names(),
+        )
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -222,7 +222,7 @@ def end_to_end_speed(
     # the timed epoch's first step also waits for the epoch's loader workers to start, once
     # per epoch (per ~10k steps on ImageNet): left out, as the warm-up epoch is
     steps = [h for h in trainer.history if h.get("type") == "step" and h["epoch"] == 1][1:]
-    seconds = sum(batch / h["img_per_s"] for h in steps)
+    seconds = sum(batch / h["train/img_per_s"] for h in steps)
     return len(steps) * batch / seconds
 
 

@@ -175,8 +175,8 @@ def test_pretraining_run_on_cuda(tmp_path, shapes_root, method, batch_aug):
     t.fit()
     steps = [h for h in t.history if h.get("type") == "step"]
     assert steps and all(np.isfinite(h["loss"]) for h in steps)
-    epochs = [h for h in t.history if h.get("type") == "epoch" and "knn_top1_k20" in h]
-    assert epochs and 0 <= epochs[-1]["knn_top1_k20"] <= 100
+    epochs = [h for h in t.history if h.get("type") == "epoch" and "knn/top1_k20" in h]
+    assert epochs and 0 <= epochs[-1]["knn/top1_k20"] <= 100
     assert Path(cfg.output, f"{method}_resnet18.pth").is_file()
 
 

@@ -240,7 +240,7 @@ def test_training_with_batch_aug_on_cpu_counts_bad_files(tmp_path, shapes_root):
         assert t.batch_aug == (mode == "on")
         t.fit()
         assert t.bad_images == 1 and (t.global_step, t.images_seen) == (2, 15)
-        losses[mode] = [h["loss"] for h in t.history if h["type"] == "step"]
+        losses[mode] = [h["train/loss"] for h in t.history if h["type"] == "step"]
     assert abs(losses["on"][0] - losses["off"][0]) < 0.02 * abs(losses["off"][0])
     assert all(np.isfinite(losses["on"]))
 

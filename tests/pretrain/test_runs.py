@@ -76,9 +76,45 @@ def test_the_knn_probe_does_not_change_training(tmp_path, folder, method):
         t = Trainer(cfg)
         t.fit()
         runs[every] = t
-    assert any("knn_top1_k20" in h for h in runs[1].history)
+    assert any("knn/top1_k20" in h for h in runs[1].history)
     a, b = runs[0].model.state_dict(), runs[1].model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumed_after_a_crash_logs_each_step_once(tmp_path, folder):
+    """Killed at step 17, after the checkpoint of epoch 1 (step 12) and with steps 13..17
+    logged: the resumed run logs them again, and metrics.jsonl and TensorBoard's reading of
+    the event files hold every iteration once, with the expected tags."""
+    from common.metrics import read_events, read_jsonl
+
+    cfg = tiny(tmp_path, folder, epochs=2, save_every=1, log_every=1, knn_every=1)
+    t = Trainer(cfg)
+    step = t.train_step
+
+    def crash(*a):
+        if t.global_step == 17:
+            raise RuntimeError("killed")
+        return step(*a)
+
+    t.train_step = crash
+    with pytest.raises(RuntimeError, match="killed"):
+        t.fit()
+    assert max(x["iteration"] for x in read_jsonl(tmp_path / "metrics.jsonl")) == 17
+    t = Trainer(cfg)
+    t.load(tmp_path / "checkpoint.pth")
+    assert t.global_step == 12
+    t.fit()
+    lines = read_jsonl(tmp_path / "metrics.jsonl")
+    steps = [x for x in lines if x["type"] == "step"]
+    assert [x["iteration"] for x in steps] == list(range(1, 25))
+    assert [(x["iteration"], x["epoch"]) for x in lines if x["type"] == "epoch"] == [
+        (0, 0), (12, 1), (24, 2)
+    ]  # fmt: skip
+    ev = read_events(tmp_path)
+    assert {"train/loss", "lr", "train/ema_momentum", "train/img_per_s", "train/epoch_loss",
+            "knn/top1_k20", "knn/top1_k200", "data/bad_images"} <= set(ev)  # fmt: skip
+    assert ev["train/loss"] == [(x["iteration"], pytest.approx(x["train/loss"])) for x in steps]
+    assert [s for s, _ in ev["knn/top1_k20"]] == [0, 12, 24]
 
 
 @pytest.mark.parametrize("method", ["byol", "simsiam", "simsiam_gsg", "byol_gsg", "maskco"])
@@ -97,7 +133,7 @@ def test_final_checkpoint_converts_for_transfer(tmp_path, folder, method):
     assert report["arch"] == "ResNet-18" and report["max_rel_diff"] <= 1e-4
     assert report["meta"]["method"] == method.upper()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert any(x["type"] == "step" and "loss" in x and "img_per_s" in x for x in lines)
+    assert any(x["type"] == "step" and "train/loss" in x and "train/img_per_s" in x for x in lines)
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 

@@ -30,7 +30,7 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
             json.loads(x)
             for x in (out / "pretrain" / method / "metrics.jsonl").read_text().splitlines()
         ]
-        knn = [m["knn_top1_k20"] for m in metrics if "knn_top1_k20" in m]
+        knn = [m["knn/top1_k20"] for m in metrics if "knn/top1_k20" in m]
         assert knn and all(0 <= v <= 100 for v in knn)
         assert (out / "weights" / f"{method}_r50.pth").stat().st_size > 1e6
     # one finished seed per (weights, protocol), with finite headline APs (a per-category AP

@@ -15,6 +15,7 @@ import torch
 
 from common.archs import ARCHS
 from common.cli import BadInput, ConfigError, InputNotFound, Interrupted
+from common.metrics import read_events
 from transfer import run_linear
 from transfer.classification import knn as knn_mod
 from transfer.classification import train as cls_train
@@ -197,6 +198,10 @@ def test_smoke_runs_two_seeds_then_skips(protocol, tmp_path, r18, imagefolder, c
         if protocol != "knn":
             lines = (run_dir / f"seed{k}" / "train_metrics.jsonl").read_text().splitlines()
             assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+            ev = read_events(run_dir / f"seed{k}")
+            assert {"train/loss", "train/top1", "lr"} <= set(ev), sorted(ev)
+            assert {"eval/top1", "eval/conv5_top1"} & set(ev), sorted(ev)
+            assert [s for s, _ in ev["train/loss"]] == [json.loads(x)["iteration"] for x in lines]
     assert "loaded and verified: 120 tensors" in (run_dir / "seed0" / "log.txt").read_text()
     capsys.readouterr()
     assert run_linear.main(args) == 0

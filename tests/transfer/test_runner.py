@@ -175,9 +175,27 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
     stopped_at = int(last.split("_")[1].split(".")[0])
     assert 0 <= stopped_at < 13 and not (seed_dir / "metrics.json").exists()
 
+    # what a process killed after its last checkpoint leaves: points past the resume point
+    from torch.utils.tensorboard import SummaryWriter
+
+    from common.metrics import read_events, read_jsonl
+
+    with open(seed_dir / "train_metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": stopped_at + 1, "total_loss": 123.0}) + "\n")
+    with SummaryWriter(str(seed_dir)) as w:
+        w.add_scalar("total_loss", 123.0, stopped_at + 1)
+
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"resuming seed 0 from iteration {stopped_at + 1}" in rerun.stdout
+    lines = read_jsonl(seed_dir / "train_metrics.jsonl")
+    its = [x["iteration"] for x in lines]
+    assert its == sorted(set(its)) and its[-1] >= 13  # the last write: after the last iteration
+    assert all(x.get("total_loss") != 123.0 for x in lines)
+    ev = read_events(seed_dir)  # detectron2's TensorboardXWriter, purged at the resume point
+    assert {"total_loss", "loss_cls", "lr", "bbox/AP50"} <= set(ev), sorted(ev)
+    assert 123.0 not in [v for _, v in ev["total_loss"]]
+    assert [s for s, _ in ev["total_loss"]] == sorted({s for s, _ in ev["total_loss"]})
     sessions = json.loads((seed_dir / "sessions.json").read_text())["sessions"]
     assert [s["status"] for s in sessions] == ["interrupted", "finished"]
     assert sessions[1]["start_iter"] == stopped_at + 1

@@ -12,6 +12,7 @@ and keep the last epoch's checkpoint; a NaN / inf loss fails the seed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -359,6 +360,7 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
     secs = time.perf_counter() - t0
     return {
         "epoch": epoch + 1,
+        "iteration": (epoch + 1) * steps,
         "loss": tot[0] / max(tot[2], 1),
         "train_top1": 100.0 * tot[1] / max(tot[2], 1),
         "lr": lr,
@@ -367,6 +369,21 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
         "seconds": round(secs, 2),
         "bad_images": bad.bad,
     }
+
+
+def epoch_scalars(rec: dict) -> dict:
+    """An epoch's record under the suite's metric keys (``train/loss``, ``eval/top1``)."""
+    out = {
+        "train/loss": rec["loss"],
+        "train/top1": rec["train_top1"],
+        "lr": rec["lr"],
+        "train/images": rec["images"],
+        "train/img_per_s": rec["img_per_s"],
+        "train/seconds": rec["seconds"],
+        "data/bad_images": rec["bad_images"],
+    }
+    out.update({f"eval/{k}": v for k, v in rec.get("eval", {}).items()})
+    return out
 
 
 def fit(run: Run) -> dict:
@@ -380,11 +397,14 @@ def fit(run: Run) -> dict:
     )
     start, history = _resume(run, probe, optimizer)
     net = _distributed(run, probe)
-    jsonl = run.dir / "train_metrics.jsonl"
+    log = None
     if run.main:  # the lines of finished epochs only (a partial epoch is redone)
-        jsonl.write_text("".join(json.dumps(h) + "\n" for h in history))
+        resume = history[-1].get("iteration", 0) if history else None
+        log = run.spec.metrics_log(resume, str(run.dir))
     result = {}
-    with StopFlag() as stop:
+    with StopFlag() as stop, contextlib.ExitStack() as closing:
+        if log is not None:
+            closing.callback(log.close)
         for epoch in range(start, p.epochs):
             rec = train_epoch(run, net, optimizer, epoch, stop)
             last = epoch + 1 == p.epochs
@@ -395,8 +415,7 @@ def fit(run: Run) -> dict:
             if run.main:
                 state = _checkpoint_state(run, probe, optimizer, epoch + 1, history)
                 atomic_torch_save(run.dir / "checkpoint.pth", state)
-                with open(jsonl, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                log.write(epoch_scalars(rec), rec["iteration"], rec["epoch"])
             run.log(
                 f"epoch {epoch + 1}/{p.epochs}: loss {rec['loss']:.4f} train top-1 "
                 f"{rec['train_top1']:.2f} lr {rec['lr']:.4g} {rec['img_per_s']:.1f} img/s"

@@ -20,11 +20,18 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase, default_setup, hooks
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.events import (
+    CommonMetricPrinter,
+    EventWriter,
+    JSONWriter,
+    TensorboardXWriter,
+    get_event_storage,
+)
 
 from common.atomic import atomic_write_json
 from common.cli import Interrupted
 from common.distributed import any_rank
+from common.metrics import remove_events, truncate_jsonl, wandb_run
 from common.signals import StopFlag
 from transfer.detection.evaluation import SuiteCOCOEvaluator, VOCEvaluator
 from transfer.environment import environment_record
@@ -102,8 +109,77 @@ class InterruptHook(HookBase):
         self.stop.restore()
 
 
+class WandbWriter(EventWriter):
+    """The storage's latest scalars (smoothed as detectron2's JSONWriter smooths them) to a
+    W&B run at their iteration."""
+
+    def __init__(self, run, window_size: int = 20):
+        self._run = run
+        self._window = window_size
+        self._last = -1
+
+    def write(self):
+        storage = get_event_storage()
+        by_iter: dict[int, dict] = {}
+        for k, (v, it) in storage.latest_with_smoothing_hint(self._window).items():
+            if it > self._last:
+                by_iter.setdefault(it, {})[k] = v
+        for it in sorted(by_iter):
+            self._run.log(by_iter[it], step=it)
+        if by_iter:
+            self._last = max(by_iter)
+
+    def close(self):
+        self._run.finish()
+
+
+class ResumeAwareWriters(EventWriter):
+    """detectron2's JSONWriter (``train_metrics.jsonl``) and TensorboardXWriter (event files
+    in the seed folder), plus W&B with ``--logger wandb``, opened at the first write.
+
+    By then ``resume_or_load`` has set ``trainer.start_iter``: the JSON lines after the
+    resumed iteration are dropped and TensorBoard purges the events from it on, so a resumed
+    seed logs each iteration once (detectron2 alone appends, and its readers de-duplicate).
+    """
+
+    def __init__(self, trainer, out_dir: str, spec: SeedSpec | None):
+        self._trainer, self._out, self._spec = trainer, Path(out_dir), spec
+        self._logger = spec.logger if spec is not None else "tensorboard"
+        self._writers: list[EventWriter] | None = None
+
+    def _open(self) -> list[EventWriter]:
+        start = int(self._trainer.start_iter)
+        resume = start - 1 if start > 0 else None
+        jsonl = self._out / "train_metrics.jsonl"
+        truncate_jsonl(jsonl, resume)
+        writers: list[EventWriter] = [JSONWriter(str(jsonl))]
+        if self._logger in ("tensorboard", "wandb"):
+            if resume is None:
+                remove_events(self._out)
+            writers.append(TensorboardXWriter(str(self._out), purge_step=start))
+        if self._logger == "wandb":
+            names = self._spec.wandb_names()
+            run = wandb_run(self._out, names["group"], names["name"], self._spec.to_json())
+            writers.append(WandbWriter(run))
+        return writers
+
+    def write(self):
+        if self._writers is None:
+            self._writers = self._open()
+        for w in self._writers:
+            w.write()
+
+    def close(self):
+        for w in self._writers or []:
+            w.close()
+
+
 class SuiteTrainer(DefaultTrainer):
     """``DefaultTrainer`` with the protocols' evaluators and the suite's hooks / writers."""
+
+    def __init__(self, cfg, spec: SeedSpec | None = None):
+        self.spec = spec  # before DefaultTrainer builds the writers
+        super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -127,9 +203,10 @@ class SuiteTrainer(DefaultTrainer):
     def build_writers(self):
         # detectron2's JSONWriter would write OUTPUT_DIR/metrics.json, the name the suite
         # keeps for final results; training scalars go to train_metrics.jsonl instead.
+        # The writers open at their first write, when the resumed iteration is known.
         return [
             CommonMetricPrinter(self.max_iter),
-            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "train_metrics.jsonl")),
+            ResumeAwareWriters(self, self.cfg.OUTPUT_DIR, self.spec),
         ]
 
     def build_hooks(self):
@@ -208,7 +285,7 @@ def _seed_trainer(spec: SeedSpec) -> SuiteTrainer:
         spec.protocol, smoke=spec.smoke, weights=spec.weights or "", opts=opts, device=spec.device
     )
     default_setup(cfg, argparse.Namespace(**spec.to_json()))
-    trainer = SuiteTrainer(cfg)
+    trainer = SuiteTrainer(cfg, spec)
     trainer.resume_or_load(resume=True)
     main = comm.is_main_process()
     if trainer.start_iter == 0 and spec.weights:

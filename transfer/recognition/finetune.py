@@ -217,7 +217,7 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
     if done:
         log(f"resuming the grid after run {len(done)} of {len(grid)}")
     best, best_score = None, 0.0  # ssl-transfer starts from 0 and keeps strict improvements
-    with StopFlag() as stop:
+    with StopFlag() as stop, spec.metrics_log(len(done) or None, str(folder)) as mlog:
         for k, (lr, wd) in enumerate(grid):
             if k < len(done):
                 val = done[k]["val"]
@@ -230,9 +230,7 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
                 done.append({"run": k, "lr": lr, "wd": wd, "val": val})
                 atomic_write_json(state_path, {"runs": done})
                 ckpt.unlink(missing_ok=True)
-                with open(folder / "train_metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"iteration": k + 1, "lr": lr, "wd": wd,
-                                        "val/score": val}) + "\n")  # fmt: skip
+                mlog.write({"lr": lr, "train/weight_decay": wd, "val/score": val}, k + 1)
                 log(f"run {k + 1}/{len(grid)} lr {lr:.4g} wd {wd:.4g}: val {val:.2f}")
             if not math.isnan(val) and val > best_score:
                 best, best_score = (lr, wd), val

@@ -111,14 +111,13 @@ def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> d
 
     bar = tqdm(total=len(grid), initial=len(state.scores), desc=f"{spec.task} sweep",
                unit="fit", dynamic_ncols=True)  # fmt: skip
-    with StopFlag() as stop:
+    with StopFlag() as stop, spec.metrics_log(len(state.scores) or None, str(folder)) as mlog:
 
         def after_fit(s: SweepState) -> None:
             k = len(s.scores)
             atomic_pickle(state_path, asdict(s))
-            with open(folder / "train_metrics.jsonl", "a") as f:
-                f.write(json.dumps({"iteration": k, "wd": grid[k - 1], "C": 1.0 / grid[k - 1],
-                                    "val/score": s.scores[-1]}) + "\n")  # fmt: skip
+            mlog.write({"sweep/wd": grid[k - 1], "sweep/C": 1.0 / grid[k - 1],
+                        "val/score": s.scores[-1]}, k)  # fmt: skip
             bar.update(1)
             bar.set_postfix_str(f"best C {s.best_C:.4g} val {s.best_score:.2f}"
                                 if s.best_C else "")  # fmt: skip
@@ -184,6 +183,7 @@ def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
                        "image (ssl-transfer's few-shot loader cannot read it either)")  # fmt: skip
     X, y = pooled_features(spec, p, log)
     per_shot, headline = {}, {}
+    mlog = spec.metrics_log(None, str(folder))
     for shots in p.shots:
         need = shots + p.n_query
         classes, _ = FS.class_members(y, need)
@@ -202,6 +202,9 @@ def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
         headline[key] = res.mean
         log(f"{spec.task} {p.n_way}-way {shots}-shot: {res.mean:.2f} +- {res.ci95:.2f} "
             f"({p.episodes} episodes, {len(classes)} classes)")  # fmt: skip
+        mlog.write({f"test/accuracy_{shots}shot": res.mean, f"test/ci95_{shots}shot": res.ci95},
+                   p.episodes)  # fmt: skip
+    mlog.close()
     return {"task": spec.task, "metric": "accuracy", "images": int(len(y)),
             "episodes": per_shot, "headline": headline}  # fmt: skip
 
