@@ -3,13 +3,14 @@
     python -m tables --runs output --out output/tables
     python -m tables --runs output other_cluster/output --compare care_r50 byol_r50
     python -m tables --reference-only            # the paper's tables alone
+    python -m tables --runs output --html        # also report.html (tables.report)
 
 Writes, per table that has rows (``tables.layout.TABLES``: table4, table5, c4_2x, table2,
 classification, ...): ``<name>.csv`` (all numbers: mean,
 std, n, 95% CI, delta, Welch p-value), ``<name>.md`` and ``<name>.tex``; a strip/box plot
 ``<table>_<protocol>.png`` per protocol run in that table (the paper's means beside our seeds
-differ from table to table); and ``groups.json`` (every group's seeds, unfinished
-and failed seeds).
+differ from table to table); ``groups.json`` (every group's seeds, unfinished
+and failed seeds); with ``--html``, ``report.html``: all of it on one self-contained page.
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="write the paper's tables alone (no runs needed)",
     )
     p.add_argument("--no-paper", action="store_true", help="leave the paper's rows out")
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: every table, plot, seed and environment on one page",
+    )
+    p.add_argument(
+        "--figure",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PNG",
+        help="an extra image for the report's figures section (repeatable), e.g. the "
+        "attention maps",
+    )
     return p
 
 
@@ -89,8 +104,9 @@ def _labels(items: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def write_table(spec, groups, args: argparse.Namespace, out: Path) -> dict[str, Path]:
-    """One table as CSV / Markdown / LaTeX, plus a per-seed plot of each of its protocols."""
+def write_table(spec, groups, args: argparse.Namespace, out: Path, built: dict | None = None):
+    """One table as CSV / Markdown / LaTeX, plus a per-seed plot of each of its protocols;
+    ``built[spec.name]`` receives (spec, rows) for the report."""
     rows = build_table(
         spec,
         groups,
@@ -100,6 +116,8 @@ def write_table(spec, groups, args: argparse.Namespace, out: Path) -> dict[str, 
         compare=tuple(args.compare or ()) or None,
         with_paper=not args.no_paper,
     )
+    if built is not None:
+        built[spec.name] = (spec, rows)
     written: dict[str, Path] = {}
     for ext, text in (
         ("csv", to_csv(spec, rows)),
@@ -161,13 +179,22 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     groups = [] if args.reference_only else collect(args.runs)
     for g in groups:
         table_for(g.base_protocol if g.seeds else g.protocol.removesuffix("_smoke"))
+    for fig in args.figure:
+        if not fig.is_file():
+            raise TablesError(f"--figure {fig}: no such file")
     written: dict[str, Path] = {}
+    built: dict = {}
     out.mkdir(parents=True, exist_ok=True)
     for spec in TABLES.values():
         has_runs = any(g.seeds and g.base_protocol in spec.protocols for g in groups)
         if has_runs or (args.reference_only and spec.reference_csv):
-            written.update(write_table(spec, groups, args, out))
+            written.update(write_table(spec, groups, args, out, built))
     summarise_groups(groups, out)
+    if args.html:
+        from tables.report import write_report
+
+        written["report.html"] = write_report(out / "report.html", built, groups, dict(written),
+                                              args.runs, args.decimals, args.figure)  # fmt: skip
     for path in written.values():
         print(f"wrote {path}")
     return written

@@ -1,81 +1,63 @@
-"""Write a built table as CSV (all numbers), Markdown and LaTeX (booktabs).
+"""Render a built table with pandas: CSV (every number), Markdown, LaTeX (booktabs) and HTML.
 
-Cells of our rows read "mean ± std" over seeds; the best two values per column (paper and
-ours together) are bold in LaTeX and Markdown, as in the paper (not in a column with two
-rows or fewer); a dagger marks cells whose
-Welch t-test against the comparison row gives p < 0.05; rows with fewer than 5 seeds carry
-an asterisk after their seed count.
+``numbers(spec, rows)`` is the table as a DataFrame of numbers (one row per table row: mean,
+std, n, 95% CI, delta and Welch p-value per column), written by ``DataFrame.to_csv``.
+``display(spec, rows, ...)`` is the table as the papers print it, a DataFrame of cell texts
+beside a mask of the cells in bold; Markdown is its ``DataFrame.to_markdown`` (tabulate),
+LaTeX and HTML its ``Styler``. Cells of our rows read "mean ± std" over seeds; the best two
+values per column (paper and ours together) are bold, as in the paper (not in a column
+with values in two rows or fewer); a dagger marks cells whose Welch t-test against the
+comparison row gives p < 0.05; rows with fewer than 5 seeds carry an asterisk after their
+seed count.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
+from dataclasses import dataclass
 
 from tables.aggregate import IntervalStat, Stat
 from tables.layout import FACTORS, Column, Row, TableSpec
 
 SIGNIFICANT = 0.05
+IDENTITY = ("table", "kind", "source", "method", "epochs", "arch", "weights", "synthetic",
+            "n_seeds", "few_seeds", "delta_ref", "p_vs")  # fmt: skip
+STATS = ("", "_std", "_n", "_ci95", "_delta", "_p")
 
 
-def _num(v: float | None) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
+def _float(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def numbers(spec: TableSpec, rows: list[Row]):
+    """The table's numbers: one row per table row, ``IDENTITY`` then per column ``<key>``,
+    ``<key>_std``, ``_n``, ``_ci95``, ``_delta``, ``_p`` (object dtype: None where empty)."""
+    import pandas as pd
+
+    columns = [*IDENTITY] + [f"{c.key}{s}" for c in spec.columns for s in STATS]
+    records = []
+    for r in rows:
+        rec = dict(zip(IDENTITY, (
+            spec.name, r.kind, r.source, r.method, r.epochs, r.arch, r.weights,
+            int(r.synthetic), ";".join(f"{p}={k}" for p, k in sorted(r.n_seeds.items())),
+            int(r.few_seeds), r.delta_ref, r.p_vs,
+        )))  # fmt: skip
+        for c in spec.columns:
+            v = r.cells.get(c.key)
+            stat = isinstance(v, Stat)
+            rec[c.key] = _float(v.mean if stat else v)
+            rec[f"{c.key}_std"] = _float(v.std) if stat else None
+            rec[f"{c.key}_n"] = v.n if stat else None
+            rec[f"{c.key}_ci95"] = _float(v.ci95) if stat else None
+            rec[f"{c.key}_delta"] = _float(r.delta.get(c.key))
+            rec[f"{c.key}_p"] = _float(r.pvalues.get(c.key))
+        records.append(rec)
+    return pd.DataFrame(records, columns=columns, dtype=object)
 
 
 def to_csv(spec: TableSpec, rows: list[Row]) -> str:
-    """One row per table row; for each column: mean, std, n, ci95, delta and p-value."""
-    head = [
-        "table",
-        "kind",
-        "source",
-        "method",
-        "epochs",
-        "arch",
-        "weights",
-        "synthetic",
-        "n_seeds",
-        "few_seeds",
-        "delta_ref",
-        "p_vs",
-    ]
-    for c in spec.columns:
-        head += [
-            c.key,
-            f"{c.key}_std",
-            f"{c.key}_n",
-            f"{c.key}_ci95",
-            f"{c.key}_delta",
-            f"{c.key}_p",
-        ]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
-    for r in rows:
-        n = ";".join(f"{p}={k}" for p, k in sorted(r.n_seeds.items()))
-        line = [
-            spec.name,
-            r.kind,
-            r.source,
-            r.method,
-            r.epochs,
-            r.arch,
-            r.weights,
-            int(r.synthetic),
-            n,
-            int(r.few_seeds),
-            r.delta_ref,
-            r.p_vs,
-        ]
-        for c in spec.columns:
-            v = r.cells.get(c.key)
-            if isinstance(v, Stat):
-                line += [_num(v.mean), _num(v.std), v.n, _num(v.ci95)]
-            else:
-                line += [_num(v), "", "", ""]
-            line += [_num(r.delta.get(c.key)), _num(r.pvalues.get(c.key))]
-        w.writerow(line)
-    return buf.getvalue()
+    """``numbers`` as CSV: floats as Python prints them (full precision), empty where none."""
+    return numbers(spec, rows).to_csv(index=False, lineterminator="\n", na_rep="")
 
 
 def best_two(spec: TableSpec, rows: list[Row], decimals: int) -> dict[str, set[int]]:
@@ -95,10 +77,28 @@ def best_two(spec: TableSpec, rows: list[Row], decimals: int) -> dict[str, set[i
     return out
 
 
-def _cell(r: Row, key: str, decimals: int, pm: str, fmt: str = "") -> str:
+@dataclass(frozen=True)
+class Flavour:
+    """How one output format writes a cell."""
+
+    pm: str  # between mean and std
+    missing: str  # an empty cell
+    dash: str  # an empty label (epochs, arch)
+    bold: str  # format of a bold cell, "{}" the text
+    dagger: str  # appended to a significant cell
+    math: str  # format of every value cell
+    star: str  # appended to the first label of a row with few seeds
+    escape: bool  # LaTeX-escape the labels
+    dagger_in_bold: bool = False  # Markdown: **58.7 ± 0.2 †**
+
+
+MARKDOWN = Flavour(" ± ", "–", "–", "**{}**", " †", "{}", "", False, dagger_in_bold=True)
+HTML = Flavour(" ± ", "–", "–", "{}", " †", "{}", "", False)  # bold by CSS
+LATEX = Flavour(r" \pm ", "--", "--", r"\mathbf{{{}}}", r"^{\dagger}", "${}$", "$^*$", True)
+
+
+def _value(r: Row, key: str, decimals: int, pm: str, fmt: str = "") -> str:
     v = r.cells.get(key)
-    if v is None:
-        return "–"
     if fmt:  # a table of settings (the selected C): one value, general format
         return format(v.mean if isinstance(v, Stat) else v, fmt)
     if isinstance(v, IntervalStat):  # few-shot: mean ± the episodes' 95% interval
@@ -118,80 +118,24 @@ def _seeds(r: Row) -> str:
     return f"{n}{'*' if r.few_seeds else ''}"
 
 
-def _delta_keys(spec: TableSpec) -> list[str]:
-    """One delta column per block: its first metric (AP)."""
+def delta_keys(spec: TableSpec, rows: list[Row]) -> list[str]:
+    """One delta column per block that has a delta: its first metric (AP)."""
     seen, keys = set(), []
     for c in spec.columns:
         if c.block not in seen:
             seen.add(c.block)
             keys.append(c.key)
-    return keys
-
-
-def _first_header(spec: TableSpec) -> str:
-    return FACTORS[spec.factor][1] if spec.factor else "Method"
-
-
-def _lead(spec: TableSpec, r: Row, dash: str) -> list[str]:
-    """The row's label columns: method (or factor value), epochs[, arch]."""
-    name = r.label if r.kind == "ours" else r.method
-    return [name, r.epochs or dash] + ([r.arch or dash] if spec.arch_column else [])
-
-
-def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
-    bold = best_two(spec, rows, decimals)
-    dkeys = [k for k in _delta_keys(spec) if any(k in r.delta for r in rows)]
-    labels = {c.key: f"{c.block} {c.label}" for c in spec.columns}
-    lead = [_first_header(spec), "Epochs"] + (["Arch"] if spec.arch_column else [])
-    head = (
-        lead + ["Seeds"] + [labels[c.key] for c in spec.columns] + [f"Δ {labels[k]}" for k in dkeys]
-    )
-    n_text = len(lead) + 1
-    lines = [
-        f"**{spec.title}**",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * n_text + ["---:"] * (len(head) - n_text)) + "|",
-    ]
-    for i, r in enumerate(rows):
-        cells = []
-        for c in spec.columns:
-            s = _cell(r, c.key, decimals, " ± ", spec.fmt)
-            if r.pvalues.get(c.key, 1.0) < SIGNIFICANT:
-                s += " †"
-            cells.append(f"**{s}**" if i in bold[c.key] else s)
-        deltas = [f"{r.delta[k]:+.{decimals}f}" if k in r.delta else "" for k in dkeys]
-        lines.append("| " + " | ".join(_lead(spec, r, "–") + [_seeds(r)] + cells + deltas) + " |")
-    notes = [
-        "",
-        "Paper rows: " + ", ".join(sorted({r.source for r in rows if r.source}))
-        if any(r.kind == "paper" for r in rows)
-        else "",
-    ]
-    if any(r.few_seeds for r in rows):
-        notes.append("\\* fewer than 5 seeds (the protocol's number of trials).")
-    if any(p < SIGNIFICANT for r in rows for p in r.pvalues.values()):
-        vs = next(r.p_vs for r in rows if r.pvalues)
-        notes.append(f"† Welch's t-test against {vs}: p < {SIGNIFICANT}.")
-    ref = sorted({r.delta_ref for r in rows if r.delta_ref})
-    if ref:
-        notes.append("Δ against " + "; ".join(ref) + ".")
-    return "\n".join(lines + [n for n in notes if n]) + "\n"
+    return [k for k in keys if any(k in r.delta for r in rows)]
 
 
 def _tex_escape(s: str) -> str:
-    for a, b in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-    ):
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                 ("#", r"\#")):  # fmt: skip
         s = s.replace(a, b)
     return s
 
 
-def _tex_header(c: Column) -> str:
+def tex_header(c: Column) -> str:
     """$AP^{bb}_{50}$ for COCO boxes, $AP^{mk}$ for masks, $AP_{75}$ for VOC; a
     classification column's label as it is."""
     if c.task == "cls":
@@ -201,63 +145,151 @@ def _tex_header(c: Column) -> str:
     return "$AP" + (f"^{{{sup}}}" if sup else "") + (f"_{{{sub}}}" if sub else "") + "$"
 
 
+def lead_headers(spec: TableSpec) -> list[str]:
+    first = FACTORS[spec.factor][1] if spec.factor else "Method"
+    return [first, "Epochs"] + (["Arch"] if spec.arch_column else [])
+
+
+def display(spec: TableSpec, rows: list[Row], decimals: int, flavour: Flavour,
+            seeds: bool = True, deltas: bool = True):  # fmt: skip
+    """(cells, bold): the table as printed, a DataFrame of texts (label columns, ``Seeds``,
+    one column per ``spec.columns`` key, one ``Δ <key>`` per block with a delta), and a
+    same-shaped boolean DataFrame of the best-two cells."""
+    import pandas as pd
+
+    best = best_two(spec, rows, decimals)
+    dkeys = delta_keys(spec, rows) if deltas else []
+    lead = lead_headers(spec)
+    columns = lead + (["Seeds"] if seeds else []) + [c.key for c in spec.columns]
+    columns += [f"Δ {k}" for k in dkeys]
+    texts, bold = [], []
+    for i, r in enumerate(rows):
+        name = r.label if r.kind == "ours" else r.method
+        labels = [name, r.epochs or flavour.dash]
+        labels += [r.arch or flavour.dash] if spec.arch_column else []
+        if flavour.escape:
+            labels = [_tex_escape(x) for x in labels]
+        if r.few_seeds:
+            labels[0] += flavour.star
+        line, marks = labels + ([_seeds(r)] if seeds else []), [False] * (len(lead) + seeds)
+        for c in spec.columns:
+            if r.cells.get(c.key) is None:
+                line.append(flavour.missing)
+                marks.append(False)
+                continue
+            s = _value(r, c.key, decimals, flavour.pm, spec.fmt)
+            dagger = flavour.dagger if r.pvalues.get(c.key, 1.0) < SIGNIFICANT else ""
+            if flavour.dagger_in_bold:
+                s, dagger = s + dagger, ""
+            if i in best[c.key]:
+                s = flavour.bold.format(s)
+            s += dagger
+            line.append(flavour.math.format(s))
+            marks.append(i in best[c.key])
+        line += [f"{r.delta[k]:+.{decimals}f}" if k in r.delta else "" for k in dkeys]
+        marks += [False] * len(dkeys)
+        texts.append(line)
+        bold.append(marks)
+    return pd.DataFrame(texts, columns=columns), pd.DataFrame(bold, columns=columns, dtype=bool)
+
+
+def notes(spec: TableSpec, rows: list[Row]) -> list[str]:
+    """The lines under a table: the paper rows' sources, the asterisk, dagger and delta."""
+    out = []
+    if any(r.kind == "paper" for r in rows):
+        out.append("Paper rows: " + ", ".join(sorted({r.source for r in rows if r.source})))
+    if any(r.few_seeds for r in rows):
+        out.append("\\* fewer than 5 seeds (the protocol's number of trials).")
+    if any(p < SIGNIFICANT for r in rows for p in r.pvalues.values()):
+        vs = next(r.p_vs for r in rows if r.pvalues)
+        out.append(f"† Welch's t-test against {vs}: p < {SIGNIFICANT}.")
+    ref = sorted({r.delta_ref for r in rows if r.delta_ref})
+    if ref:
+        out.append("Δ against " + "; ".join(ref) + ".")
+    return out
+
+
+def column_labels(spec: TableSpec) -> dict[str, str]:
+    """Display header of each value column: ``<block> <label>``, and of each delta."""
+    labels = {c.key: f"{c.block} {c.label}" for c in spec.columns}
+    return labels | {f"Δ {k}": f"Δ {v}" for k, v in labels.items()}
+
+
+def to_markdown(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
+    """A pipe table (tabulate, aligned columns): labels left, numbers right."""
+    cells, _ = display(spec, rows, decimals, MARKDOWN)
+    cells = cells.rename(columns=column_labels(spec))
+    n_text = len(lead_headers(spec)) + 1
+    align = ["left"] * n_text + ["right"] * (cells.shape[1] - n_text)
+    table = cells.to_markdown(index=False, tablefmt="pipe", colalign=align,
+                              disable_numparse=True)  # fmt: skip
+    return "\n".join([f"**{spec.title}**", "", table, ""] + notes(spec, rows)) + "\n"
+
+
 def to_latex(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
-    """A booktabs table; our cells as $mean \\pm std$, best two per column in bold
-    (``\\mathbf``)."""
-    bold = best_two(spec, rows, decimals)
+    """A booktabs table through pandas' Styler: a header row of blocks (multicolumn, with
+    cmidrules), our cells as $mean \\pm std$, the best two per column in \\mathbf, a midrule
+    between the paper's rows and ours."""
+    import pandas as pd
+
+    cells, _ = display(spec, rows, decimals, LATEX, seeds=False, deltas=False)
+    lead = [_tex_escape(x) for x in lead_headers(spec)]
+    cells.columns = pd.MultiIndex.from_tuples(
+        [("", x) for x in lead] + [(_tex_escape(c.block), tex_header(c)) for c in spec.columns]
+    )
     blocks: list[tuple[str, int]] = []
     for c in spec.columns:
         if blocks and blocks[-1][0] == c.block:
             blocks[-1] = (c.block, blocks[-1][1] + 1)
         else:
             blocks.append((c.block, 1))
-    out = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{_tex_escape(spec.title)}}}",
-        r"\begin{tabular}{l c "
-        + ("l " if spec.arch_column else "")
-        + " ".join("c" * n for _, n in blocks)
-        + "}",
-        r"\toprule",
-    ]
-    n_lead = 3 if spec.arch_column else 2
-    out.append(
-        " & ".join(
-            [""] * n_lead + [rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(b)}}}" for b, n in blocks]
-        )
-        + r" \\"
+    fmt = "l c " + ("l " if spec.arch_column else "") + " ".join("c" * n for _, n in blocks)
+    text = (
+        cells.style.hide(axis="index")
+        .set_caption(_tex_escape(spec.title))
+        .to_latex(
+            column_format=fmt,
+            position="t",
+            position_float="centering",
+            hrules=True,
+            multicol_align="c",
+        )  # fmt: skip
     )
-    start = n_lead + 1
-    rules = []
+    lines = text.splitlines()
+    start, rules = len(lead) + 1, []
     for _, n in blocks:
         rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
         start += n
-    out.append(" ".join(rules))
+    top = lines.index(r"\toprule")
+    lines.insert(top + 2, " ".join(rules))  # under the row of blocks
+    first_ours = next((i for i, r in enumerate(rows) if r.kind == "ours"), None)
+    if first_ours and any(r.kind == "paper" for r in rows[:first_ours]):
+        body = lines.index(r"\midrule") + 1
+        lines.insert(body + first_ours, r"\midrule")
+    return "\n".join(lines) + "\n"
 
-    lead = [_tex_escape(_first_header(spec)), "Epochs"] + (["Arch"] if spec.arch_column else [])
-    out.append(" & ".join(lead + [_tex_header(c) for c in spec.columns]) + r" \\")
-    out.append(r"\midrule")
-    kinds_seen = set()
+
+def to_html(spec: TableSpec, rows: list[Row], decimals: int = 1) -> str:
+    """An HTML ``<table>`` (Styler): cells of class ``paper`` or ``ours``, the best two per
+    column also ``best``; hovering a mean over seeds shows n and its 95% interval."""
+    cells, bold = display(spec, rows, decimals, HTML)
+    labels = column_labels(spec)
+    tips = cells.copy()
     for i, r in enumerate(rows):
-        if r.kind == "ours" and "ours" not in kinds_seen and kinds_seen:
-            out.append(r"\midrule")
-        kinds_seen.add(r.kind)
-        cells = []
-        for c in spec.columns:
-            v = r.cells.get(c.key)
-            if v is None:
-                cells.append("--")
-                continue
-            s = _cell(r, c.key, decimals, r" \pm ", spec.fmt)
-            if i in bold[c.key]:
-                s = rf"\mathbf{{{s}}}"
-            if r.pvalues.get(c.key, 1.0) < SIGNIFICANT:
-                s += r"^{\dagger}"
-            cells.append(f"${s}$")
-        lead = [_tex_escape(x) for x in _lead(spec, r, "--")]
-        if r.few_seeds:
-            lead[0] += "$^*$"
-        out.append(" & ".join(lead + cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+        for j, col in enumerate(cells.columns):
+            v = r.cells.get(col)
+            tips.iat[i, j] = (
+                f"n={v.n}, 95% CI ±{v.ci95:.{decimals}f}" if isinstance(v, Stat) and v.n > 1 else ""
+            )
+    classes = bold.map(lambda b: " best" if b else "")
+    for i, r in enumerate(rows):
+        classes.iloc[i] = r.kind + classes.iloc[i]
+    styler = (
+        cells.style.hide(axis="index")
+        .relabel_index([labels.get(c, c) for c in cells.columns], axis="columns")
+        .set_td_classes(classes)
+        .set_tooltips(tips)
+        .set_uuid(spec.name)  # the table's id: T_<name>
+        .set_table_attributes('class="results"')
+    )
+    return styler.to_html()
