@@ -37,6 +37,8 @@ RESUME_FREE_KEYS = {
     "stop_after_steps",
     "recipe",
     "logger",
+    "online_probe",
+    "probe_lr",
 }
 
 
@@ -126,6 +128,13 @@ class PretrainConfig:
     knn_k: tuple[int, ...] = opt((20, 200), "k of the kNN probe")
     knn_temperature: float = opt(0.07, "kNN vote temperature")
     knn_limit_per_class: int = opt(0, "bank images per class for the kNN probe (0 = all)")
+    online_probe: bool = opt(
+        False,
+        "online linear probe: a linear head trained on the detached pooled features of the "
+        "labelled training batches, evaluated (probe/top1) when the kNN probe is (ours, "
+        "as solo-learn / lightly); the pretrained weights are unchanged by it",
+    )
+    probe_lr: float = opt(0.1, "the online probe's SGD learning rate (momentum 0.9, no decay)")
     log_every: int = opt(10, "a metrics.jsonl line every N steps")
     logger: str = opt(
         "tensorboard",

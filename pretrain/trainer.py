@@ -33,6 +33,7 @@ from pretrain.device_aug import DeviceAugment, DevicePrefetcher, decode_images
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method, method_class
 from pretrain.plotting import plot_curves
+from pretrain.probe import OnlineProbe
 from pretrain.schedules import lr_at, momentum_at
 
 
@@ -83,6 +84,11 @@ class Trainer:
         self.method_cls = method_class(cfg.method)
         self._build_data()
         self._build_model(local_rank)
+        self.probe = None
+        if cfg.online_probe:
+            self.probe = OnlineProbe(self.model.backbone.dim, len(self.dataset.classes),
+                                     self.device, cfg.probe_lr, seed=cfg.seed)  # fmt: skip
+            self.probe.attach(self.model.backbone)
         self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
         self.bad_images, self.skipped_steps = 0, 0
         self.history: list[dict] = []
@@ -169,6 +175,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "history": self.history,
             "config": self.cfg.to_json(),
+            **({"probe": self.probe.state_dict()} if self.probe else {}),
             **{k: getattr(self, k) for k in self.COUNTERS},
         }
 
@@ -197,6 +204,8 @@ class Trainer:
         for k in self.COUNTERS:
             setattr(self, k, st.get(k, 0))
         self.history = st["history"]
+        if self.probe is not None and "probe" in st:  # else: a probe switched on at resume
+            self.probe.load_state_dict(st["probe"])
         checkpoint.set_rng_state(st["rng"])
 
     def open_metrics(self, resumed: bool) -> None:
@@ -381,6 +390,8 @@ class Trainer:
                     bar.update(1)
                     continue
                 stats = self.train_step(batch[0], *batch[3:])
+                if self.probe is not None:
+                    self.probe.step(batch[1])
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 ips = batch[0][0].shape[0] * self.world / (time.perf_counter() - t0)
@@ -425,11 +436,17 @@ class Trainer:
             "data/bad_images": self.bad_images,
             "data/skipped_steps": self.skipped_steps,
         }
-        if cfg.knn_every and (self.epoch % cfg.knn_every == 0 or self.epoch == cfg.epochs):
+        probe_due = self.epoch == cfg.epochs or (cfg.knn_every and self.epoch % cfg.knn_every == 0)
+        if cfg.knn_every and probe_due:
             record.update(self.knn())
+        if self.probe is not None:
+            record.update(self.probe.train_top1())
+            if probe_due and self.main and self.val_dir is not None:
+                record.update(self.probe.evaluate(self.model.backbone, self.val_dir,
+                                                  cfg.image_size, self.device))  # fmt: skip
         self.log("epoch", record)
         if self.main:
-            knn = {k: round(v, 2) for k, v in record.items() if k.startswith("knn/")}
+            knn = {k: round(v, 2) for k, v in record.items() if k.startswith(("knn/", "probe/"))}
             loss = record.get("train/epoch_loss", math.nan)
             print(f"epoch {self.epoch}: loss {loss:.4f} {knn}", flush=True)
         if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:

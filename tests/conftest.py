@@ -39,3 +39,52 @@ def registered_shapes(shapes_root):
 
     register_shapes(shapes_root)
     return shapes_root
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture
+def render_html():
+    """``render(html_path, screenshot_path) -> dict``: the page as headless chromium (Debian's,
+    driven by playwright) renders it: ``text`` (the body's rendered text), ``images``,
+    ``broken`` (images not loaded), ``bold_best`` (font weights of ``td.best`` cells); the
+    full-page screenshot is written. Skipped without a browser, unless REQUIRE_BROWSER is
+    set (CI), where a missing one fails."""
+    import os
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if os.environ.get("REQUIRE_BROWSER"):
+        import playwright.sync_api as pw
+
+        assert chromium, "REQUIRE_BROWSER is set but there is no chromium on PATH"
+    else:
+        if not chromium:
+            pytest.skip("no chromium (apt-get install chromium; .ci/run installs it)")
+        pw = pytest.importorskip("playwright.sync_api")
+
+    def render(path, screenshot):
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(path.resolve().as_uri())
+                out = {
+                    "broken": page.evaluate(
+                        "[...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+                        ".length"
+                    ),
+                    "images": page.evaluate("document.images.length"),
+                    "text": page.inner_text("body"),
+                    "bold_best": page.eval_on_selector_all(
+                        "td.best", "els => els.map(e => getComputedStyle(e).fontWeight)"
+                    ),
+                }
+                page.screenshot(path=str(screenshot), full_page=True)
+            finally:
+                browser.close()
+        return out
+
+    return render

@@ -9,8 +9,9 @@
    minutes measurably beat random initialisation, then runs the linear (CARE's protocol)
    and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18, and the
    many-shot linear recognition transfer (ssl-transfer's) of both on two synthetic twins;
-6. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots;
-7. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4).
+6. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4);
+7. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots, and
+   ``report.html``, all of it on one page.
 
 Every step reuses what a previous run finished (pretraining resumes, finished seeds are
 skipped), so re-running is cheap. ``--tiny`` is the smallest version (used by the tests).
@@ -180,29 +181,32 @@ def get_args_parser() -> argparse.ArgumentParser:
 def tables_and_maps(
     out: Path, shapes: Path, weights: dict[str, Path], arch: str, image_size: int
 ) -> dict[str, Path]:
-    """Steps 5 and 6: the tables and plots of every finished seed, then the attention maps."""
+    """Steps 6 and 7: the attention maps, then the tables, plots and report.html of every
+    finished seed (the maps among the report's figures)."""
     from pretrain import visualize
     from tables import __main__ as tables_cli
 
-    step("6/7 tables and plots")
+    step("6/7 attention maps (Grad-CAM, CARE Fig. 4)")
+    maps = out / "attention_maps.png"
+    argv = ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
+            str(shapes / "imagefolder" / "val"), "--out", str(maps),
+            "--size", str(image_size * 2), "--max-images", "6"]  # fmt: skip
+    maps = visualize.main(visualize.get_args_parser().parse_args(argv))
+
+    step("7/7 tables, plots and report.html")
     short = arch.replace("resnet", "r")
     argv = ["--runs", str(out / "runs"), "--out", str(out / "tables"), "--compare",
             f"byol_{short}", f"care_{short}", "--label", "random_init=Rand Init",
             "--label", "random_init_r18=Rand Init", "--label", "care_r18=CARE",
-            "--decimals", "2"]  # fmt: skip
+            "--decimals", "2", "--html", "--figure", str(maps)]  # fmt: skip
     written = tables_cli.main(tables_cli.get_args_parser().parse_args(argv))
-
-    step("7/7 attention maps (Grad-CAM, CARE Fig. 4)")
-    argv = ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
-            str(shapes / "imagefolder" / "val"), "--out", str(out / "attention_maps.png"),
-            "--size", str(image_size * 2), "--max-images", "6"]  # fmt: skip
-    written["attention_maps.png"] = visualize.main(visualize.get_args_parser().parse_args(argv))
+    written["attention_maps.png"] = maps
     return written
 
 
 def report(out: Path, written: dict[str, Path], seconds: float) -> None:
     print(f"\n=== done in {seconds:.0f} s. Results:")
-    for name in ("table4.md", "table4.csv", "table4.tex", "classification.md",
+    for name in ("report.html", "table4.md", "table4.csv", "table4.tex", "classification.md",
                  "manyshot.md", "attention_maps.png"):  # fmt: skip
         if name in written:
             print(f"  {written[name]}")

@@ -81,6 +81,32 @@ def test_the_knn_probe_does_not_change_training(tmp_path, folder, method):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("method", ["care", "maskco"])
+def test_the_online_probe_leaves_the_pretrained_weights_bit_identical(tmp_path, folder, method):
+    """--online-probe trains its head on the detached features the method's own forward
+    made (no extra forward: BatchNorm statistics untouched), draws its init from its own
+    generator and evaluates in eval mode: the same weights and buffers as without it."""
+    runs = {}
+    for probe in (False, True):
+        cfg = tiny(tmp_path / str(probe), folder, method=method, epochs=2, knn_every=1,
+                   online_probe=probe)  # fmt: skip
+        t = Trainer(cfg)
+        t.fit()
+        runs[probe] = t
+    epochs = [h for h in runs[True].history if h["type"] == "epoch" and "probe/top1" in h]
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert all(0 <= h["probe/top1"] <= 100 and 0 <= h["probe/train_top1"] <= 100 for h in epochs)
+    assert not any("probe/top1" in h for h in runs[False].history)
+    a, b = runs[False].model.state_dict(), runs[True].model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the head learns: its weights moved from their init, and resume restores them
+    saved = torch.load(tmp_path / "True" / "checkpoint.pth", weights_only=False)["state"]
+    head = runs[True].probe.head.state_dict()
+    assert all(torch.equal(saved["probe"]["head"][k], head[k]) for k in head)
+    fresh = Trainer(tiny(tmp_path / "x", folder, method=method, online_probe=True))
+    assert not torch.equal(fresh.probe.head.weight, head["weight"])
+
+
 def test_a_run_resumed_after_a_crash_logs_each_step_once(tmp_path, folder):
     """Killed at step 17, after the checkpoint of epoch 1 (step 12) and with steps 13..17
     logged: the resumed run logs them again, and metrics.jsonl and TensorBoard's reading of

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
-
-import pytest
 
 from tables import __main__ as cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tables import _our_runs  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 def make_report(root: Path) -> dict[str, Path]:
@@ -75,34 +67,15 @@ def test_report_is_self_contained_with_every_table_failure_and_link(tmp_path):
         assert (base / href).exists(), href
 
 
-@pytest.mark.skipif(
-    not CHROMIUM and not os.environ.get("REQUIRE_BROWSER"),
-    reason="no chromium (apt-get install chromium; .ci/run installs it)",
-)
-def test_report_renders_in_a_real_browser(tmp_path):
-    if os.environ.get("REQUIRE_BROWSER"):  # CI: a missing browser is a failure
-        import playwright.sync_api as pw
-    else:
-        pw = pytest.importorskip("playwright.sync_api")
+def test_report_renders_in_a_real_browser(tmp_path, render_html):
     written = make_report(tmp_path)
     shot = tmp_path / "report.png"
-    with pw.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(written["report.html"].resolve().as_uri())
-        broken = page.evaluate(
-            "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
-        )
-        n_images = page.evaluate("document.images.length")
-        text = page.inner_text("body")
-        bold = page.eval_on_selector_all("#T_table4 td.best", "els => els.length")
-        weight = page.eval_on_selector("#T_table4 td.best", "e => getComputedStyle(e).fontWeight")
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert broken == 0 and n_images == sum(n.endswith(".png") for n in written) + 1
+    page = render_html(written["report.html"], shot)
+    assert page["broken"] == 0 and page["images"] == sum(n.endswith(".png") for n in written) + 1
     for number in expected_numbers(written["table4.csv"]):
-        assert number in text
-    assert "FAILED voc_c4_24k/byol_r50/seed8" in text
-    assert bold > 10 and int(weight) >= 700  # the best two per column, rendered bold
+        assert number in page["text"]
+    assert "FAILED voc_c4_24k/byol_r50/seed8" in page["text"]
+    # the best two per column, rendered bold
+    assert len(page["bold_best"]) > 10 and all(int(w) >= 700 for w in page["bold_best"])
     assert shot.stat().st_size > 50_000
     print(f"screenshot: {shot}")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "tools"))
 # step is also covered on its own in `make test`.
 @pytest.mark.slow
 @pytest.mark.extended
-def test_tiny_demo_produces_every_artefact(tmp_path):
+def test_tiny_demo_produces_every_artefact(tmp_path, render_html):
     import demo
     from PIL import Image
 
@@ -71,6 +71,11 @@ def test_tiny_demo_produces_every_artefact(tmp_path):
             with Image.open(path) as im:
                 assert im.size[0] > 100
     assert "attention_maps.png" in written
+    # the report, as a browser renders it: every plot and the maps, the tables' rows
+    page = render_html(written["report.html"], tmp_path / "report.png")
+    assert page["broken"] == 0 and page["images"] >= 5
+    for label in ("CARE (care_r18) (synthetic)", "Rand Init (random_init) (synthetic)"):
+        assert label in page["text"]
     # re-running reuses everything: nothing is trained again
     again = demo.main(demo.get_args_parser().parse_args(["--out", str(out), "--tiny"]))
     assert again.keys() == written.keys()
