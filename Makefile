@@ -47,8 +47,8 @@ format:  ## ruff format, then the fixable lint rules
 data: ensure  ## write the synthetic shapes tree (ImageFolder, VOC, COCO) to $(SHAPES)
 	$(PYTHON) -m synthetic --root $(SHAPES)
 
-tables: ensure  ## aggregate finished seeds under $(RUNS) into the papers' tables (CSV / LaTeX / Markdown)
-	$(PYTHON) -m tables --runs $(RUNS)
+tables: ensure  ## aggregate finished seeds under $(RUNS) into the papers' tables (CSV / LaTeX / Markdown) and report.html
+	$(PYTHON) -m tables --runs $(RUNS) --html
 
 pretrain: ensure  ## CARE ResNet-50 on synthetic shapes (CPU, < 5 min) -> care_r50.pth; DATA=... for ImageNet
 ifeq ($(DATA),)

@@ -16,6 +16,9 @@ KNOWN = (
         DeprecationWarning,
         "",
     ),
+    # detectron2 v0.6's anchor generator calls torch.meshgrid without indexing= (the 'ij'
+    # default it relies on is what torch does)
+    ("ignore", r"torch.meshgrid: in an upcoming release", UserWarning, ""),
 )
 
 

@@ -9,15 +9,20 @@ from pathlib import Path
 from common.cli import UserError
 
 
-def add_slurm_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--launcher`` and the Slurm flags (the same on every long-running command)."""
+def add_slurm_args(
+    p: argparse.ArgumentParser, extra: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """``--launcher`` and the Slurm flags (the same on every long-running command);
+    ``extra``: more launchers, name -> help."""
     g = p.add_argument_group("launcher")
+    extra = extra or {}
     g.add_argument(
         "--launcher",
-        choices=["local", "slurm"],
+        choices=["local", "slurm", *extra],
         default="local",
         help="local: run here; slurm: submit through submitit (needs the 'slurm' "
-        "extra: pip install submitit); a preempted job requeues and resumes",
+        "extra: pip install submitit); a preempted job requeues and resumes"
+        + "".join(f"; {k}: {v}" for k, v in extra.items()),
     )
     g.add_argument("--slurm-partition", default=None, help="Slurm partition")
     g.add_argument("--slurm-time", type=int, default=24 * 60, help="job time limit, minutes")

@@ -377,6 +377,7 @@ class Trainer:
             desc=f"{cfg.method} epoch {self.epoch + 1}/{cfg.epochs}",
             disable=not self.main,
             dynamic_ncols=True,
+            leave=False,  # one line per finished epoch follows (end_epoch)
         )
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -448,7 +449,8 @@ class Trainer:
         if self.main:
             knn = {k: round(v, 2) for k, v in record.items() if k.startswith(("knn/", "probe/"))}
             loss = record.get("train/epoch_loss", math.nan)
-            print(f"epoch {self.epoch}: loss {loss:.4f} {knn}", flush=True)
+            probes = " ".join(f"{k} {v:.2f}" for k, v in knn.items())
+            print(f"epoch {self.epoch}/{cfg.epochs}: loss {loss:.4f} {probes}".rstrip(), flush=True)
         if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
             self.save()
 

@@ -20,7 +20,7 @@ skipped), so re-running is cheap. ``--tiny`` is the smallest version (used by th
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,10 +32,10 @@ if str(REPO) not in sys.path:
 SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds, data counts
     "small": dict(
         recipe="demo",
-        iters=12,
+        iters=6,
         seeds=2,  # classification seeds
         det_seeds=1,  # detection seeds: 12 seconds-long processes were most of the demo
-        cls=dict(per_class=64, val_per_class=32, epochs=20, probe_epochs=20),
+        cls=dict(per_class=64, val_per_class=32, epochs=12, probe_epochs=10),
         shapes=dict(
             size=96,
             imagefolder={"train": 16, "val": 8},
@@ -60,9 +60,17 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
 }
 
 
+_STAGE: list[float] = []
+
+
 def step(title: str) -> float:
+    """Print a stage's title, and how long the previous stage took."""
+    now = time.time()
+    if _STAGE:
+        print(f"    (previous stage: {now - _STAGE[-1]:.0f} s)", flush=True)
+    _STAGE.append(now)
     print(f"\n=== {title}", flush=True)
-    return time.time()
+    return now
 
 
 def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
@@ -84,10 +92,18 @@ def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
     )
 
 
+def run_script(script: str, argv: list[str]) -> int:
+    """``python transfer/<script> ARGV`` in this process, its seeds too (``--launcher
+    inprocess``): torch and detectron2 are imported once for the whole demo."""
+    import importlib
+
+    module = importlib.import_module(f"transfer.{Path(script).stem}")
+    return module.cli(["--launcher", "inprocess", *argv])
+
+
 def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Path) -> int:
-    cmd = [
-        sys.executable,
-        *script,
+    argv = [
+        *script[1:],
         "--weights",
         weights,
         "--seeds",
@@ -105,7 +121,7 @@ def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Pat
         "TEST.PRECISE_BN.NUM_ITER",
         "2",
     ]
-    return subprocess.run(cmd, cwd=REPO).returncode
+    return run_script(script[0], argv)
 
 
 RECOGNITION_DATASETS = ("cifar10", "dtd")  # the demo's many-shot linear transfer
@@ -148,18 +164,17 @@ def classification(size: dict, out: Path) -> list[str]:
             ("linear_care", ["epochs", str(c["probe_epochs"])]),
             ("knn", []),
         ):
-            cmd = [sys.executable, "transfer/run_linear.py", "--weights", w, "--protocol",
-                   protocol, "--seeds", str(size["seeds"]), "--dataset", "synthetic",
-                   "--data", str(data), "--arch", "resnet18", "--output", str(out / "runs"),
-                   *opts]  # fmt: skip
-            if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            argv = ["--weights", w, "--protocol", protocol, "--seeds", str(size["seeds"]),
+                    "--dataset", "synthetic", "--data", str(data), "--arch", "resnet18",
+                    "--output", str(out / "runs"), *opts]  # fmt: skip
+            if run_script("run_linear.py", argv) != 0:
                 failures.append(f"run_linear.py --protocol {protocol} --weights {w}")
     # recognition transfer: ssl-transfer's many-shot linear on two synthetic twins
     twins = out / "datasets" / "recognition"
-    cmd = [sys.executable, "transfer/run_recognition.py", "--weights", str(weights), "none",
-           "--arch", "resnet18", "--datasets", *RECOGNITION_DATASETS, "--dataset", "synthetic",
-           "--data", str(twins), "--output", str(out / "runs")]  # fmt: skip
-    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+    argv = ["--weights", str(weights), "none", "--arch", "resnet18", "--datasets",
+            *RECOGNITION_DATASETS, "--dataset", "synthetic", "--data", str(twins),
+            "--output", str(out / "runs")]  # fmt: skip
+    if run_script("run_recognition.py", argv) != 0:
         failures.append("run_recognition.py --protocol manyshot_linear")
     return failures
 
@@ -205,6 +220,8 @@ def tables_and_maps(
 
 
 def report(out: Path, written: dict[str, Path], seconds: float) -> None:
+    if _STAGE:
+        print(f"    (previous stage: {time.time() - _STAGE[-1]:.0f} s)")
     print(f"\n=== done in {seconds:.0f} s. Results:")
     for name in ("report.html", "table4.md", "table4.csv", "table4.tex", "classification.md",
                  "manyshot.md", "attention_maps.png"):  # fmt: skip
@@ -221,6 +238,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     from pretrain.recipes import RECIPES
     from synthetic import ShapesSpec, generate
 
+    if not sys.stdout.isatty():  # a log file: a progress bar's line every 5 s, not 10 a second
+        os.environ.setdefault("TQDM_MININTERVAL", "5")
     size = SIZES["tiny" if args.tiny else "small"]
     recipe = RECIPES[size["recipe"]]
     out = args.out.resolve()

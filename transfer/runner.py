@@ -113,7 +113,14 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "protocol and seed (wandb: pip install -e '.[wandb]'), or nothing else (none); "
         "default: %(default)s",
     )
-    add_slurm_args(p)
+    add_slurm_args(
+        p,
+        {
+            "inprocess": "each seed in this process, one after another (no child process "
+            "per seed: saves the imports on small runs, such as the demo's; a seed that "
+            "crashes the interpreter takes the run down)"
+        },
+    )
     p.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -201,7 +208,7 @@ def devices(args: argparse.Namespace) -> tuple[int, str]:
     num_gpus = torch.cuda.device_count() if args.num_gpus is None else args.num_gpus
     if args.amp and not torch.cuda.is_available():
         raise ConfigError("--amp needs CUDA; drop --amp on CPU")
-    if num_gpus > torch.cuda.device_count() and args.launcher == "local":
+    if num_gpus > torch.cuda.device_count() and args.launcher != "slurm":
         raise ConfigError(f"--num-gpus {num_gpus} but {torch.cuda.device_count()} GPUs visible")
     return num_gpus, "cuda" if num_gpus > 0 else "cpu"
 
@@ -287,10 +294,11 @@ def report_held(spec: SeedSpec, statuses: dict[int, str]) -> None:
     statuses[spec.seed_index] = "running elsewhere"
 
 
-def launch_local(run: RunPlan) -> int | None:
-    """The planned seeds one after another here, each while holding its lock;
-    EXIT_INTERRUPTED if one was interrupted."""
-    from transfer.launch import run_local
+def launch_local(run: RunPlan, inprocess: bool = False) -> int | None:
+    """The planned seeds one after another here, each while holding its lock, in a child
+    process each (or in this process: ``inprocess``); EXIT_INTERRUPTED if one was
+    interrupted."""
+    from transfer.launch import run_local, run_seed_process
 
     for spec in run.specs:
         k = spec.seed_index
@@ -302,7 +310,7 @@ def launch_local(run: RunPlan) -> int | None:
                 continue
             resumable = seed_status(Path(spec.seed_dir)) == "resumable"
             print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
-            code = run_local(spec)
+            code = run_seed_process(spec) if inprocess else run_local(spec)
         if code in (EXIT_INTERRUPTED, -signal.SIGINT):
             print(
                 f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
@@ -335,7 +343,7 @@ def launch_and_summarise(run: RunPlan, args: argparse.Namespace) -> int:
     if args.launcher == "slurm":
         if not launch_slurm(run, args):
             return EXIT_OK
-    elif (code := launch_local(run)) is not None:
+    elif (code := launch_local(run, args.launcher == "inprocess")) is not None:
         return code
     return summarise_run(run.run_dir, run.statuses)
 

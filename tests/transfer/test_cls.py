@@ -508,3 +508,23 @@ def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path):
     torch.manual_seed(1)
     z = torch.randn(4, 3, 2, 2)
     assert torch.equal(single(z), torch.nn.BatchNorm2d(3, affine=False)(z))
+
+
+def test_the_inprocess_launcher_gives_the_child_process_result(tmp_path, r18, imagefolder,
+                                                               monkeypatch):  # fmt: skip
+    """--launcher inprocess runs the seed here (no child process is started) and writes
+    the same metrics as a seed in its own process."""
+    import transfer.launch
+
+    assert run_linear.main(_args(tmp_path / "child", "knn", r18, seeds=1, data=imagefolder)) == 0
+
+    def no_child(spec):
+        raise AssertionError("a child process was started")
+
+    monkeypatch.setattr(transfer.launch, "run_local", no_child)
+    args = _args(tmp_path / "here", "knn", r18, seeds=1, data=imagefolder,
+                 opts=["--launcher", "inprocess"])  # fmt: skip
+    assert run_linear.main(args) == 0
+    a, b = (json.loads((tmp_path / w / "knn_smoke/tv_r18/seed0/metrics.json").read_text())
+            for w in ("child", "here"))  # fmt: skip
+    assert a["cls"] == b["cls"] and a["seed"] == b["seed"]

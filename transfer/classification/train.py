@@ -65,14 +65,16 @@ def lr_at(p: ClsProtocol, step: int, epoch: int, steps_per_epoch: int) -> float:
 
 
 class SeedLog:
-    """Lines to stdout (main process) and to ``log.txt``."""
+    """Lines to ``log.txt`` and, unless ``console=False`` (per-epoch detail), to stdout
+    (main process)."""
 
     def __init__(self, seed_dir: Path, main: bool):
         self.path, self.main = seed_dir / "log.txt", main
 
-    def __call__(self, msg: str) -> None:
+    def __call__(self, msg: str, console: bool = True) -> None:
         if self.main:
-            print(msg, flush=True)
+            if console:
+                print(msg, flush=True)
             with open(self.path, "a") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
@@ -306,10 +308,11 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
     bad = D.BadCounter(p.max_bad_frac, f"the train split (epoch {epoch + 1})")
     bar = tqdm(
         total=steps,
-        desc=f"epoch {epoch + 1}/{p.epochs}",
+        desc=f"seed {run.spec.seed_index} epoch {epoch + 1}/{p.epochs}",
         unit="it",
         disable=not run.main,
         dynamic_ncols=True,
+        leave=False,  # the epoch's line goes to log.txt; the runner prints the seed's
     )
     loss_sum = correct = seen = 0.0
     t0 = time.perf_counter()
@@ -419,7 +422,8 @@ def fit(run: Run) -> dict:
             run.log(
                 f"epoch {epoch + 1}/{p.epochs}: loss {rec['loss']:.4f} train top-1 "
                 f"{rec['train_top1']:.2f} lr {rec['lr']:.4g} {rec['img_per_s']:.1f} img/s"
-                + (f"; val {_fmt(result)}" if "eval" in rec else "")
+                + (f"; val {_fmt(result)}" if "eval" in rec else ""),
+                console=False,
             )
     if not result:  # resumed after the last epoch's checkpoint but before metrics.json
         result = evaluate(run, net)
@@ -445,7 +449,7 @@ def run_knn(run: Run) -> dict:
         bad = D.BadCounter(p.max_bad_frac, f"the {split} split")
         fs, ys = [], []
         loader = run.loader(samples, tf, per_rank, False)  # image rank, rank + world, ...
-        for item in tqdm(loader, desc=f"features {split}", disable=not run.main):
+        for item in tqdm(loader, desc=f"features {split}", disable=not run.main, leave=False):
             batch = bad.take(item)
             if batch is None:
                 continue

@@ -8,6 +8,8 @@ faster-coco-eval``, a C++ COCOeval on PyPI), else pycocotools' reference impleme
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import tempfile
 from collections import OrderedDict, defaultdict
@@ -74,8 +76,15 @@ class SuiteCOCOEvaluator(COCOEvaluator):
         )
 
     def _eval_predictions(self, predictions, img_ids=None):
-        with _cocoeval_class(self.impl):
-            return super()._eval_predictions(predictions, img_ids)
+        """COCOeval prints its summary to stdout: it goes to the seed's log.txt instead
+        (detectron2 logs the same APs as tables there too)."""
+        out = io.StringIO()
+        try:
+            with _cocoeval_class(self.impl), contextlib.redirect_stdout(out):
+                return super()._eval_predictions(predictions, img_ids)
+        finally:
+            if out.getvalue():
+                logging.getLogger("detectron2.evaluation").info("COCOeval:\n" + out.getvalue())
 
 
 class VOCEvaluator(PascalVOCDetectionEvaluator):

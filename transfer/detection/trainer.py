@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, HookBase, default_setup, hooks
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import (
     CommonMetricPrinter,
@@ -34,6 +34,7 @@ from common.distributed import any_rank
 from common.metrics import remove_events, truncate_jsonl, wandb_run
 from common.signals import StopFlag
 from transfer.detection.evaluation import SuiteCOCOEvaluator, VOCEvaluator
+from transfer.detection.logs import seed_setup
 from transfer.environment import environment_record
 from transfer.spec import SeedSpec
 
@@ -57,8 +58,11 @@ class ProgressHook(HookBase):
             self._bar = tqdm(
                 total=self.trainer.max_iter,
                 initial=self.trainer.start_iter,
-                desc="train",
+                desc=f"seed {self.trainer.spec.seed_index} train"
+                if hasattr(self.trainer, "spec")
+                else "train",
                 unit="it",
+                leave=False,  # the runner prints the seed's line
                 dynamic_ncols=True,
             )
         self._t = time.perf_counter()
@@ -284,7 +288,7 @@ def _seed_trainer(spec: SeedSpec) -> SuiteTrainer:
     cfg = build_config(
         spec.protocol, smoke=spec.smoke, weights=spec.weights or "", opts=opts, device=spec.device
     )
-    default_setup(cfg, argparse.Namespace(**spec.to_json()))
+    seed_setup(cfg, argparse.Namespace(**spec.to_json()))
     trainer = SuiteTrainer(cfg, spec)
     trainer.resume_or_load(resume=True)
     main = comm.is_main_process()

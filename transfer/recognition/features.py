@@ -113,7 +113,7 @@ def extract(backbone, samples: Samples, transform, batch_size: int, workers: int
                         num_workers=workers, shuffle=False)  # fmt: skip
     out: np.ndarray | None = None
     t0 = time.perf_counter()
-    with tqdm(total=len(samples), desc=desc, unit="img", dynamic_ncols=True) as bar:
+    with tqdm(total=len(samples), desc=desc, unit="img", dynamic_ncols=True, leave=False) as bar:
         for x, idx in loader:
             f = backbone(x.to(device), stages=("res5",))["res5"]
             f = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(f, 1), 1).float().cpu()

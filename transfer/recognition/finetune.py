@@ -163,7 +163,9 @@ def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, w
     criterion = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
     net.train()
     t0, step = time.perf_counter(), start
-    with tqdm(total=p.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=p.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False
+    ) as bar:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             opt.zero_grad()

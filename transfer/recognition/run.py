@@ -110,7 +110,7 @@ def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> d
     from tqdm import tqdm
 
     bar = tqdm(total=len(grid), initial=len(state.scores), desc=f"{spec.task} sweep",
-               unit="fit", dynamic_ncols=True)  # fmt: skip
+               unit="fit", dynamic_ncols=True, leave=False)  # fmt: skip
     with StopFlag() as stop, spec.metrics_log(len(state.scores) or None, str(folder)) as mlog:
 
         def after_fit(s: SweepState) -> None:
@@ -195,7 +195,7 @@ def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
                            f"{p.n_way}-way {shots}-shot episode with {p.n_query} queries needs "
                            f"{p.n_way} (lower n_way, shots or n_query)")  # fmt: skip
         with tqdm(total=p.episodes, desc=f"{spec.task} {p.n_way}-way {shots}-shot",
-                  unit="ep", dynamic_ncols=True) as bar:  # fmt: skip
+                  unit="ep", dynamic_ncols=True, leave=False) as bar:  # fmt: skip
             res = FS.evaluate(X, y, p.n_way, shots, p.n_query, p.episodes, spec.seed, bar.update)
         key = f"{spec.task}_{shots}shot"
         per_shot[key] = {**res.summary(), "classes": len(classes)}
