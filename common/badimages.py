@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import default_collate
 
@@ -26,8 +27,11 @@ class TooManyBadImages(UserError):
 UNREADABLE = (OSError, ValueError, SyntaxError)
 
 
-def open_rgb(path: str | Path) -> Image.Image | None:
-    """The image at ``path`` decoded as RGB, or None when it cannot be read."""
+def open_rgb(path: str | Path | np.ndarray) -> Image.Image | None:
+    """The image at ``path`` decoded as RGB, or None when it cannot be read; an (H, W, 3)
+    uint8 array (an image held in memory, e.g. CIFAR's) is wrapped as it is."""
+    if isinstance(path, np.ndarray):
+        return Image.fromarray(path)
     try:
         with Image.open(path) as im:
             return im.convert("RGB")

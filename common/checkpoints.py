@@ -193,10 +193,14 @@ def infer_arch(body: Mapping[str, torch.Tensor]) -> Arch:
     )
     bottleneck = "layer1.0.conv3.weight" in body
     width = int(body["layer1.0.conv1.weight"].shape[0]) if bottleneck else 64
-    arch = arch_from_layout(blocks, bottleneck, width)
+    conv1 = body.get("conv1.weight")
+    stem = "cifar" if conv1 is not None and tuple(conv1.shape[-2:]) == (3, 3) else "imagenet"
+    arch = arch_from_layout(blocks, bottleneck, width, stem)
     if arch is None:
         kind = f"bottleneck (width {width})" if bottleneck else "basic"
-        raise CheckpointError(f"unsupported ResNet layout: {kind} blocks per stage {blocks}")
+        raise CheckpointError(
+            f"unsupported ResNet layout: {kind} blocks per stage {blocks}, {stem} stem"
+        )
     return arch
 
 

@@ -33,6 +33,17 @@ class HeadSizes:
     pred_hidden: int | None = opt(
         None, "predictor hidden width (per method: 4096 BYOL / CARE, 512 SimSiam family)"
     )
+    zero_init: bool | None = opt(
+        None,
+        "the last BN gamma of every residual block starts at 0 (per method: on for the SimSiam "
+        "family as its official code, off for BYOL / CARE / MaskCo; lightly's CIFAR "
+        "benchmark: off)",
+    )
+    stem_relu: bool | None = opt(
+        None,
+        "apply the stem's ReLU (default: the arch's; off for resnet18_cifar, whose benchmark "
+        "backbone drops it)",
+    )
 
     def with_defaults(self, defaults: dict, feature_dim: int | None = None):
         """A copy with every ``None`` field taken from ``defaults``; the default
@@ -81,7 +92,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         if not isinstance(cfg, self.Options):
             raise TypeError(f"{self.name} takes {self.Options.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg.with_defaults(self.head_defaults, get_arch(arch).feature_dim)
-        self.backbone = ResNetTrunk(arch, zero_init_residual=self.zero_init_residual)
+        zero = self.zero_init_residual if self.cfg.zero_init is None else self.cfg.zero_init
+        self.backbone = ResNetTrunk(arch, zero_init_residual=zero, stem_relu=self.cfg.stem_relu)
         self.build_heads()
         self.target = nn.ModuleDict(
             {name: copy.deepcopy(getattr(self, name)) for name in self.momentum_modules}

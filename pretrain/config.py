@@ -17,9 +17,10 @@ import torch
 from common.archs import ARCHS, get_arch
 from common.cli import ConfigError, InputNotFound
 from common.flags import opt
+from common.imagesets import Split, cifar_split, find_cifar, flat_split, list_split
 from common.metrics import LOGGERS
 from pretrain.base import HeadSizes
-from pretrain.data import AUGMENTATIONS, LAYOUT_HELP
+from pretrain.data import AUGMENTATIONS, LAYOUT_HELP, as_split
 from pretrain.methods import METHODS, method_class, method_options
 
 # config keys that may change between a run and its resumption
@@ -39,6 +40,7 @@ RESUME_FREE_KEYS = {
     "logger",
     "online_probe",
     "probe_lr",
+    "results",
 }
 
 
@@ -52,8 +54,16 @@ class PretrainConfig:
     )
     data: str | None = opt(
         None,
-        "ImageFolder root with train/<class>/ (and val/<class>/ for "
-        "the kNN probe), e.g. ImageNet; default: synthetic shapes",
+        "training images: an ImageFolder root with train/<class>/ (and val/<class>/ for "
+        "the kNN probe), e.g. ImageNet; a CIFAR folder (cifar-10-batches-py/ or "
+        "cifar-100-python/, or one holding it: test split = kNN queries); a folder of "
+        "unlabelled images, searched recursively (COCO train2017/); or a text file listing "
+        "image paths; default: synthetic shapes",
+    )
+    knn_data: str | None = opt(
+        None,
+        "labelled data for the kNN / online probes when --data has no labels (an ImageFolder "
+        "root with train/ and val/, or a CIFAR folder); default: --data's own labels",
     )
     output: str = opt(
         "runs/pretrain", "run folder: checkpoint.pth, metrics.jsonl, config.json, curves.png"
@@ -62,7 +72,12 @@ class PretrainConfig:
     epochs: int = opt(100, "epochs (papers: 100 for ablations, 200 / 400 main)")
     batch_size: int = opt(128, "images per GPU / process (CARE: 1024 over 8 GPUs = 128)")
     base_lr: float | None = opt(
-        None, "lr = base_lr x global batch / 256 (per method: 0.05; MaskCo 0.03)"
+        None, "lr = base_lr x global batch / --lr-batch-ref (per method: 0.05; MaskCo 0.03)"
+    )
+    lr_batch_ref: int = opt(
+        256,
+        "the batch at which lr = base_lr (linear scaling); 0 = no scaling (lightly's CIFAR "
+        "SimSiam: 0.06 at any batch; its BYOL: 0.06 x batch / 128)",
     )
     weight_decay: float = opt(1e-4, "SGD weight decay")
     momentum: float = opt(0.9, "SGD momentum")
@@ -128,6 +143,16 @@ class PretrainConfig:
     knn_k: tuple[int, ...] = opt((20, 200), "k of the kNN probe")
     knn_temperature: float = opt(0.07, "kNN vote temperature")
     knn_limit_per_class: int = opt(0, "bank images per class for the kNN probe (0 = all)")
+    eval_resize: bool = opt(
+        True,
+        "probe features from images resized to size / 0.875 and centre-cropped; off: as they "
+        "are (lightly's CIFAR kNN monitor)",
+    )
+    results: str | None = opt(
+        None,
+        "also record the finished run's kNN monitor (last and best epoch) as a seed of "
+        "RESULTS/pretrain_knn/ for python -m tables (the cifar table; CIFAR recipes: output)",
+    )
     online_probe: bool = opt(
         False,
         "online linear probe: a linear head trained on the detached pooled features of the "
@@ -208,8 +233,37 @@ def amp_dtype(amp: str, device_type: str) -> torch.dtype | None:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
-def resolve_data(cfg: PretrainConfig) -> tuple[Path, Path | None]:
-    """(train folder, val folder or None). Without --data, writes the synthetic shapes."""
+@dataclass
+class RunData:
+    """What a run reads: the training split and, when labels allow, the probes' splits
+    (``bank`` the kNN bank and probe training labels' source, ``query`` the evaluation
+    images); ``note`` says why the probes are off when they are."""
+
+    train: Split
+    bank: Split | None
+    query: Split | None
+    note: str = ""
+
+
+def data_splits(source: str | Path) -> tuple[Split, Split | None]:
+    """(training split, evaluation split or None) of a --data / --knn-data value: a list
+    file, a CIFAR folder (train / test), an ImageFolder root (train/ [val/]) or a folder of
+    unlabelled images (recursive)."""
+    source = Path(source)
+    if source.is_file():
+        return list_split(source), None
+    if not source.is_dir():
+        raise InputNotFound(f"--data {source} does not exist; {LAYOUT_HELP}")
+    if find_cifar(source) is not None:
+        return cifar_split(source, "train"), cifar_split(source, "test")
+    if (source / "train").is_dir():
+        val = source / "val"
+        return as_split(source / "train"), (as_split(val) if val.is_dir() else None)
+    return flat_split(source), None
+
+
+def resolve_data(cfg: PretrainConfig) -> RunData:
+    """The run's splits. Without --data, writes the synthetic shapes first."""
     if cfg.data is None:
         from synthetic import ShapesSpec, generate
 
@@ -227,8 +281,17 @@ def resolve_data(cfg: PretrainConfig) -> tuple[Path, Path | None]:
         root = generate(Path(cfg.output) / "shapes", spec) / "imagefolder"
     else:
         root = Path(cfg.data)
-    train_dir = root / "train"
-    if not train_dir.is_dir():
-        raise InputNotFound(f"{train_dir} not found; {LAYOUT_HELP}")
-    val = root / "val"
-    return train_dir, (val if val.is_dir() else None)
+    train, val = data_splits(root)
+    if cfg.knn_data is not None:
+        bank, query = data_splits(cfg.knn_data)
+        if not bank.labelled or query is None:
+            raise ConfigError(
+                f"--knn-data {cfg.knn_data}: needs labelled train and test / val images (an "
+                "ImageFolder root with train/<class>/ and val/<class>/, or a CIFAR folder)"
+            )
+        return RunData(train, bank, query)
+    if train.labelled and val is not None:
+        return RunData(train, train, val)
+    why = "has no labels" if not train.labelled else "has no val/ (or test) split"
+    return RunData(train, None, None, f"kNN probe off: --data {root} {why}; name a labelled "
+                                      "folder with --knn-data")  # fmt: skip

@@ -1,4 +1,5 @@
-"""Pretraining data: ImageFolder trees, BYOL's asymmetric views, a resumable sampler.
+"""Pretraining data: the collections of ``common.imagesets`` (ImageFolder trees, CIFAR's
+batches, unlabelled folders and lists), BYOL's asymmetric views, a resumable sampler.
 
 Every sample's augmentation is seeded by (seed, epoch, index), so a resumed run (and any
 number of loader workers) sees exactly the same views as an uninterrupted one.
@@ -17,16 +18,17 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import functional as TF
 
 from common.badimages import UNREADABLE, open_rgb
-from common.cli import BadInput, ConfigError, InputNotFound
+from common.cli import ConfigError
+from common.imagesets import Split, imagefolder_split
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT_HELP = (
     "expected an ImageFolder tree: ROOT/train/<class>/<image>.JPEG (ImageNet "
-    "layout), optionally ROOT/val/<class>/... for the kNN probe"
+    "layout), optionally ROOT/val/<class>/... for the kNN probe; or a CIFAR folder "
+    "(cifar-10-batches-py/, cifar-100-python/), a folder of unlabelled images or a list file"
 )
 
 
@@ -199,7 +201,20 @@ def crop_views(size: int, scale: tuple[float, float] = (0.5, 1.0)) -> list[AugCo
     return [one, one]
 
 
-AUGMENTATIONS = {"byol": byol_views, "simsiam": simsiam_views, "crop": crop_views}
+def cifar_views(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> list[AugConfig]:
+    """lightly's CIFAR benchmark (GSG B.2): its SimCLR collate at strength 0.5 without blur,
+    the same for both views: crop scale (0.08, 1), flip 0.5, jitter (0.4, 0.4, 0.4, 0.1)
+    p 0.8, grayscale 0.2, no blur, no solarize."""
+    one = AugConfig(size=size, scale=tuple(scale), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.0)
+    return [one, one]
+
+
+AUGMENTATIONS = {
+    "byol": byol_views,
+    "simsiam": simsiam_views,
+    "cifar": cifar_views,
+    "crop": crop_views,
+}
 
 
 def views_for(
@@ -217,39 +232,30 @@ def views_for(
     return [pair[i % 2] for i in range(n_views)]
 
 
-def eval_transform(size: int) -> T.Compose:
-    """Resize (size / 0.875), centre crop, normalise: for kNN features."""
-    return T.Compose(
-        [
-            T.Resize(int(round(size / 0.875)), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(MEAN, STD),
-        ]
-    )
+def eval_transform(size: int, resize: bool = True) -> T.Compose:
+    """Resize (size / 0.875), centre crop, normalise: for kNN and probe features. With
+    ``resize`` off the images are taken as they are (a centre crop of ``size`` at most:
+    lightly's CIFAR monitor feeds the 32 px images unchanged)."""
+    steps = [T.CenterCrop(size)]
+    if resize:
+        steps.insert(
+            0, T.Resize(int(round(size / 0.875)), interpolation=T.InterpolationMode.BICUBIC)
+        )
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def as_split(source: str | Path | Split) -> Split:
+    """A ``Split`` as it is; a folder path as an ImageFolder split (folder/<class>/...)."""
+    return source if isinstance(source, Split) else imagefolder_split(source, LAYOUT_HELP)
 
 
 def list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, class index) for every image under folder/<class>/, and the class names.
 
-    Raises FileNotFoundError / ValueError with the expected layout when it is not there.
+    Raises a clear error with the expected layout when it is not there.
     """
-    if not folder.is_dir():
-        raise InputNotFound(f"{folder} does not exist; {LAYOUT_HELP}")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if not classes:
-        raise BadInput(f"{folder} has no class sub-folders; {LAYOUT_HELP}")
-    samples = [
-        (str(p), i)
-        for i, c in enumerate(classes)
-        for p in sorted((folder / c).rglob("*"))
-        if p.suffix.lower() in IMG_EXTENSIONS
-    ]
-    if not samples:
-        raise BadInput(
-            f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}/<class>/; {LAYOUT_HELP}"
-        )
-    return samples, classes
+    split = imagefolder_split(folder, LAYOUT_HELP)
+    return split.samples, split.classes
 
 
 class ViewsDataset(Dataset):
@@ -267,13 +273,14 @@ class ViewsDataset(Dataset):
 
     def __init__(
         self,
-        folder: str | Path,
+        folder: str | Path | Split,
         views: list[AugConfig],
         seed: int = 0,
         hook=None,
         raw: bool = False,
     ):
-        self.samples, self.classes = list_images(Path(folder))
+        split = as_split(folder)
+        self.samples, self.classes = split.samples, split.classes
         self.transforms = [v.build() for v in views]
         self.seed, self.epoch = seed, 0
         self.hook = hook  # (image, transforms) -> (views, *extra), e.g. MaskCo's boxes
@@ -307,7 +314,11 @@ class ViewsDataset(Dataset):
         finally:
             torch.set_rng_state(state)
 
-    def _raw_item(self, path: str, label: int, idx: int, seed: int):
+    def _raw_item(self, path: str | np.ndarray, label: int, idx: int, seed: int):
+        if isinstance(path, np.ndarray):  # an image held in memory (CIFAR): (H, W, 3) uint8
+            h, w = path.shape[:2]
+            payload = torch.from_numpy(path).permute(2, 0, 1).contiguous()
+            return self._draws(payload, w, h, label, idx, seed)
         try:
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
@@ -319,6 +330,9 @@ class ViewsDataset(Dataset):
                 )
         except UNREADABLE:
             return None
+        return self._draws(payload, w, h, label, idx, seed)
+
+    def _draws(self, payload: torch.Tensor, w: int, h: int, label: int, idx: int, seed: int):
         state = torch.get_rng_state()
         torch.manual_seed(seed)
         try:
@@ -328,10 +342,18 @@ class ViewsDataset(Dataset):
 
 
 class LabelledImages(Dataset):
-    """Images with labels through a deterministic transform (kNN banks)."""
+    """Images with labels through a deterministic transform (kNN banks, the probe's val);
+    ``resize`` as ``eval_transform``'s."""
 
-    def __init__(self, folder: str | Path, size: int, limit_per_class: int = 0):
-        samples, self.classes = list_images(Path(folder))
+    def __init__(
+        self,
+        folder: str | Path | Split,
+        size: int,
+        limit_per_class: int = 0,
+        resize: bool = True,
+    ):
+        split = as_split(folder)
+        samples, self.classes = split.samples, split.classes
         if limit_per_class:
             kept, count = [], {}
             for path, y in samples:
@@ -339,7 +361,7 @@ class LabelledImages(Dataset):
                     kept.append((path, y))
                     count[y] = count.get(y, 0) + 1
             samples = kept
-        self.samples, self.transform = samples, eval_transform(size)
+        self.samples, self.transform = samples, eval_transform(size, resize)
 
     def __len__(self) -> int:
         return len(self.samples)

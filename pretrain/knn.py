@@ -16,6 +16,25 @@ from pretrain.data import LabelledImages
 KNN = "knn/top1_k20"  # the headline key of the kNN probe in a run's records
 
 
+def knn_summary(history: list[dict]) -> dict[str, float]:
+    """The kNN monitor of a run's epoch records: per k the last value
+    (``knn/top1_k200``), the best (``knn/best_top1_k200``) and the epoch it was reached
+    at (``knn/best_epoch_k200``; the earliest on ties; 0 = before training)."""
+    out: dict[str, float] = {}
+    for rec in history:
+        if rec.get("type") != "epoch":
+            continue
+        for key, value in rec.items():
+            if not key.startswith("knn/top1_k"):
+                continue
+            k = key.removeprefix("knn/top1_")
+            out[key] = value
+            if value > out.get(f"knn/best_top1_{k}", -1.0):
+                out[f"knn/best_top1_{k}"] = value
+                out[f"knn/best_epoch_{k}"] = rec["epoch"]
+    return out
+
+
 def knn_predict(
     query: torch.Tensor,
     bank: torch.Tensor,
@@ -63,11 +82,13 @@ def knn_accuracy(
     batch_size: int = 128,
     workers: int = 0,
     limit_per_class: int = 0,
+    resize: bool = True,
 ) -> dict[str, float]:
-    """Top-1 accuracy (%) of the weighted kNN classifier for each k, on ``val_dir``."""
+    """Top-1 accuracy (%) of the weighted kNN classifier for each k, on ``val_dir``
+    (``train_dir`` the bank; folders or ``Split``s); ``resize`` as ``eval_transform``'s."""
 
     def loader(folder, limit=0):
-        ds = LabelledImages(folder, size, limit)
+        ds = LabelledImages(folder, size, limit, resize=resize)
         # own generator: starting a loader draws a seed from the global RNG otherwise, and
         # the methods draw from it (GSG's pairing, MaskCo's boxes): the probe would change
         # the training run it watches

@@ -36,6 +36,7 @@ __all__ = [
     "Method",
     "SimSiam",
     "SimSiamGSG",
+    "SimSiamOptions",
     "build_method",
     "derangement",
     "gsg_loss",
@@ -180,6 +181,20 @@ SIMSIAM_TRAIN = {
 SIMSIAM_HEADS = {"proj_hidden": "feature_dim", "proj_dim": 2048, "pred_hidden": 512}
 
 
+@dataclass
+class SimSiamOptions(HeadSizes):
+    """The SimSiam family's projector shape (defaults: the official ImageNet code)."""
+
+    proj_layers: int = opt(
+        3, "projector Linear layers (official ImageNet: 3; GSG C.2 / lightly's CIFAR: 2)"
+    )
+    proj_last_affine: bool = opt(
+        False,
+        "the projector's last BN has affine parameters (official ImageNet: no; lightly's CIFAR "
+        "projector: yes)",
+    )
+
+
 class SimSiam(Method):
     """SimSiam: ``0.5 [D(p1, sg z2) + D(p2, sg z1)]``, no target network (docs/methods.md).
 
@@ -194,9 +209,12 @@ class SimSiam(Method):
     train_defaults = SIMSIAM_TRAIN
     head_defaults = SIMSIAM_HEADS
 
+    Options = SimSiamOptions
+
     def build_heads(self) -> None:
         c = self.cfg
-        self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim, layers=3, last_bn=True)
+        self.projector = MLP(self.backbone.dim, c.proj_hidden, c.proj_dim, layers=c.proj_layers,
+                             last_bn=True, last_affine=c.proj_last_affine)  # fmt: skip
         self.predictor = MLP(c.proj_dim, c.pred_hidden, c.proj_dim, hidden_bias=False)
 
     def project(self, views) -> list[torch.Tensor]:
@@ -285,7 +303,7 @@ def gsg_loss(
 
 
 @dataclass
-class GSGOptions(HeadSizes):
+class GSGOptions(SimSiamOptions):
     """Guided stop-gradient's options (defaults: the official code)."""
 
     gsg_distance: str = opt(

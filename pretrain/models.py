@@ -10,10 +10,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from common.archs import get_arch
+from common.archs import build_resnet, get_arch
 from common.cli import ConfigError
 
 
@@ -21,15 +20,20 @@ class ResNetTrunk(nn.Module):
     """A torchvision ResNet without its classifier.
 
     ``forward(x)`` returns ``(res4, res5)``: layer3 and layer4 outputs, e.g. (N, 1024, 14, 14)
-    and (N, 2048, 7, 7) for ResNet-50 at 224 px.
+    and (N, 2048, 7, 7) for ResNet-50 at 224 px; (N, 256, 8, 8) and (N, 512, 4, 4) for
+    ``resnet18_cifar`` at 32 px.
     """
 
-    def __init__(self, arch: str = "resnet50", zero_init_residual: bool = False):
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        zero_init_residual: bool = False,
+        stem_relu: bool | None = None,
+    ):
         super().__init__()
-        builder = getattr(torchvision.models, get_arch(arch).torchvision)
         # zero_init_residual: the last BN gamma of every residual block starts at 0 (the
         # SimSiam family's official encoders); CARE / BYOL keep torchvision's default (1)
-        net = builder(weights=None, zero_init_residual=zero_init_residual)
+        net = build_resnet(get_arch(arch), zero_init_residual, stem_relu)
         self.arch = arch
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
@@ -55,8 +59,9 @@ class MLP(nn.Module):
     """``Linear(in, hidden) - BN - ReLU - Linear(hidden, out)`` (BYOL / CARE heads, s. 4).
 
     With ``layers=3`` and ``last_bn=True`` it is SimSiam's projector (no biases before BN,
-    the last BN without affine); ``hidden_bias=False`` drops the hidden Linear's bias
-    (SimSiam's predictor); with ``bn=False`` MoCo v2's head (Linear - ReLU - Linear).
+    the last BN without affine unless ``last_affine``: lightly's CIFAR projector has it);
+    ``hidden_bias=False`` drops the hidden Linear's bias (SimSiam's predictor); with
+    ``bn=False`` MoCo v2's head (Linear - ReLU - Linear).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class MLP(nn.Module):
         last_bn: bool = False,
         bn: bool = True,
         hidden_bias: bool | None = None,
+        last_affine: bool = False,
     ):
         super().__init__()
         mods: list[nn.Module] = []
@@ -80,7 +86,7 @@ class MLP(nn.Module):
             dim = hidden
         mods.append(nn.Linear(dim, out_dim, bias=not last_bn))
         if last_bn:
-            mods.append(nn.BatchNorm1d(out_dim, affine=False))
+            mods.append(nn.BatchNorm1d(out_dim, affine=last_affine))
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -83,9 +83,11 @@ class OnlineProbe:
 
     @torch.no_grad()
     def evaluate(self, backbone: torch.nn.Module, val_dir, size: int, device: str,
-                 batch_size: int = 128, workers: int = 0) -> dict[str, float]:  # fmt: skip
-        """Top-1 (%) on ``val_dir`` with the backbone in eval mode (its mode is restored)."""
-        ds = LabelledImages(val_dir, size)
+                 batch_size: int = 128, workers: int = 0,
+                 resize: bool = True) -> dict[str, float]:  # fmt: skip
+        """Top-1 (%) on ``val_dir`` (a folder or a ``Split``) with the backbone in eval mode
+        (its mode is restored); ``resize`` as ``pretrain.data.eval_transform``'s."""
+        ds = LabelledImages(val_dir, size, resize=resize)
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=SkipBad(),
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
         was_training = backbone.training

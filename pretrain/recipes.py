@@ -37,10 +37,60 @@ DEMO = {
     "log_every": 5,
 }
 
+# lightly's CIFAR-10 benchmark as GSG B.2 / C.2 follow it (docs/methods.md, CIFAR): the CIFAR
+# ResNet-18, SimCLR-style views without blur, SGD 0.06 (momentum 0.9, wd 5e-4) with a cosine
+# per epoch and no warmup, EMA 0.99 constant, GSG C.2's heads, the kNN monitor every epoch
+# (k 200, T 0.1, the 32 px images as they are) recorded under output/pretrain_knn.
+CIFAR = {
+    "arch": "resnet18_cifar",
+    "epochs": 200,
+    "batch_size": 512,
+    "image_size": 32,
+    "aug": "cifar",
+    "crop_scale": (0.08, 1.0),
+    "base_lr": 0.06,
+    "lr_batch_ref": 128,  # BYOL's 0.06 x batch / 128; the SimSiam family below: unscaled
+    "weight_decay": 5e-4,
+    "momentum": 0.9,
+    "warmup_epochs": 0.0,
+    "lr_schedule": "epoch",
+    "fix_pred_lr": False,
+    "base_tau": 0.99,
+    "tau_schedule": "constant",
+    "knn_every": 1,
+    "knn_k": (200,),
+    "knn_temperature": 0.1,
+    "eval_resize": False,
+    "save_every": 10,
+    "results": "output",
+    "options": {
+        "proj_hidden": 2048,
+        "proj_dim": 2048,
+        "pred_hidden": 512,
+        "proj_layers": 2,
+        "proj_last_affine": True,
+        "zero_init": False,
+    },
+    # lightly's SimSiam: "no lr-scaling, results in better training stability"
+    "per_method": {m: {"lr_batch_ref": 0} for m in ("simsiam", "simsiam_gsg")},
+}
+
 RECIPES: dict[str, dict] = {
     # The papers' ImageNet runs: 200 epochs, 128 images per GPU (CARE: 8 GPUs = 1024), each
     # method's paper defaults otherwise. Needs --data.
     "imagenet": {"epochs": 200, "batch_size": 128},
+    # CIFAR (GSG B.2 / C.2 = lightly's benchmark); --data the CIFAR folder
+    "cifar10": CIFAR,
+    "cifar100": CIFAR,
+    # the CIFAR recipe on the synthetic pickled twin, in seconds on a CPU (tests, demo)
+    "cifar-smoke": {
+        **CIFAR,
+        "epochs": 2,
+        "batch_size": 32,
+        "workers": 0,
+        "save_every": 1,
+        "log_every": 1,
+    },  # fmt: skip
     # `make pretrain` without DATA: synthetic shapes on a 2-core CPU in minutes.
     "shapes-cpu": {
         "epochs": 5,
@@ -112,10 +162,11 @@ def recipe_config(
         raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     recipe = dict(RECIPES.get(name, {}))
     known = {f.name for f in fields(PretrainConfig)}
-    bad = sorted((set(recipe) | set(overrides)) - known)
+    bad = sorted((set(recipe) | set(overrides)) - known - {"per_method"})
     if bad:
         raise ConfigError(f"unknown setting(s) {', '.join(bad)}")
     method = overrides.pop("method", recipe.pop("method", method))
+    recipe.update(recipe.pop("per_method", {}).get(method, {}))
     has = {f.name for f in fields(method_class(method).Options)}
     values = {k: v for k, v in recipe.pop("options", {}).items() if k in has}
     method_options(method, options, strict=True)  # names a foreign option

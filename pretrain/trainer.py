@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from common.badimages import BadCount, SkipBad
-from common.cli import InputNotFound, Interrupted, UserError
+from common.cli import ConfigError, InputNotFound, Interrupted, UserError
 from common.distributed import any_rank, every_rank
 from common.metrics import MetricsLog
 from common.signals import StopFlag
@@ -97,10 +97,19 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.cfg
-        self.train_dir, self.val_dir = resolve_data(cfg) if self.main else (None, None)
+        self.data = resolve_data(cfg) if self.main else None
         if self.world > 1:  # rank 0 may have generated the data
             dist.barrier()
-            self.train_dir, self.val_dir = resolve_data(cfg)
+            self.data = resolve_data(cfg)
+        if self.main and self.data.note and cfg.knn_every:
+            print(self.data.note, flush=True)
+        if cfg.online_probe and not self.data.train.labelled:
+            raise ConfigError(
+                f"--online-probe trains on the labels of the training images, and "
+                f"{self.data.train.where} has none: drop --online-probe (the kNN probe can "
+                "use --knn-data)"
+            )
+        self.train_dir = self.data.train.where  # named in messages
         views = views_for(
             cfg.aug,
             cfg.image_size,
@@ -115,7 +124,7 @@ class Trainer:
             cfg.batch_aug == "auto" and self.cuda and hook is None
         )
         self.augment = DeviceAugment(views) if self.batch_aug else None
-        self.dataset = ViewsDataset(self.train_dir, views, cfg.seed, hook, raw=self.batch_aug)
+        self.dataset = ViewsDataset(self.data.train, views, cfg.seed, hook, raw=self.batch_aug)
         self.global_batch = cfg.batch_size * self.world
         self.steps_per_epoch = len(self.dataset) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -125,7 +134,7 @@ class Trainer:
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.lr = cfg.base_lr * self.global_batch / 256
+        self.lr = cfg.base_lr * (self.global_batch / cfg.lr_batch_ref if cfg.lr_batch_ref else 1)
 
     def _build_model(self, local_rank: int) -> None:
         cfg = self.cfg
@@ -442,9 +451,10 @@ class Trainer:
             record.update(self.knn())
         if self.probe is not None:
             record.update(self.probe.train_top1())
-            if probe_due and self.main and self.val_dir is not None:
-                record.update(self.probe.evaluate(self.model.backbone, self.val_dir,
-                                                  cfg.image_size, self.device))  # fmt: skip
+            if probe_due and self.main and self.data.query is not None:
+                record.update(self.probe.evaluate(self.model.backbone, self.data.query,
+                                                  cfg.image_size, self.device,
+                                                  resize=cfg.eval_resize))  # fmt: skip
         self.log("epoch", record)
         if self.main:
             knn = {k: round(v, 2) for k, v in record.items() if k.startswith(("knn/", "probe/"))}
@@ -455,18 +465,19 @@ class Trainer:
             self.save()
 
     def knn(self) -> dict[str, float]:
-        if self.val_dir is None or not self.main:
+        if self.data.query is None or not self.main:
             return {}
         return knn_accuracy(
             self.model.backbone,
-            self.train_dir,
-            self.val_dir,
+            self.data.bank,
+            self.data.query,
             self.cfg.image_size,
             self.device,
             self.cfg.knn_k,
             self.cfg.knn_temperature,
             workers=min(self.cfg.workers, 4),
             limit_per_class=self.cfg.knn_limit_per_class,
+            resize=self.cfg.eval_resize,
         )
 
     def check_bad_images(self, counter: BadCount) -> None:

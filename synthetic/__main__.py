@@ -43,6 +43,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(transfer/run_recognition.py --data DIR)",
     )
     p.add_argument(
+        "--cifar",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write synthetic CIFAR-10 / CIFAR-100 twins in torchvision's pickled layout "
+        "to DIR (DIR/cifar-10-batches-py, DIR/cifar-100-python; pretraining --data "
+        "DIR/cifar-10-batches-py)",
+    )
+    p.add_argument(
         "--recognition-layout",
         choices=["ssl-transfer", "torchvision"],
         default="ssl-transfer",
@@ -75,6 +84,10 @@ def main(args: argparse.Namespace) -> Path:
         rec = write_recognition(args.recognition, args.seed, layout=args.recognition_layout)
         n = sum(1 for _ in rec.rglob("*.jpg"))
         print(f"recognition twins ({args.recognition_layout} layout): {n} images under {rec}")
+    if args.cifar:
+        from synthetic.cifar import write_cifar
+
+        print(f"CIFAR twins (pickled): {write_cifar(args.cifar, args.seed)}")
     return root
 
 

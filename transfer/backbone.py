@@ -2,17 +2,18 @@
 
 ``FeatureResNet`` is a torchvision ResNet returning the requested stages: ``conv1`` (after
 conv1-bn-relu, before the max-pool, as OpenSelfSup's ResNet outputs it) and ``res2`` ..
-``res5`` (torchvision's layer1 .. layer4). ``load_backbone`` fills it from any checkpoint the
-converter accepts and proves every tensor arrived.
+``res5`` (torchvision's layer1 .. layer4); for the CIFAR stem (``resnet18_cifar``) ``conv1``
+is conv1-bn (ReLU as the checkpoint was trained) and the max-pool an identity.
+``load_backbone`` fills it from any checkpoint the converter accepts and proves every tensor
+arrived.
 """
 
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
-from common.archs import Arch
+from common.archs import Arch, build_resnet
 from common.checkpoints import CheckpointError, read_backbone
 
 STAGES = ("conv1", "res2", "res3", "res4", "res5")
@@ -27,10 +28,10 @@ def stage_channels(arch: Arch) -> dict[str, int]:
 class FeatureResNet(nn.Module):
     """A torchvision ResNet body (no fc) that returns the feature maps of ``stages``."""
 
-    def __init__(self, arch: Arch):
+    def __init__(self, arch: Arch, stem_relu: bool | None = None):
         super().__init__()
         self.arch = arch
-        net = getattr(torchvision.models, arch.torchvision)(weights=None)
+        net = build_resnet(arch, stem_relu=stem_relu)
         del net.fc
         self.body = net
 
@@ -60,7 +61,7 @@ def load_backbone(weights: str, arch: Arch | None, allow_pickle: bool = False):
         torch.manual_seed(0)  # the same random backbone for every seed and protocol
         return FeatureResNet(arch), 0
     body = read_backbone(weights, allow_pickle=allow_pickle)
-    model = FeatureResNet(body.arch)
+    model = FeatureResNet(body.arch, stem_relu=stem_relu_of(body.meta))
     missing, unexpected = model.body.load_state_dict(body.tensors, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -69,6 +70,13 @@ def load_backbone(weights: str, arch: Arch | None, allow_pickle: bool = False):
             f"{len(missing)} missing {missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}"
         )
     return model, verify_loaded(model, body.tensors, weights)
+
+
+def stem_relu_of(meta: dict) -> bool | None:
+    """Whether a suite checkpoint's backbone was trained with its stem ReLU (its method
+    options' ``stem_relu``); None (the arch's default) for other checkpoints."""
+    options = (meta or {}).get("options") or {}
+    return options.get("stem_relu")
 
 
 def verify_loaded(model: FeatureResNet, tensors: dict, weights: str) -> int:

@@ -15,7 +15,8 @@ Accepted inputs (detected from the keys, never from the file name):
   (or pick one with ``--prefix``);
 - an existing Detectron2 ``.pkl`` (passed through unchanged).
 
-ResNet-18/34/50/101/152 and ResNet-50 width x2 (torchvision ``wide_resnet50_2``).
+ResNet-18/34/50/101/152 and ResNet-50 width x2 (torchvision ``wide_resnet50_2``); the CIFAR
+ResNet-18 (3x3 stem) is recognised and refused with the reason (no Detectron2 stem holds it).
 
 Output: a pickle ``{"model": {name: ndarray}, "__author__": str, "matching_heuristics": True,
 "suite_meta": {...}}``. Before anything is written: every Detectron2 backbone tensor (stem,
@@ -169,6 +170,13 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
         b.dropped,
         b.meta,
     )
+    if arch.stem != "imagenet":
+        raise ConversionError(
+            f"{arch.name} has a {arch.stem} stem (3x3 stride-1 conv, no max-pool), which "
+            "Detectron2's ResNet stem cannot hold: the detection protocols need an "
+            "ImageNet-stem ResNet; use this checkpoint with run_linear.py or "
+            "run_recognition.py, which read it directly"
+        )
 
     model, mapping, seen = {}, [], {}
     for k in sorted(body):

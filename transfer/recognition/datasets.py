@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from common.cli import BadInput, InputNotFound
+from common.imagesets import CIFAR, read_cifar_batches
 from common.splits import caltech101_split_lines, imagefolder, random_val_indices
 
 ISIC_CSV = "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv"
@@ -274,32 +274,19 @@ def read_cars(root: Path, split: str, layout: str, **_) -> Samples:
     return Samples(np.array([to_idx[c] for c in raw], np.int64), paths, root=root)
 
 
-def _unpickle(path: Path) -> dict:
-    if not path.is_file():
-        raise InputNotFound(f"{path}: missing")
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign pickle
-        raise BadInput(f"{path}: not a CIFAR batch ({type(e).__name__}: {e})") from e
-
-
-def _cifar(root: Path, files: list[str], label_key: str) -> Samples:
-    arrays, labels = [], []
-    for name in files:
-        d = _unpickle(root / name)
-        arrays.append(np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.extend(d[label_key])
-    return Samples(np.array(labels, np.int64), arrays=np.concatenate(arrays), root=root)
+def _cifar(root: Path, files, label_key: str) -> Samples:
+    arrays, labels = read_cifar_batches(root, files, label_key)
+    return Samples(np.array(labels, np.int64), arrays=arrays, root=root)
 
 
 def read_cifar10(root: Path, split: str, layout: str, **_) -> Samples:
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    return _cifar(root / "cifar-10-batches-py", files, "labels")
+    c = CIFAR["cifar10"]
+    return _cifar(root / c.folder, c.train if split == "train" else c.test, c.label_key)
 
 
 def read_cifar100(root: Path, split: str, layout: str, **_) -> Samples:
-    return _cifar(root / "cifar-100-python", [split], "fine_labels")
+    c = CIFAR["cifar100"]
+    return _cifar(root / c.folder, [split], c.label_key)
 
 
 def read_dtd(root: Path, split: str, layout: str, **_) -> Samples:
