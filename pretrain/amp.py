@@ -19,13 +19,20 @@ class AmpStep:
         self.optimizer, self.dtype, self.device_type = optimizer, dtype, device_type
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-    def autocast(self):
+    def autocast(self, cache_enabled: bool = True):
         return torch.autocast(
-            device_type=self.device_type, dtype=self.dtype, enabled=self.dtype is not None
+            device_type=self.device_type,
+            dtype=self.dtype,
+            enabled=self.dtype is not None,
+            cache_enabled=cache_enabled,
         )
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.apply()
+
+    def apply(self) -> None:
+        """The optimiser step on gradients already computed (the CUDA-graph step's)."""
         self.scaler.step(self.optimizer)
         self.scaler.update()

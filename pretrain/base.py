@@ -71,6 +71,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     n_views = 2
     zero_init_residual = False  # the SimSiam family's encoders: last BN gamma of a block = 0
     needs_boxes = False  # compute_loss(views, boxes): the data give each view's box (MaskCo)
+    # the forward draws no random numbers on the host: its step can be a CUDA graph
+    graph_safe = True
     min_batch = 1  # per process: GSG pairs images and MaskCo takes negatives within the batch
     # BYOL / CARE (docs/methods.md, CARE); subclasses override what their paper changes
     train_defaults: dict = {

@@ -27,6 +27,7 @@ from pretrain.methods import METHODS, method_class, method_options
 RESUME_FREE_KEYS = {
     "workers",
     "batch_aug",
+    "cuda_graph",
     "knn_every",
     "save_every",
     "log_every",
@@ -136,6 +137,12 @@ class PretrainConfig:
         choices=("auto", "on", "off"),
     )
     channels_last: bool = opt(True, "channels_last memory format on CUDA (ours)")
+    cuda_graph: str = opt(
+        "off",
+        "replay each step's forward + backward as one captured CUDA graph (ours; one "
+        "process, CARE / BYOL / SimSiam, no --online-probe): auto = where it applies",
+        choices=("auto", "on", "off"),
+    )
     workers: int = opt(8, "data loader workers per process")
     seed: int = opt(0, "random seed")
     save_every: int = opt(10, "resumable checkpoint every N epochs")

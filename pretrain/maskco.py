@@ -217,6 +217,7 @@ class MaskCo(Method):
     name = "maskco"
     momentum_modules = ("backbone", "mph", "projector")
     needs_boxes = True
+    graph_safe = False  # the negative boxes are drawn inside the forward
     min_batch = 2
     train_defaults = {
         "base_lr": 0.03,

@@ -326,6 +326,7 @@ class SimSiamGSG(SimSiam):
 
     name = "simsiam_gsg"
     min_batch = 2
+    graph_safe = False  # the pairing permutation is drawn inside the forward
     Options = GSGOptions
 
     @classmethod

@@ -30,6 +30,7 @@ from pretrain.amp import AmpStep
 from pretrain.config import PretrainConfig, amp_dtype, resolve_data
 from pretrain.data import ResumableSampler, ViewsDataset, collate_raw, views_for
 from pretrain.device_aug import DeviceAugment, DevicePrefetcher, decode_images
+from pretrain.graphed import GraphedForwardBackward, graph_unsupported
 from pretrain.knn import knn_accuracy
 from pretrain.methods import build_method, method_class
 from pretrain.plotting import plot_curves
@@ -89,6 +90,7 @@ class Trainer:
             self.probe = OnlineProbe(self.model.backbone.dim, len(self.dataset.classes),
                                      self.device, cfg.probe_lr, seed=cfg.seed)  # fmt: skip
             self.probe.attach(self.model.backbone)
+        self.graphed = self._build_graph()
         self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
         self.bad_images, self.skipped_steps = 0, 0
         self.history: list[dict] = []
@@ -165,6 +167,16 @@ class Trainer:
             amp_dtype(cfg.amp, "cuda" if self.cuda else "cpu"),
             "cuda" if self.cuda else "cpu",
         )
+
+    def _build_graph(self) -> GraphedForwardBackward | None:
+        """The CUDA-graph forward / backward of ``--cuda-graph`` (pretrain/graphed.py)."""
+        cfg = self.cfg
+        why = graph_unsupported(self.method_cls, self.cuda, self.world, self.probe is not None)
+        if cfg.cuda_graph == "on" and why:
+            raise ConfigError(f"--cuda-graph on: {why}; use --cuda-graph off (or auto)")
+        if cfg.cuda_graph == "off" or why:
+            return None
+        return GraphedForwardBackward(self.model, self.amp)
 
     # -- checkpoints -------------------------------------------------------------------
     COUNTERS = (
@@ -267,9 +279,13 @@ class Trainer:
             v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in views
         ]
         extra = [e.to(self.device, non_blocking=True) for e in extra]
-        with self.amp.autocast():
-            losses = self.ddp(views, *extra)
-        self.amp.step(losses["loss"])
+        losses = self.graphed(views, *extra) if self.graphed is not None else None
+        if losses is not None:  # forward + backward replayed (--cuda-graph)
+            self.amp.apply()
+        else:
+            with self.amp.autocast():
+                losses = self.ddp(views, *extra)
+            self.amp.step(losses["loss"])
         self.model.update_target(tau)
         # one host sync per step, after the update is queued (a check before the update
         # would stall the GPU between forward and backward): a non-finite loss stops the

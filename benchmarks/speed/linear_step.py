@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from common.archs import get_arch
+    from common.badimages import SkipBad
     from transfer.classification import data as D
     from transfer.classification.models import FeatureResNet, LinearHead
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         ds = D.Images(samples, D.train_transform(args.aug, 224))
         loader = torch.utils.data.DataLoader(
             ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-            collate_fn=D.SkipBad(), pin_memory=device.type == "cuda", drop_last=True,
+            collate_fn=SkipBad(), pin_memory=device.type == "cuda", drop_last=True,
             persistent_workers=args.workers > 0,
         )  # fmt: skip
         it = iter(loader)

@@ -33,13 +33,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def training_step(method: str, arch: str, device: str, amp: str):
+def training_step(method: str, arch: str, device: str, amp: str, graph: bool = False):
     """(step(views, *extra) -> loss, memory format, sync, model) for one method: the
-    Trainer's optimiser step (``pretrain.amp.AmpStep``) without its loop."""
+    Trainer's optimiser step (``pretrain.amp.AmpStep``) without its loop; ``graph``: its
+    forward + backward replayed as a CUDA graph (``--cuda-graph``, pretrain/graphed.py)."""
     import torch
 
     from pretrain.amp import AmpStep
     from pretrain.config import amp_dtype
+    from pretrain.graphed import GraphedForwardBackward
     from pretrain.methods import build_method
 
     model = build_method(method, arch).to(device)
@@ -51,12 +53,17 @@ def training_step(method: str, arch: str, device: str, amp: str):
     )
     device_type = "cuda" if cuda else "cpu"
     amp_step = AmpStep(opt, amp_dtype(amp, device_type), device_type)
+    graphed = GraphedForwardBackward(model, amp_step) if graph else None
 
     def step(views, *extra):
         views = [v.to(device, non_blocking=True, memory_format=mf) for v in views]
-        with amp_step.autocast():
-            loss = model(views, *extra)["loss"]
-        amp_step.step(loss)
+        if graphed is not None:
+            loss = graphed(views, *extra)["loss"]
+            amp_step.apply()
+        else:
+            with amp_step.autocast():
+                loss = model(views, *extra)["loss"]
+            amp_step.step(loss)
         model.update_target(0.99)
         return loss
 
@@ -64,12 +71,77 @@ def training_step(method: str, arch: str, device: str, amp: str):
     return step, mf, sync, model
 
 
+def bound_speed(
+    arch: str,
+    views: int, target: bool, size: int, batch: int, device: str, amp: str, steps: int,
+    warmup: int, graph: bool,
+) -> float:  # fmt: skip
+    """Images/s of the ResNet bound of a method: a plain torchvision ``arch``'s online
+    forward + backward on 2 views (+ a no-grad forward of each further view), a target
+    copy's forward of 2 views when the method has one, and a foreach SGD step, at the same
+    batch, dtype and memory format (eager, or as a CUDA graph like ``--cuda-graph``)."""
+    import copy
+
+    import torch
+    import torchvision
+
+    from pretrain.amp import AmpStep
+    from pretrain.config import amp_dtype
+
+    cuda = device.startswith("cuda")
+    mf = torch.channels_last if cuda else torch.contiguous_format
+    net = torchvision.models.get_model(arch).to(device, memory_format=mf)
+    tgt = copy.deepcopy(net).requires_grad_(False) if target else None
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+    amp_step = AmpStep(opt, amp_dtype(amp, "cuda" if cuda else "cpu"), "cuda" if cuda else "cpu")
+    xs = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
+          for _ in range(views)]  # fmt: skip
+
+    class Pair(torch.nn.Module):  # the GraphedForwardBackward interface: views -> losses
+        def __init__(self):
+            super().__init__()
+            self.net, self.tgt = net, tgt
+
+        def forward(self, vs):
+            with torch.no_grad():
+                for v in vs[2:]:
+                    self.net(v)
+                for v in vs[:2] if self.tgt is not None else ():
+                    self.tgt(v)
+            return {"loss": sum(self.net(v).float().mean() for v in vs[:2])}
+
+    pair = Pair()
+    if graph:
+        from pretrain.graphed import GraphedForwardBackward
+
+        graphed = GraphedForwardBackward(pair, amp_step)
+
+    def step():
+        if graph:
+            graphed(xs)
+            amp_step.apply()
+        else:
+            with amp_step.autocast():
+                loss = pair(xs)["loss"]
+            amp_step.step(loss)
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        step()
+    sync()
+    return steps * batch / (time.perf_counter() - t0)
+
+
 def model_speed(
-    method: str, arch: str, size: int, batch: int, device: str, amp: str, steps: int, warmup: int
-) -> float:
+    method: str, arch: str, size: int, batch: int, device: str, amp: str, steps: int,
+    warmup: int, graph: bool = False,
+) -> float:  # fmt: skip
     import torch
 
-    step, mf, sync, model = training_step(method, arch, device, amp)
+    step, mf, sync, model = training_step(method, arch, device, amp, graph)
     needs_boxes = model.needs_boxes
     views = [
         torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
@@ -185,6 +257,7 @@ def end_to_end_speed(
     pipeline: str,
     device: str,
     amp: str,
+    cuda_graph: str = "off",
 ) -> float:
     """Training images/s of the real training loop (``pretrain.trainer.Trainer``, two epochs
     on the JPEG files, the second one timed): loader, views (``pipeline``), the step with
@@ -212,6 +285,7 @@ def end_to_end_speed(
             save_every=100,
             log_every=1,
             warmup_epochs=0.0,
+            cuda_graph=cuda_graph,
         )
         trainer = Trainer(cfg)
         if not trainer.device.startswith(device.split(":")[0]):
@@ -268,6 +342,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="methods to time end to end from the JPEG files (default: care byol)",
     )
+    p.add_argument(
+        "--graph",
+        choices=["off", "on", "both"],
+        default=None,
+        help="model alone eager (off), as a CUDA graph (on, --cuda-graph) or both "
+        "(default: both on CUDA, off on CPU)",
+    )
+    p.add_argument(
+        "--no-bound",
+        dest="bound",
+        action="store_false",
+        help="skip each method's ResNet-50 bound (see bound_speed)",
+    )
+    p.add_argument(
+        "--e2e-graph",
+        choices=["auto", "off"],
+        default="auto",
+        help="--cuda-graph of the end-to-end Trainer runs (auto: where it applies)",
+    )
     p.add_argument("--json", type=Path, default=None)
     return p
 
@@ -278,15 +371,41 @@ def main(args: argparse.Namespace) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     print(f"device {name}, {args.arch}, {args.size} px, batch {args.batch}, amp {args.amp}")
-    res = {"device": name, "model": {}, "data": {}, "end_to_end": {}}
+    from pretrain.methods import METHODS, method_options
+
+    res = {"device": name, "bound": {}, "model": {}, "model_modes": {}, "data": {},
+           "end_to_end": {}}  # fmt: skip
     cuda = device.startswith("cuda")
     pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
+    graph = args.graph or ("both" if cuda else "off")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[graph]
+    bounds: dict[tuple, float] = {}
     for m in args.methods:
-        ips = model_speed(
-            m, args.arch, args.size, args.batch, device, args.amp, args.steps, args.warmup
-        )
-        res["model"][m] = ips
-        print(f"model alone  {m:<11} {ips:9.1f} images/s", flush=True)
+        cls = METHODS[m]
+        key = (cls.views_needed(method_options(m)), bool(cls.momentum_modules))
+        if args.bound and key not in bounds:
+            name = f"{key[0]} views{', target' if key[1] else ''}"
+            for g in modes:
+                ips = bound_speed(args.arch, *key, args.size, args.batch, device, args.amp,
+                                  args.steps, args.warmup, g)  # fmt: skip
+                res["bound"][f"{name}/{'graph' if g else 'eager'}"] = ips
+                bounds[key] = max(ips, bounds.get(key, 0.0))
+                print(f"R50 bound    {name:<17} {'graph' if g else 'eager':<5} {ips:9.1f} "
+                      "images/s", flush=True)  # fmt: skip
+        for g in modes:
+            if g and not cls.graph_safe:
+                print(f"model alone  {m:<11} graph: not graph-safe (eager only)", flush=True)
+                continue
+            ips = model_speed(
+                m, args.arch, args.size, args.batch, device, args.amp, args.steps, args.warmup, g
+            )
+            res["model"][m] = max(ips, res["model"].get(m, 0.0))
+            res["model_modes"][f"{m}/{'graph' if g else 'eager'}"] = ips
+            share = (
+                f" ({100 * ips / bounds[key]:.0f}% of its best R50 bound)" if key in bounds else ""
+            )
+            print(f"model alone  {m:<11} {'graph' if g else 'eager':<5} {ips:9.1f} images/s"
+                  f"{share}", flush=True)  # fmt: skip
     folder = write_jpegs(args.data_images, args.data_src_size)
     for pipe in pipelines:
         for w in args.workers:
@@ -297,7 +416,16 @@ def main(args: argparse.Namespace) -> dict:
     for m in args.end_to_end:
         w = max(args.workers)
         ips = end_to_end_speed(
-            m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device, args.amp
+            m,
+            args.arch,
+            folder,
+            args.size,
+            args.batch,
+            w,
+            e2e_pipe,
+            device,
+            args.amp,
+            args.e2e_graph,
         )
         share = ips / res["model"][m] if m in res["model"] else None
         res["end_to_end"][m] = {

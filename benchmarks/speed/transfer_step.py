@@ -149,7 +149,13 @@ def runner_job(
         if not m:
             raise RuntimeError(f"runner job failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
         batch = ims or _ims_per_batch(protocol, smoke)
-        return batch / float(m.group(2))
+        # steady state: detectron2's "time" of the last record is the median step time of
+        # the last 20 iterations (window 20), after the warm-up ones
+        records = [json.loads(line) for p in Path(tmp).rglob("train_metrics.jsonl")
+                   for line in p.read_text().splitlines() if line.strip()]  # fmt: skip
+        times = [r["time"] for r in records if "time" in r]
+        steady = batch / times[-1] if len(times) >= 2 else None
+        return batch / float(m.group(2)), steady
 
 
 def _ims_per_batch(protocol: str, smoke: bool) -> int:
@@ -199,6 +205,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="override the batch (default: the config's; 16 for full protocols)",
     )
+    p.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="skip the bare AMP step on CUDA"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     return p
 
@@ -232,7 +241,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             args.ims_per_batch,
             shapes,
         )
-        if device == "cuda":
+        if device == "cuda" and args.amp:
             row["bare_amp"] = in_child(
                 bare_step,
                 protocol,
@@ -245,7 +254,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 shapes,
             )
         if args.runner_iters:
-            row["runner_fp32"] = runner_job(
+            row["runner_fp32"], steady = runner_job(
                 protocol,
                 args.smoke,
                 args.runner_iters,
@@ -256,6 +265,9 @@ def main(args: argparse.Namespace) -> list[dict]:
                 1 if device == "cuda" else 0,
             )
             row["runner_vs_bare"] = row["runner_fp32"] / row["bare_fp32"]
+            if steady is not None:  # the last 20 iterations' median step
+                row["runner_steady_fp32"] = steady
+                row["steady_vs_bare"] = steady / row["bare_fp32"]
         rows.append(row)
         cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float))
         print(f"{protocol:<12} images/s: {cells}", flush=True)
