@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/performance.md in one prepared run (one CUDA machine, 16 cores):
-#   bash benchmarks/device_check.sh [pretrain|tests|transfer|all ...]   (default: all)
+#   bash benchmarks/device_check.sh [pretrain|e2e|tests|transfer|all ...]   (default: all)
 # pretrain: each method's ResNet-50 bound, model alone eager / CUDA graph, data pipeline,
 #           CARE and BYOL end to end through the Trainer;
+# e2e:      CARE and BYOL model alone and end to end with --cuda-graph off and auto;
 # tests:    the CUDA tests (pretraining, CUDA graph, classification) and the resume tests;
 # transfer: bare step vs runner of every detection protocol (steady state separated), the
 #           classification loop against its frozen forward, the recognition costs.
@@ -38,6 +39,13 @@ for part in "${parts[@]}"; do
               "--device cpu --arch resnet18 --size 64 --batch 8 --steps 2 --warmup 1 --workers 2 --data-images 32") \
       --end-to-end care byol --json "$OUT/pretrain.json" 2>&1 | grep -v "it/s\]" | tail -40
     ;;
+  e2e)
+    stamp "end to end: --cuda-graph off / auto"
+    timeout 200 python3 benchmarks/speed/pretrain_step.py --methods care byol --no-bound \
+      $(small "--workers 16 --data-images 2048 --pipelines device" \
+              "--device cpu --arch resnet18 --size 64 --batch 8 --steps 2 --warmup 1 --workers 2 --data-images 32") \
+      --end-to-end care byol --e2e-graph both --json "$OUT/e2e.json" 2>&1 | grep -v "it/s\]" | tail -20
+    ;;
   tests)
     stamp "CUDA tests and resume tests"
     timeout 200 python3 -m pytest -q -x -p no:cacheprovider -rP $(small "-n 6" "") \
@@ -60,7 +68,7 @@ for part in "${parts[@]}"; do
               "--device cpu --images 16 --workers 2 --batch 8 --n 2000 --val 500 --finetune-steps 1 --finetune-batch 4") \
       --json "$OUT/recognition.json" 2>&1 | tail -14
     ;;
-  *) echo "unknown part $part (pretrain, tests, transfer, all)"; exit 2 ;;
+  *) echo "unknown part $part (pretrain, e2e, tests, transfer, all)"; exit 2 ;;
   esac
 done
 stamp "done"
