@@ -3,10 +3,15 @@ step's losses and parameters, survives eager steps in between, and resumes exact
 
 Tolerances (stated): with cuDNN's deterministic algorithms, fp32 steps agree to 1e-5
 (absolute, on parameters of magnitude <= ~1) and 1e-5 relative on the losses (on an H200
-they were bit-identical). Under bf16 autocast the captured GEMMs may take other cuBLAS
-algorithms (other summation orders; one bf16 ulp is ~4e-3 relative), and five SGD steps
-amplify that: the first loss (same weights) agrees to 2e-3 relative, later ones to 2e-2
-relative + 1e-3, parameters to 2e-2 absolute. The CPU tests check the refusals."""
+they were bit-identical over five steps). Under bf16 autocast the graph casts each weight
+at each use (autocast's cast cache cannot be captured), so a weight used by both views
+gets its two gradients summed in fp32 where the eager step sums them in bf16: one bf16 ulp
+(~4e-3 relative) per sum. The first step is compared (loss 2e-3 relative, the whole
+gradient 2e-2 in relative norm); over further steps such differences grow as any
+perturbation does on random data (on the CPU, autocast's cache on vs off moved BYOL's
+parameters by up to 0.04 in five steps, a 1e-3 input perturbation by 0.12), so the later
+losses are held to 2e-2 relative + 1e-3 and the parameters are not compared.
+The CPU tests check the refusals."""
 
 from __future__ import annotations
 
@@ -91,6 +96,21 @@ def _batches(n_steps: int, n: int = 16, size: int = 64):
              for _ in range(2)] for _ in range(n_steps)]  # fmt: skip
 
 
+def _step(model, amp, graphed, views, lr, tau):
+    """One step, eager (``graphed`` None or another shape) or replayed: the loss dict."""
+    for group in amp.optimizer.param_groups:
+        group["lr"] = lr
+    got = graphed(views) if graphed is not None else None
+    if got is None:
+        with amp.autocast():
+            got = model(views)
+        amp.step(got["loss"])
+    else:
+        amp.apply()
+    model.update_target(tau)
+    return got
+
+
 @cuda
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("method", ["care", "byol", "simsiam"])
@@ -103,41 +123,36 @@ def test_graph_step_matches_the_eager_step(method, dtype):
     graphed = GraphedForwardBackward(graphed_model, g_amp)
     batches = _batches(5)
     batches[2] = [v[:12] for v in batches[2]]
-    tol_first, tol_loss, tol_param = (1e-5, 1e-5, 1e-5) if dtype is None else (2e-3, 2e-2, 2e-2)
+    fp32 = dtype is None
     with deterministic():
         for i, views in enumerate(batches):
             lr, tau = 0.05 * (1 - i / 10), 0.99 + 0.001 * i
-            for amp in (e_amp, g_amp):
-                for group in amp.optimizer.param_groups:
-                    group["lr"] = lr
-            with e_amp.autocast():
-                ref = eager(views)["loss"]
-            e_amp.step(ref)
-            eager.update_target(tau)
-            got = graphed(views)
-            if got is None:  # another shape: the eager step
-                assert i == 2
-                with g_amp.autocast():
-                    got = graphed_model(views)
-                g_amp.step(got["loss"])
-            else:
-                g_amp.apply()
-            graphed_model.update_target(tau)
-            a, b = ref.item(), got["loss"].item()
-            tol = (tol_first, 1e-6) if i == 0 else (tol_loss, 1e-6 if dtype is None else 1e-3)
-            assert abs(a - b) <= tol[0] * abs(a) + tol[1], (i, a, b)
-    assert graphed.graph is not None
-    worst = max((p - q).abs().max().item() for p, q in
-                zip(eager.state_dict().values(), graphed_model.state_dict().values())
-                if p.is_floating_point())  # fmt: skip
-    print(f"{method} {dtype}: max |param eager - graph| after 5 steps = {worst:.3g}")
-    assert worst <= tol_param
+            a = _step(eager, e_amp, None, views, lr, tau)["loss"].item()
+            b = _step(graphed_model, g_amp, graphed, views, lr, tau)["loss"].item()
+            p0, g0 = graphed.grads[0]  # the graph's gradient is the parameter's, but after
+            assert (p0.grad is g0) == (i != 2)  # the eager fallback (fresh ones, step 2)
+            if i == 0 and not fp32:  # the same weights: the gradients of one step
+                ge = torch.cat([p.grad.flatten() for p in eager.online_parameters()
+                                if p.grad is not None])  # fmt: skip
+                gg = torch.cat([p.grad.flatten() for p in graphed_model.online_parameters()
+                                if p.grad is not None])  # fmt: skip
+                assert ge.shape == gg.shape
+                assert (ge - gg).norm() <= 2e-2 * ge.norm(), ((ge - gg).norm(), ge.norm())
+            rel, eps = (1e-5, 1e-6) if fp32 else ((2e-3, 1e-6) if i == 0 else (2e-2, 1e-3))
+            assert abs(a - b) <= rel * abs(a) + eps, (i, a, b)
+    if fp32:
+        worst = max((p - q).abs().max().item() for p, q in
+                    zip(eager.state_dict().values(), graphed_model.state_dict().values())
+                    if p.is_floating_point())  # fmt: skip
+        print(f"{method} fp32: max |param eager - graph| after 5 steps = {worst:.3g}")
+        assert worst <= 1e-5
 
 
 @cuda
 def test_a_graphed_run_matches_an_eager_run_and_resumes_exactly(tmp_path, shapes_root):
-    """The Trainer with ``--cuda-graph on`` against ``off`` (same data order), and stopped at
-    step 2 then resumed (a new capture) against the straight graphed run: bit-identical."""
+    """The Trainer with ``--cuda-graph on`` against ``off`` in fp32 (same data order): the
+    same weights to 1e-5; and a bf16 graphed run stopped at step 2 then resumed (a new
+    capture) against the straight one: bit-identical."""
     from pretrain.trainer import Trainer
 
     data = str(shapes_root / "imagefolder")
@@ -155,16 +170,21 @@ def test_a_graphed_run_matches_an_eager_run_and_resumes_exactly(tmp_path, shapes
 
     with deterministic():
         straight = fit(cfg)
-        eager = fit(replace(cfg, output=str(tmp_path / "e"), cuda_graph="off"))
         fit(replace(cfg, output=str(tmp_path / "b"), stop_after_steps=2))
         resumed = fit(replace(cfg, output=str(tmp_path / "b")), resume=True)
+        graph32 = fit(replace(cfg, output=str(tmp_path / "g32"), amp="none"))
+        eager32 = fit(replace(cfg, output=str(tmp_path / "e32"), amp="none", cuda_graph="off"))
     assert straight.graphed is not None and straight.graphed.graph is not None
-    a, b, e = (t.model.state_dict() for t in (straight, resumed, eager))
+    assert eager32.graphed is None
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-        if a[k].is_floating_point():
-            assert (a[k] - e[k]).abs().max() <= 2e-2, k
-    la = [h["loss"] for h in straight.history if h.get("type") == "step"]
-    le = [h["loss"] for h in eager.history if h.get("type") == "step"]
-    assert la[0] == pytest.approx(le[0], rel=2e-3)
-    assert la == pytest.approx(le, rel=2e-2, abs=1e-3)
+    g, e = graph32.model.state_dict(), eager32.model.state_dict()
+    for k in g:
+        if g[k].is_floating_point():
+            assert (g[k] - e[k]).abs().max() <= 1e-5, k
+        else:
+            assert torch.equal(g[k], e[k]), k
+    lg = [h["loss"] for h in graph32.history if h.get("type") == "step"]
+    le = [h["loss"] for h in eager32.history if h.get("type") == "step"]
+    assert len(lg) == 4 and lg == pytest.approx(le, rel=1e-5)
