@@ -68,11 +68,13 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
 
 
-def find_cifar(root: str | Path) -> tuple[str, Path] | None:
+def find_cifar(root: str | Path, name: str | None = None) -> tuple[str, Path] | None:
     """(``cifar10`` / ``cifar100``, its folder) when ``root`` is a CIFAR folder or holds
-    one (``root/cifar-10-batches-py``); None otherwise."""
+    one (``root/cifar-10-batches-py``; ``name`` picks one where it holds both, as
+    torchvision's root often does); None otherwise."""
     root = Path(root)
-    for name, layout in CIFAR.items():
+    order = sorted(CIFAR, key=lambda n: n != name)  # the named release first
+    for name, layout in ((n, CIFAR[n]) for n in order):
         if root.name == layout.folder and root.is_dir():
             return name, root
         if (root / layout.folder).is_dir():
@@ -107,9 +109,10 @@ def read_cifar_batches(folder: Path, files, label_key: str) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.concatenate(arrays)), labels
 
 
-def cifar_split(root: str | Path, split: str) -> Split:
-    """The ``train`` or ``test`` split of the CIFAR release at (or under) ``root``."""
-    found = find_cifar(root)
+def cifar_split(root: str | Path, split: str, name: str | None = None) -> Split:
+    """The ``train`` or ``test`` split of the CIFAR release at (or under) ``root``
+    (``name``: cifar10 / cifar100 where it holds both)."""
+    found = find_cifar(root, name)
     if found is None:
         raise InputNotFound(
             f"{root}: no CIFAR folder (expected {CIFAR['cifar10'].folder}/ or "

@@ -18,7 +18,7 @@ from common.atomic import atomic_torch_save
 from common.checkpoints import SUITE_FORMAT, CheckpointError, load_any
 from common.cli import ConfigError
 from pretrain.config import RESUME_FREE_KEYS
-from pretrain.knn import KNN
+from pretrain.knn import has_knn, knn_summary
 
 
 def rng_state() -> dict:
@@ -49,7 +49,7 @@ def exported(
     history: list[dict],
 ) -> dict:
     """The documented format: online backbone (torchvision names) + metadata."""
-    knn = [h for h in history if h.get("type") == "epoch" and KNN in h]
+    knn = [h for h in history if h.get("type") == "epoch" and has_knn(h)]
     return {
         "format": SUITE_FORMAT,
         "backbone": backbone_state,
@@ -62,6 +62,7 @@ def exported(
             "hparams": config,
             "options": config.get("options", {}),  # the method's options (CARE's ablations)
             "knn": knn[-1] if knn else None,
+            "knn_summary": knn_summary(history) or None,  # last / best epoch per k
         },
     }
 

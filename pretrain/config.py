@@ -61,6 +61,12 @@ class PretrainConfig:
         "unlabelled images, searched recursively (COCO train2017/); or a text file listing "
         "image paths; default: synthetic shapes",
     )
+    dataset: str | None = opt(
+        None,
+        "the CIFAR release to read where --data holds both (cifar10 / cifar100; the CIFAR "
+        "recipes set it); without --data it names the synthetic twin to write",
+        choices=(None, "cifar10", "cifar100"),
+    )
     knn_data: str | None = opt(
         None,
         "labelled data for the kNN / online probes when --data has no labels (an ImageFolder "
@@ -252,17 +258,17 @@ class RunData:
     note: str = ""
 
 
-def data_splits(source: str | Path) -> tuple[Split, Split | None]:
+def data_splits(source: str | Path, cifar: str | None = None) -> tuple[Split, Split | None]:
     """(training split, evaluation split or None) of a --data / --knn-data value: a list
-    file, a CIFAR folder (train / test), an ImageFolder root (train/ [val/]) or a folder of
-    unlabelled images (recursive)."""
+    file, a CIFAR folder (train / test; ``cifar`` picks the release where it holds both),
+    an ImageFolder root (train/ [val/]) or a folder of unlabelled images (recursive)."""
     source = Path(source)
     if source.is_file():
         return list_split(source), None
     if not source.is_dir():
         raise InputNotFound(f"--data {source} does not exist; {LAYOUT_HELP}")
-    if find_cifar(source) is not None:
-        return cifar_split(source, "train"), cifar_split(source, "test")
+    if find_cifar(source, cifar) is not None:
+        return cifar_split(source, "train", cifar), cifar_split(source, "test", cifar)
     if (source / "train").is_dir():
         val = source / "val"
         return as_split(source / "train"), (as_split(val) if val.is_dir() else None)
@@ -270,8 +276,13 @@ def data_splits(source: str | Path) -> tuple[Split, Split | None]:
 
 
 def resolve_data(cfg: PretrainConfig) -> RunData:
-    """The run's splits. Without --data, writes the synthetic shapes first."""
-    if cfg.data is None:
+    """The run's splits. Without --data, writes the synthetic shapes (or, with --dataset,
+    the synthetic CIFAR twin) first."""
+    if cfg.data is None and cfg.dataset is not None:
+        from synthetic.cifar import write_cifar
+
+        root = write_cifar(Path(cfg.output) / "synthetic_cifar", seed=cfg.seed)
+    elif cfg.data is None:
         from synthetic import ShapesSpec, generate
 
         spec = ShapesSpec(
@@ -288,9 +299,9 @@ def resolve_data(cfg: PretrainConfig) -> RunData:
         root = generate(Path(cfg.output) / "shapes", spec) / "imagefolder"
     else:
         root = Path(cfg.data)
-    train, val = data_splits(root)
+    train, val = data_splits(root, cfg.dataset)
     if cfg.knn_data is not None:
-        bank, query = data_splits(cfg.knn_data)
+        bank, query = data_splits(cfg.knn_data, cfg.dataset)
         if not bank.labelled or query is None:
             raise ConfigError(
                 f"--knn-data {cfg.knn_data}: needs labelled train and test / val images (an "

@@ -13,7 +13,12 @@ from torch.utils.data import DataLoader
 from common.badimages import BadCount, SkipBad
 from pretrain.data import LabelledImages
 
-KNN = "knn/top1_k20"  # the headline key of the kNN probe in a run's records
+KNN = "knn/top1_k20"  # the headline key of the kNN probe in a run's records (default k)
+
+
+def has_knn(record: dict) -> bool:
+    """Whether an epoch record holds a kNN result (any k: the CIFAR monitor has k 200)."""
+    return any(k.startswith("knn/top1_k") for k in record)
 
 
 def knn_summary(history: list[dict]) -> dict[str, float]:

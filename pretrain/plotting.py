@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pretrain.knn import KNN
+from pretrain.knn import has_knn
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -15,7 +15,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [h for h in history if h["type"] == "step"]
-    epochs = [h for h in history if h["type"] == "epoch" and KNN in h]
+    epochs = [h for h in history if h["type"] == "epoch" and has_knn(h)]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key in sorted({k for h in steps for k in h if k.startswith("train/loss")}):
         a.plot([h["iteration"] for h in steps], [h[key] for h in steps], label=key)
@@ -25,7 +25,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         a.set_yscale("log")
     if steps:
         a.legend(fontsize=7)
-    for key in sorted({k for h in epochs for k in h if k.startswith("knn/")}):
+    for key in sorted({k for h in epochs for k in h if k.startswith("knn/top1")}):
         b.plot([h["epoch"] for h in epochs], [h[key] for h in epochs], marker="o", label=key)
     b.set_xlabel("epoch")
     b.set_ylabel("kNN top-1 (%)")

@@ -80,11 +80,12 @@ RECIPES: dict[str, dict] = {
     # method's paper defaults otherwise. Needs --data.
     "imagenet": {"epochs": 200, "batch_size": 128},
     # CIFAR (GSG B.2 / C.2 = lightly's benchmark); --data the CIFAR folder
-    "cifar10": CIFAR,
-    "cifar100": CIFAR,
+    "cifar10": {**CIFAR, "dataset": "cifar10"},
+    "cifar100": {**CIFAR, "dataset": "cifar100"},
     # the CIFAR recipe on the synthetic pickled twin, in seconds on a CPU (tests, demo)
     "cifar-smoke": {
         **CIFAR,
+        "dataset": "cifar10",
         "epochs": 2,
         "batch_size": 32,
         "workers": 0,

@@ -27,14 +27,15 @@ from common.metrics import MetricsLog
 from common.signals import StopFlag
 from pretrain import checkpoint
 from pretrain.amp import AmpStep
-from pretrain.config import PretrainConfig, amp_dtype, resolve_data
+from pretrain.config import RESUME_FREE_KEYS, PretrainConfig, amp_dtype, resolve_data
 from pretrain.data import ResumableSampler, ViewsDataset, collate_raw, views_for
 from pretrain.device_aug import DeviceAugment, DevicePrefetcher, decode_images
 from pretrain.graphed import GraphedForwardBackward, graph_unsupported
-from pretrain.knn import knn_accuracy
+from pretrain.knn import knn_accuracy, knn_summary
 from pretrain.methods import build_method, method_class
 from pretrain.plotting import plot_curves
 from pretrain.probe import OnlineProbe
+from pretrain.results import write_knn_seed
 from pretrain.schedules import lr_at, momentum_at
 
 
@@ -518,6 +519,13 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
             print(f"(curves.png not written: {e})")
         print(f"wrote {out}")
+        if self.cfg.results:
+            seed_dir = write_knn_seed(self.cfg.results, self.cfg.to_json(), self.history, out,
+                                      self.global_batch, RESUME_FREE_KEYS)  # fmt: skip
+            summary = knn_summary(self.history)
+            if seed_dir is not None:
+                best = {k: v for k, v in summary.items() if "best" in k}
+                print(f"kNN monitor {best} -> {seed_dir}", flush=True)
         return out
 
 

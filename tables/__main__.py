@@ -127,7 +127,7 @@ def write_table(spec, groups, args: argparse.Namespace, out: Path, built: dict |
         path = out / f"{spec.name}.{ext}"
         path.write_text(text)
         written[f"{spec.name}.{ext}"] = path
-    if spec.min_seeds == 1:  # a per-dataset table: one plot of every dataset
+    if spec.min_seeds == 1 or any(c.dataset for c in spec.columns):  # per-dataset columns
         png = plot_datasets(spec, rows, out / f"{spec.name}.png")
         if png:
             written[png.name] = png

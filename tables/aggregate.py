@@ -182,12 +182,13 @@ def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple, Path]) -> None:
     if (seed_dir / "metrics.json").exists():
         m = _read_json(seed_dir / "metrics.json")
         missing = [k for k in ("protocol", "seed") if k not in m]
-        if not ({"bbox", "cls", "headline"} & set(m)):
-            missing.append("bbox")  # detection; 'cls' classification, 'headline' recognition
+        if not ({"bbox", "cls", "headline", "knn"} & set(m)):
+            missing.append("bbox")  # detection; 'cls' classification, 'headline' recognition,
+            # 'knn' a pretraining run's kNN monitor
         if missing:
             raise TablesError(
                 f"{seed_dir / 'metrics.json'} lacks '{missing[0]}': not a metrics "
-                "file written by transfer/run_*.py"
+                "file written by transfer/run_*.py or python -m pretrain --results"
             )
         key = (group.protocol, group.weights, group.task, m["seed"])
         if key in seen:
@@ -205,7 +206,7 @@ def _add_seed(group: Group, seed_dir: Path, seen: dict[tuple, Path]) -> None:
 
 
 # Protocols whose results sit one level deeper, per downstream dataset.
-PER_DATASET_PROTOCOLS = {"manyshot_linear", "manyshot_finetune", "fewshot"}
+PER_DATASET_PROTOCOLS = {"manyshot_linear", "manyshot_finetune", "fewshot", "pretrain_knn"}
 
 
 def _seed_folders(root: Path):

@@ -97,6 +97,8 @@ class TableSpec:
     mean_column: str | None = None  # key of a column holding the mean of the others
     rank: bool = True  # bold the best two of each column (not in a table of settings)
     fmt: str = ""  # a format spec for every cell instead of mean ± std at --decimals
+    all_sources: bool = False  # every reference row, each labelled with its source
+    batch_label: bool = False  # rows carry the pretraining batch in their label
 
     @property
     def reference_files(self) -> tuple[str, ...]:
@@ -275,6 +277,34 @@ TABLES: dict[str, TableSpec] = {
             ),
         )
     },
+    "cifar": TableSpec(
+        "cifar",
+        "CIFAR pretraining (ResNet-18 CIFAR variant): kNN monitor top-1 (k 200, T 0.1, train "
+        "set as the bank) at the best and the last epoch, and the best epoch; solo-learn's "
+        "rows are linear top-1 (1000 epochs)",
+        [
+            Column(f"{pre}_{col}", label, block, "pretrain_knn", "knn", metric, ds)
+            for pre, ds, block in (
+                ("c10", "cifar10", "CIFAR-10 kNN"),
+                ("c100", "cifar100", "CIFAR-100 kNN"),
+            )
+            for col, label, metric in (
+                ("knn_best", "best", "best_top1_k200"),
+                ("knn_last", "last", "top1_k200"),
+                ("knn_epoch", "epoch", "best_epoch_k200"),
+            )
+        ]
+        + [
+            Column("c10_linear", "CIFAR-10", "Linear", "cifar_linear", "cls", "top1", "cifar10"),
+            Column("c100_linear", "CIFAR-100", "Linear", "cifar_linear", "cls", "top1", "cifar100"),
+        ],
+        "lightly_solo_cifar.csv",
+        None,
+        arch_column=True,
+        min_seeds=3,
+        all_sources=True,
+        batch_label=True,
+    ),  # fmt: skip
     "classification": TableSpec(
         "classification",
         "Classification protocols: linear (CARE, MoCo) and weighted kNN (GSG), top-1",
@@ -343,7 +373,7 @@ def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
         source = spec.default_source
     rows = []
     for rec in records:
-        if rec["source"] == source:
+        if spec.all_sources or rec["source"] == source:
             cells = {
                 c.key: float(rec[c.key]) if rec.get(c.key) not in (None, "") else None
                 for c in spec.columns
@@ -352,9 +382,14 @@ def read_reference(spec: TableSpec, source: str | None = None) -> list[Row]:
                 if cells[c.key] is not None and rec.get(f"{c.key}_ci95") not in (None, ""):
                     cells[c.key] = IntervalStat([cells[c.key]], float(rec[f"{c.key}_ci95"]))
             method = rec["value"] if spec.factor else rec["method"]
+            if spec.batch_label and rec.get("batch"):
+                method += f" (bs {rec['batch']})"
+            if spec.all_sources:
+                method += f" [{rec['source']}]"
             epochs = "100" if spec.factor else rec.get("epochs", "")
             arch = rec.get("arch", "")
-            rows.append(Row("paper", method, epochs, arch=arch, source=source, cells=cells))
+            rows.append(Row("paper", method, epochs, arch=arch, source=rec["source"],
+                            cells=cells))  # fmt: skip
     if not rows:
         raise TablesError(f"no reference rows with source {source!r} in {spec.reference_csv}")
     return rows
@@ -389,7 +424,10 @@ def _row_identity(spec: TableSpec, g: Group, labels: dict) -> tuple[str, str, st
         value = (meta.get("options") or {}).get(key)
         return None if value is None else (show(value) or str(value), epochs, arch)
     method, label_epochs = labels.get(g.weights, (None, None))
-    return method or meta.get("method") or g.weights, label_epochs or epochs, arch
+    method = method or meta.get("method") or g.weights
+    if spec.batch_label and meta.get("batch"):
+        method += f" (bs {meta['batch']})"
+    return method, label_epochs or epochs, arch
 
 
 def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]]) -> list[Row]:

@@ -88,7 +88,7 @@ def plot_datasets(spec: TableSpec, rows: list, out: Path) -> Path | None:
     if not ours:
         return None
     paper = [r for r in rows if r.kind == "paper"]
-    cols = spec.columns
+    cols = [c for c in spec.columns if "epoch" not in c.metric]  # accuracies only
     x = np.arange(len(cols))
     width = 0.8 / max(len(ours), 1)
     fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(cols) + 2), 4.2))

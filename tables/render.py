@@ -199,7 +199,8 @@ def notes(spec: TableSpec, rows: list[Row]) -> list[str]:
     if any(r.kind == "paper" for r in rows):
         out.append("Paper rows: " + ", ".join(sorted({r.source for r in rows if r.source})))
     if any(r.few_seeds for r in rows):
-        out.append("\\* fewer than 5 seeds (the protocol's number of trials).")
+        n = max(r.min_seeds for r in rows if r.few_seeds)
+        out.append(f"\\* fewer than {n} seeds (the protocol's number of trials).")
     if any(p < SIGNIFICANT for r in rows for p in r.pvalues.values()):
         vs = next(r.p_vs for r in rows if r.pvalues)
         out.append(f"† Welch's t-test against {vs}: p < {SIGNIFICANT}.")

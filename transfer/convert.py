@@ -15,8 +15,10 @@ Accepted inputs (detected from the keys, never from the file name):
   (or pick one with ``--prefix``);
 - an existing Detectron2 ``.pkl`` (passed through unchanged).
 
-ResNet-18/34/50/101/152 and ResNet-50 width x2 (torchvision ``wide_resnet50_2``); the CIFAR
-ResNet-18 (3x3 stem) is recognised and refused with the reason (no Detectron2 stem holds it).
+ResNet-18/34/50/101/152 and ResNet-50 width x2 (torchvision ``wide_resnet50_2``), and the
+CIFAR ResNet-18 (3x3 stride-1 stem, no max-pool): no Detectron2 stem holds that, so its file
+(same names) serves the classification and recognition runners only, checked by an exact
+round trip of every tensor to the torchvision ResNet instead of Detectron2's features.
 
 Output: a pickle ``{"model": {name: ndarray}, "__author__": str, "matching_heuristics": True,
 "suite_meta": {...}}``. Before anything is written: every Detectron2 backbone tensor (stem,
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from common.archs import Arch
+from common.archs import Arch, build_resnet
 from common.atomic import atomic_pickle
 from common.checkpoints import (
     AUTHOR,
@@ -170,14 +172,6 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
         b.dropped,
         b.meta,
     )
-    if arch.stem != "imagenet":
-        raise ConversionError(
-            f"{arch.name} has a {arch.stem} stem (3x3 stride-1 conv, no max-pool), which "
-            "Detectron2's ResNet stem cannot hold: the detection protocols need an "
-            "ImageNet-stem ResNet; use this checkpoint with run_linear.py or "
-            "run_recognition.py, which read it directly"
-        )
-
     model, mapping, seen = {}, [], {}
     for k in sorted(body):
         name = torchvision_to_d2_name(k)
@@ -191,7 +185,12 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
         )
         mapping.append((pre + k, name))
 
-    expected = {k: tuple(v.shape) for k, v in build_d2_backbone(arch).state_dict().items()}
+    if arch.stem != "imagenet":  # the torchvision ResNet's own tensors, under D2's names
+        reference = build_resnet(arch).state_dict()
+        expected = {torchvision_to_d2_name(k): tuple(v.shape) for k, v in reference.items()
+                    if not k.startswith("fc.")}  # fmt: skip
+    else:
+        expected = {k: tuple(v.shape) for k, v in build_d2_backbone(arch).state_dict().items()}
     # num_batches_tracked is optional in inputs (counts steps only)
     missing = sorted(
         k for k in expected if k not in model and not k.endswith("num_batches_tracked")
@@ -216,6 +215,12 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
             model[k] = np.zeros((), dtype=np.int64)
 
     conv = Conversion(model, arch, f"{label} ({where})", pre, mapping, dropped, meta)
+    if arch.stem != "imagenet":  # no Detectron2 model to compare: an exact round trip
+        back = {d2_to_torchvision_name(n): v for n, v in model.items()}
+        wrong = [k for k, v in body.items() if not np.array_equal(back.get(k), v.cpu().numpy())]
+        if wrong:
+            raise ConversionError(f"round trip of the {arch.name} tensors failed: {wrong[:5]}")
+        return conv
     if verify:
         conv.max_rel_diff = compare_features(body, model, arch)
         if not conv.max_rel_diff <= TOLERANCE:

@@ -44,8 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
-        help="ImageNet-layout root ROOT/{train,val}/<class>/ (with --dataset synthetic: a "
-        "synthetic ImageFolder instead of the built-in shapes)",
+        help="ImageNet-layout root ROOT/{train,val}/<class>/, or a CIFAR folder "
+        "(cifar-10-batches-py/ or cifar-100-python/, or one holding it: train / test batches) "
+        "(with --dataset synthetic: a synthetic ImageFolder instead of the built-in shapes)",
     )
     p.add_argument(
         "--subset-file",

@@ -1,10 +1,12 @@
 """ImageNet-layout data for the classification protocols: checks, transforms, datasets.
 
 Layout: ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*.JPEG`` (the val split in
-class folders, as torchvision's ImageFolder reads it). SimCLR's subset files (one image
-name per line, e.g. ``n01440764_10026.JPEG``) select the semi-supervised training images.
-Unreadable images are skipped (``None`` items; ``common.badimages``) and capped by the
-protocol's ``max_bad_frac``.
+class folders, as torchvision's ImageFolder reads it), or a CIFAR release in torchvision's
+format (``ROOT`` = or holding ``cifar-10-batches-py/`` / ``cifar-100-python/``: train and
+test batches; its samples are the (32, 32, 3) images themselves, not paths). SimCLR's
+subset files (one image name per line, e.g. ``n01440764_10026.JPEG``) select the
+semi-supervised training images. Unreadable images are skipped (``None`` items;
+``common.badimages``) and capped by the protocol's ``max_bad_frac``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from common.badimages import BadCount, open_rgb
 from common.cli import BadInput, InputNotFound
+from common.imagesets import cifar_split, find_cifar
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG"
@@ -58,9 +61,13 @@ def scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]
     return classes, samples
 
 
-def check_layout(root: Path) -> tuple[list[str], list, list]:
+def check_layout(root: Path, cifar: str | None = None) -> tuple[list[str], list, list]:
     """(class names, train samples, val samples), after checking that train and val have
-    the same class folders (each split is listed once)."""
+    the same class folders (each split is listed once). A CIFAR folder gives its train and
+    test batches (``cifar``: cifar10 / cifar100 where ``root`` holds both)."""
+    if find_cifar(root, cifar) is not None:
+        train = cifar_split(root, "train", cifar)
+        return train.classes, train.samples, cifar_split(root, "test", cifar).samples
     train_classes, train = scan_split(root, "train")
     val_classes, val = scan_split(root, "val")
     if train_classes != val_classes:
@@ -81,6 +88,8 @@ def read_subset(path: Path, samples: list[tuple[str, int]]) -> list[tuple[str, i
             "imagenet_subsets folder); put it there or pass --subset-file"
         )
     names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if samples and not isinstance(samples[0][0], str | Path):
+        raise BadInput(f"{path}: subset files name ImageNet files; this dataset is CIFAR")
     by_name = {Path(p).name: (p, k) for p, k in samples}
     missing = [n for n in names if n not in by_name]
     if missing:

@@ -42,6 +42,12 @@ def arch_opts(arch: str | None) -> list[str]:
     if arch is None:  # random init or a .pkl without metadata: the protocol's ResNet-50
         return []
     a = arch_by_name(arch)
+    if a.stem != "imagenet":
+        raise ConfigError(
+            f"the weights are a {arch} ({a.stem} stem: 3x3 stride-1, no max-pool), which "
+            "Detectron2's ResNet stem cannot hold; use them with run_linear.py or "
+            "run_recognition.py"
+        )
     if not a.bottleneck:
         raise ConfigError(
             f"the weights are a {arch}; the detection protocols need a "

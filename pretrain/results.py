@@ -1,0 +1,89 @@
+"""A finished pretraining run's kNN monitor as a seed folder the tables read (``--results``).
+
+Layout (the recognition families' per-dataset layout)::
+
+    <results>/pretrain_knn/<method>_<arch>_e<epochs>_b<global batch>/<dataset>/seed<seed>/
+        config.yaml     the run's settings, less the seed and what may change on resume
+        metrics.json    written last: {"protocol": "pretrain_knn", "seed", "dataset",
+                        "knn": {top1_k200, best_top1_k200, best_epoch_k200, ...}, ...}
+
+``dataset`` in the folder name is the data the run read (cifar10 / cifar100, or the
+ImageFolder's name); ``metrics.json``'s ``dataset`` is ``synthetic`` for the synthetic twins,
+so the tables put those runs in rows marked "(synthetic)".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from common.atomic import atomic_write_json, atomic_write_text
+from common.checkpoints import file_sha256
+from common.imagesets import find_cifar
+from pretrain.knn import knn_summary
+
+PROTOCOL = "pretrain_knn"
+SYNTHETIC_STAMPS = ("cifar.json", "shapes.json")  # written beside the synthetic twins
+
+
+def data_identity(data: str | None, dataset: str | None) -> tuple[str, bool]:
+    """(dataset folder name, synthetic?) of a run's ``--data`` / ``--dataset``."""
+    if data is None:
+        return dataset or "shapes", True
+    root = Path(data)
+    found = find_cifar(root, dataset)
+    if found is not None:
+        name, folder = found
+        synthetic = any(
+            (p / s).is_file() for p in (folder, folder.parent) for s in SYNTHETIC_STAMPS
+        )
+        return name, synthetic
+    synthetic = any((p / s).is_file() for p in (root, root.parent) for s in SYNTHETIC_STAMPS)
+    return root.name or "data", synthetic
+
+
+def run_name(config: dict, global_batch: int) -> str:
+    """``<method>_<arch>_e<epochs>_b<global batch>``: the row a run's seeds share."""
+    return f"{config['method']}_{config['arch']}_e{config['epochs']}_b{global_batch}"
+
+
+def write_knn_seed(
+    results: str | Path,
+    config: dict,
+    history: list[dict],
+    checkpoint: Path,
+    global_batch: int,
+    free_keys: set[str],
+) -> Path | None:
+    """Write the seed folder of one finished run; None when the run had no kNN monitor."""
+    knn = knn_summary(history)
+    if not knn:
+        return None
+    name, synthetic = data_identity(config.get("data"), config.get("dataset"))
+    seed_dir = Path(results) / PROTOCOL / run_name(config, global_batch) / name
+    seed_dir = seed_dir / f"seed{config['seed']}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    kept = {k: v for k, v in config.items() if k not in free_keys | {"seed", "data", "knn_data"}}
+    atomic_write_text(seed_dir / "config.yaml", yaml.safe_dump(kept, sort_keys=True))
+    metrics = {
+        "protocol": PROTOCOL,
+        "family": "pretrain",
+        "seed": config["seed"],
+        "dataset": "synthetic" if synthetic else name,
+        "arch": config["arch"],
+        "knn": {k.removeprefix("knn/"): v for k, v in knn.items()},
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)},
+        "weights": {
+            "meta": {
+                "method": config["method"].upper(),
+                "method_key": config["method"],
+                "arch": config["arch"],
+                "epochs": config["epochs"],
+                "batch": global_batch,
+                "options": config.get("options", {}),
+            }
+        },
+    }
+    atomic_write_json(seed_dir / "metrics.json", metrics)  # last: the seed is finished
+    return seed_dir
