@@ -151,7 +151,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
             online, target = getattr(self, name), self.target[name]
             t_params = list(target.parameters())
             o_params = [p.detach() for p in online.parameters()]
-            torch._foreach_mul_(t_params, tau)
-            torch._foreach_add_(t_params, o_params, alpha=1 - tau)
+            if t_params:  # a module may have none (MaskCo --no-mph: an identity)
+                torch._foreach_mul_(t_params, tau)
+                torch._foreach_add_(t_params, o_params, alpha=1 - tau)
             for tb, ob in zip(target.buffers(), online.buffers()):
                 tb.copy_(ob)

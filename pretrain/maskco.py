@@ -71,6 +71,8 @@ class MaskCoOptions(HeadSizes):
     mask_fill: str = opt(
         "mean", "masked pixels: the dataset mean or Gaussian noise", choices=("mean", "noise")
     )
+    mph: bool = opt(True, "the mask prediction head; off: RoIAlign on res5 itself (supp. Table 2)")
+    mask: bool = opt(True, "mask the query's box; off: the box stays visible (supp. Table 2)")
 
 
 class MaskedPair:
@@ -90,7 +92,8 @@ class MaskedPair:
 
     def __call__(self, img: Image.Image, transforms: list[ViewTransform]):
         s = self.sample(img, transforms)
-        self.mask(s["views"][0], s["boxes"][0])
+        if self.cfg.mask:
+            self.mask(s["views"][0], s["boxes"][0])
         return s["views"], s["boxes"]
 
     def sample(self, img: Image.Image, transforms: list[ViewTransform]) -> dict:
@@ -239,7 +242,7 @@ class MaskCo(Method):
 
     def build_heads(self) -> None:
         c, dim = self.cfg, self.backbone.dim
-        self.mph = MaskPredictionHead(dim, c.mph_dim, c.mph_layers)
+        self.mph = MaskPredictionHead(dim, c.mph_dim, c.mph_layers) if c.mph else nn.Identity()
         self.projector = MLP(dim, c.proj_hidden, c.proj_dim, bn=False)
 
     def keys(self, key_view: torch.Tensor, pos: torch.Tensor):

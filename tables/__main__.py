@@ -26,7 +26,7 @@ import json
 
 from common.cli import doc_parser, run_cli
 from tables.aggregate import MIN_SEEDS, TablesError, collect
-from tables.layout import TABLES, build_table, known_sources, table_for
+from tables.layout import TABLES, build_table, known_sources, table_for, table_groups
 from tables.plot import plot_datasets, plot_protocol
 from tables.render import to_csv, to_latex, to_markdown
 
@@ -132,12 +132,9 @@ def write_table(spec, groups, args: argparse.Namespace, out: Path, built: dict |
         if png:
             written[png.name] = png
         return written
-    for protocol in sorted(
-        {g.protocol for g in groups if g.seeds and g.base_protocol in spec.protocols}
-    ):
-        png = plot_protocol(
-            spec, groups, protocol, out / f"{spec.name}_{protocol}.png", args.source
-        )
+    mine = table_groups(spec, groups, _labels(args.label))
+    for protocol in sorted({g.protocol for g in mine}):
+        png = plot_protocol(spec, mine, protocol, out / f"{spec.name}_{protocol}.png", args.source)
         if png:
             written[png.name] = png
     return written
@@ -186,7 +183,11 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     built: dict = {}
     out.mkdir(parents=True, exist_ok=True)
     for spec in TABLES.values():
+        # a table of runs' protocols (an ablation table keeps its paper rows even when no
+        # checkpoint records its factor); one selecting checkpoints (``only``) needs one
         has_runs = any(g.seeds and g.base_protocol in spec.protocols for g in groups)
+        if spec.only:
+            has_runs = bool(table_groups(spec, groups, _labels(args.label)))
         if has_runs or (args.reference_only and spec.reference_csv):
             written.update(write_table(spec, groups, args, out, built))
     summarise_groups(groups, out)

@@ -52,6 +52,7 @@ FACTORS = {
         }.get,
     ),
     "design": ("t_design", "Design", str),
+    "mask": ("mask", "Mask", lambda v: "yes" if v in (True, "True", "true") else "no"),
 }
 
 
@@ -98,6 +99,7 @@ class TableSpec:
     rank: bool = True  # bold the best two of each column (not in a table of settings)
     fmt: str = ""  # a format spec for every cell instead of mean ± std at --decimals
     all_sources: bool = False  # every reference row, each labelled with its source
+    only: tuple[tuple[str, object], ...] = ()  # method options a checkpoint must have
     batch_label: bool = False  # rows carry the pretraining batch in their label
 
     @property
@@ -192,6 +194,20 @@ TABLES: dict[str, TableSpec] = {
             ("design", "CARE (text): T-stream design", "care_main_text", "design"),
         )
     },
+    "maskco_coco": TableSpec(
+        "maskco_coco",
+        "MaskCo supp. Table 2: pretrained on COCO without the mask prediction head, mask on / "
+        "off (VOC07+12 Faster R-CNN R50-C4; linear_multilayer conv4 / conv5 top-1)",
+        _block("voc", "VOC07+12 det", "voc_c4_24k", "bbox", "AP")
+        + [
+            _cls("linear_conv4", "conv4", "Linear", "linear_multilayer", "conv4_top1"),
+            _cls("linear_conv5", "conv5", "Linear", "linear_multilayer", "conv5_top1"),
+        ],
+        "maskco_supp_table2.csv",
+        "maskco_supp_table2",
+        factor="mask",
+        only=(("mph", False),),
+    ),
     "multilayer": TableSpec(
         "multilayer",
         "MaskCo supp. Table 1: multi-layer linear evaluation (linear_multilayer, top-1)",
@@ -417,6 +433,9 @@ def _row_identity(spec: TableSpec, g: Group, labels: dict) -> tuple[str, str, st
     """(method or factor value, epochs, arch) of a group's row; None when the group has no
     value of the table's factor (an ablation table lists CARE checkpoints only)."""
     meta = g.meta
+    options = meta.get("options") or {}
+    if any(options.get(k) != v for k, v in spec.only):
+        return None  # another kind of checkpoint (e.g. MaskCo with its MPH)
     epochs = str(meta["epochs"]) if meta.get("epochs") is not None else ""
     arch = g.seeds[0].metrics.get("arch") or meta.get("arch") or ""
     if spec.factor:
@@ -428,6 +447,13 @@ def _row_identity(spec: TableSpec, g: Group, labels: dict) -> tuple[str, str, st
     if spec.batch_label and meta.get("batch"):
         method += f" (bs {meta['batch']})"
     return method, label_epochs or epochs, arch
+
+
+def table_groups(spec: TableSpec, groups: list[Group], labels: dict | None = None) -> list[Group]:
+    """The groups with finished seeds that make rows of ``spec`` (its protocols, and the
+    checkpoints its factor / ``only`` select)."""
+    return [g for g in groups if g.seeds and g.base_protocol in spec.protocols
+            and _row_identity(spec, g, labels or {}) is not None]  # fmt: skip
 
 
 def our_rows(spec: TableSpec, groups: list[Group], labels: dict[str, tuple[str, str]]) -> list[Row]:

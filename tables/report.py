@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tables.aggregate import PER_DATASET_PROTOCOLS, Group
-from tables.layout import Row, TableSpec
+from tables.layout import Row, TableSpec, table_groups
 from tables.render import notes, to_html
 
 SEED_FILES = ("config.yaml", "metrics.json", "train_metrics.jsonl", "log.txt")
@@ -80,9 +80,7 @@ def _metric_value(metrics: dict, task: str, metric: str) -> float | None:
 def spread(spec: TableSpec, groups: list[Group], base: Path, decimals: int) -> str:
     """Every finished seed of the table's protocols: its value of each column it fills."""
     lines = []
-    for g in groups:
-        if not g.seeds or g.base_protocol not in spec.protocols:
-            continue
+    for g in table_groups(spec, groups):
         cols = [c for c in spec.columns if c.protocol == g.base_protocol
                 and (not g.task or (c.dataset or c.metric) == g.task)]  # fmt: skip
         for s in g.seeds:

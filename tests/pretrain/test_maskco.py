@@ -171,3 +171,78 @@ def test_maskco_step_routes_gradients_to_the_online_network_only():
     loss.backward()
     assert all(p.grad is not None for p in m.online_parameters())
     assert all(p.grad is None for p in m.target.parameters())
+
+
+def test_supp_table2_options_no_mph_and_no_mask():
+    """``--no-mph``: RoIAlign reads res5 itself (no head parameters, EMA on backbone and
+    projector only); ``--no-mask``: the query's box keeps the image (the same draws and
+    boxes as with the mask)."""
+    from pretrain.methods import build_method
+
+    model = build_method("maskco", "resnet18", {"mph": False})
+    assert isinstance(model.mph, torch.nn.Identity)
+    assert not any(n.startswith("mph.") for n, _ in model.named_parameters())
+    views = [torch.randn(4, 3, 64, 64) for _ in range(2)]
+    torch.manual_seed(0)
+    boxes = torch.stack([random_boxes(4, 1, 64, (0.3, 0.5), "cpu")[:, 0]] * 2, dim=1)
+    loss = model(views, boxes)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.conv1.weight.grad is not None
+    model.update_target(0.99)
+
+    img, transforms = coordinate_image(), [PLAIN.build(), PLAIN.build()]
+    torch.manual_seed(5)
+    masked, b1 = MaskedPair(MaskCoOptions())(img, transforms)
+    torch.manual_seed(5)
+    plain, b2 = MaskedPair(MaskCoOptions(mask=False))(img, transforms)
+    assert torch.equal(b1, b2) and torch.equal(masked[1], plain[1])
+    inside = roi_features(plain[0][None], b2[None, :1], S, 4)[0, 0]
+    assert inside.abs().max().item() > 0.1  # the image, not the fill
+    assert roi_features(masked[0][None], b1[None, :1], S, 4).abs().max().item() < 1e-6
+
+
+def test_the_maskco_coco_recipe_pretrains_on_a_flat_folder(tmp_path, shapes_root):
+    """MaskCo supp. A.2: the COCO recipe on a flat folder of images (as train2017/), here
+    one short epoch; the checkpoint records the no-MPH option the tables select on."""
+    import shutil
+
+    from pretrain.recipes import recipe_config
+    from pretrain.trainer import Trainer
+
+    flat = tmp_path / "train2017"
+    flat.mkdir()
+    for i, f in enumerate(sorted((shapes_root / "imagefolder" / "train").rglob("*.*"))[:16]):
+        shutil.copy(f, flat / f"{i:012d}{f.suffix}")
+    cfg = recipe_config("maskco-coco", data=str(flat), output=str(tmp_path / "run"),
+                        epochs=1, batch_size=8, image_size=64, arch="resnet18", workers=0,
+                        knn_every=0)  # fmt: skip
+    assert cfg.method == "maskco" and cfg.options.mph is False and cfg.options.mask is True
+    out = Trainer(cfg).fit()
+    meta = torch.load(out, weights_only=False)["meta"]
+    assert meta["options"]["mph"] is False and meta["options"]["mask"] is True
+
+
+def test_the_supp_table2_rows_select_no_mph_checkpoints(tmp_path):
+    """The maskco_coco table: the paper's two rows, and a row per no-MPH MaskCo checkpoint
+    labelled by its mask option; a checkpoint with the MPH is left out."""
+    import json
+
+    from tables.aggregate import collect
+    from tables.layout import TABLES, build_table
+
+    for name, opts in (("coco_nomask", {"mph": False, "mask": False}),
+                       ("imagenet_mph", {"mph": True, "mask": True})):  # fmt: skip
+        for k, top in enumerate((50.0, 52.0)):
+            d = tmp_path / "linear_multilayer" / name / f"seed{k}"
+            d.mkdir(parents=True)
+            m = {"protocol": "linear_multilayer", "seed": 1000 + k,
+                 "cls": {"conv4_top1": top, "conv5_top1": top - 10},
+                 "weights": {"sha256": name, "meta": {"method": "MASKCO", "epochs": 200,
+                                                      "options": opts}}}  # fmt: skip
+            (d / "metrics.json").write_text(json.dumps(m))
+    rows = build_table(TABLES["maskco_coco"], collect([tmp_path]), {})
+    assert [(r.kind, r.method) for r in rows] == [("paper", "yes"), ("paper", "no"),
+                                                  ("ours", "no")]  # fmt: skip
+    ours = rows[-1]
+    assert ours.mean("linear_conv4") == pytest.approx(51.0)
+    assert ours.mean("linear_conv5") == pytest.approx(41.0) and ours.mean("voc_AP") is None
