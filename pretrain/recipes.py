@@ -82,8 +82,12 @@ RECIPES: dict[str, dict] = {
     # MaskCo supp. A.2 / Table 2: MaskCo on COCO's unlabelled train2017 (--data the folder)
     # with its ImageNet settings (the paper's 32 images per GPU), without the mask prediction
     # head; --no-mask for the table's other row
-    "maskco-coco": {"method": "maskco", "epochs": 200, "batch_size": 32,
-                    "options": {"mph": False}},  # fmt: skip
+    "maskco-coco": {
+        "method": "maskco",
+        "epochs": 200,
+        "batch_size": 32,
+        "options": {"mph": False},
+    },  # fmt: skip
     # CIFAR (GSG B.2 / C.2 = lightly's benchmark); --data the CIFAR folder
     "cifar10": {**CIFAR, "dataset": "cifar10"},
     "cifar100": {**CIFAR, "dataset": "cifar100"},

@@ -9,7 +9,8 @@
    minutes measurably beat random initialisation, then runs the linear (CARE's protocol)
    and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18, and the
    many-shot linear recognition transfer (ssl-transfer's) of both on two synthetic twins;
-6. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4);
+6. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4) and t-SNE maps of the
+   silhouettes' validation images through the three pretrained backbones (GSG's Fig. 1);
 7. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots, and
    ``report.html``, all of it on one page.
 
@@ -198,24 +199,31 @@ def tables_and_maps(
 ) -> dict[str, Path]:
     """Steps 6 and 7: the attention maps, then the tables, plots and report.html of every
     finished seed (the maps among the report's figures)."""
-    from pretrain import visualize
+    from pretrain import tsne, visualize
     from tables import __main__ as tables_cli
 
-    step("6/7 attention maps (Grad-CAM, CARE Fig. 4)")
+    step("6/7 attention maps (Grad-CAM, CARE Fig. 4) and t-SNE maps (GSG Fig. 1)")
     maps = out / "attention_maps.png"
     argv = ["--weights", str(weights["care"]), str(weights["byol"]), "--images",
             str(shapes / "imagefolder" / "val"), "--out", str(maps),
             "--size", str(image_size * 2), "--max-images", "6"]  # fmt: skip
     maps = visualize.main(visualize.get_args_parser().parse_args(argv))
+    tsne_png = out / "tsne.png"
+    argv = ["--weights", str(out / "weights" / "care_r18.pth"), str(weights["care"]),
+            str(weights["byol"]), "--data", str(out / "datasets" / "silhouettes"),
+            "--size", "64", "--out", str(tsne_png), "--workers", "0"]  # fmt: skip
+    tsne_png = tsne.main(tsne.get_args_parser().parse_args(argv))
 
     step("7/7 tables, plots and report.html")
     short = arch.replace("resnet", "r")
     argv = ["--runs", str(out / "runs"), "--out", str(out / "tables"), "--compare",
             f"byol_{short}", f"care_{short}", "--label", "random_init=Rand Init",
             "--label", "random_init_r18=Rand Init", "--label", "care_r18=CARE",
-            "--decimals", "2", "--html", "--figure", str(maps)]  # fmt: skip
+            "--decimals", "2", "--html", "--figure", str(maps),
+            "--figure", str(tsne_png)]  # fmt: skip
     written = tables_cli.main(tables_cli.get_args_parser().parse_args(argv))
     written["attention_maps.png"] = maps
+    written["tsne.png"] = tsne_png
     return written
 
 
@@ -224,10 +232,11 @@ def report(out: Path, written: dict[str, Path], seconds: float) -> None:
         print(f"    (previous stage: {time.time() - _STAGE[-1]:.0f} s)")
     print(f"\n=== done in {seconds:.0f} s. Results:")
     for name in ("report.html", "table4.md", "table4.csv", "table4.tex", "classification.md",
-                 "manyshot.md", "attention_maps.png"):  # fmt: skip
+                 "manyshot.md", "attention_maps.png", "tsne.png"):  # fmt: skip
         if name in written:
             print(f"  {written[name]}")
-    for path in sorted(p for k, p in written.items() if k.endswith(".png") and "maps" not in k):
+    figures = ("attention_maps.png", "tsne.png")
+    for path in sorted(p for k, p in written.items() if k.endswith(".png") and k not in figures):
         print(f"  {path}")
     for name in ("table4.md", "classification.md", "manyshot.md"):
         if (out / "tables" / name).exists():

@@ -247,3 +247,30 @@ def test_the_cifar_recipe_runs_two_epochs_and_its_checkpoint_serves_the_runner(t
     (knn,) = (tmp_path / "results" / "knn").glob("*/seed0/metrics.json")
     cls = json.loads(knn.read_text())["cls"]
     assert 0 <= cls["k200_top1"] <= 100
+
+
+@pytest.mark.parametrize("engine", ["auto", "sklearn"])
+def test_the_tsne_command_draws_two_checkpoints_side_by_side(twin, tmp_path, engine):
+    """Two checkpoints' test-set maps, one panel each; the same seed gives the same map."""
+    from PIL import Image
+
+    from pretrain.checkpoint import exported
+    from pretrain.tsne import embed, get_args_parser, main
+
+    weights = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = build_resnet(get_arch("resnet18_cifar"))
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+        path = tmp_path / f"net{seed}.pth"
+        torch.save(exported(state, "byol", {"arch": "resnet18_cifar"}, 1, 0, []), path)
+        weights.append(str(path))
+    out = main(get_args_parser().parse_args(
+        ["--weights", *weights, "--data", str(twin), "--dataset", "cifar10", "--out",
+         str(tmp_path / "tsne.png"), "--max-images", "40", "--engine", engine,
+         "--workers", "0"]))  # fmt: skip
+    w, h = Image.open(out).size
+    assert w > 1.6 * h  # two panels side by side
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    a, b = embed(x, engine, 0, 30.0), embed(x, engine, 0, 30.0)
+    assert a.shape == (40, 2) and np.allclose(a, b)

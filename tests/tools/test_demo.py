@@ -71,6 +71,8 @@ def test_tiny_demo_produces_every_artefact(tmp_path, render_html):
             with Image.open(path) as im:
                 assert im.size[0] > 100
     assert "attention_maps.png" in written
+    with Image.open(written["tsne.png"]) as im:  # three panels: CARE r18, CARE and BYOL r50
+        assert im.size[0] > 2.5 * im.size[1]
     # the report, as a browser renders it: every plot and the maps, the tables' rows
     page = render_html(written["report.html"], tmp_path / "report.png")
     assert page["broken"] == 0 and page["images"] >= 5
