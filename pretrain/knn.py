@@ -23,17 +23,22 @@ def has_knn(record: dict) -> bool:
 
 def knn_summary(history: list[dict]) -> dict[str, float]:
     """The kNN monitor of a run's epoch records: per k the last value
-    (``knn/top1_k200``), the best (``knn/best_top1_k200``) and the epoch it was reached
-    at (``knn/best_epoch_k200``; the earliest on ties; 0 = before training)."""
+    (``knn/top1_k200``), the best over the trained epochs (``knn/best_top1_k200``, as
+    lightly reports it; the reading before training, epoch 0, counts only when it is the
+    only one) and the epoch it was reached at (``knn/best_epoch_k200``; the earliest on
+    ties)."""
+    records = [r for r in history if r.get("type") == "epoch"]
+    trained = [r for r in records if r.get("epoch", 0) >= 1]
     out: dict[str, float] = {}
-    for rec in history:
-        if rec.get("type") != "epoch":
-            continue
+    for rec in records:
+        for key, value in rec.items():
+            if key.startswith("knn/top1_k"):
+                out[key] = value
+    for rec in trained if any(has_knn(r) for r in trained) else records:
         for key, value in rec.items():
             if not key.startswith("knn/top1_k"):
                 continue
             k = key.removeprefix("knn/top1_")
-            out[key] = value
             if value > out.get(f"knn/best_top1_{k}", -1.0):
                 out[f"knn/best_top1_{k}"] = value
                 out[f"knn/best_epoch_{k}"] = rec["epoch"]

@@ -150,6 +150,7 @@ def test_runnable_modules_are_the_expected_ones():
     assert _runnable_modules() == [
         "pretrain/__main__.py",
         "pretrain/learning_signal.py",
+        "pretrain/tsne.py",
         "pretrain/visualize.py",
         "synthetic/__main__.py",
         "tables/__main__.py",

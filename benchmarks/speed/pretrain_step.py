@@ -83,14 +83,15 @@ def bound_speed(
     import copy
 
     import torch
-    import torchvision
 
     from pretrain.amp import AmpStep
     from pretrain.config import amp_dtype
 
     cuda = device.startswith("cuda")
     mf = torch.channels_last if cuda else torch.contiguous_format
-    net = torchvision.models.get_model(arch).to(device, memory_format=mf)
+    from common.archs import build_resnet, get_arch
+
+    net = build_resnet(get_arch(arch)).to(device, memory_format=mf)  # torchvision's (or CIFAR's)
     tgt = copy.deepcopy(net).requires_grad_(False) if target else None
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
     amp_step = AmpStep(opt, amp_dtype(amp, "cuda" if cuda else "cpu"), "cuda" if cuda else "cpu")

@@ -151,6 +151,7 @@ def test_the_knn_monitor_temperature_weights_similarity_over_the_majority():
 
 def test_the_knn_summary_records_last_and_best_epoch():
     history = [
+        {"type": "epoch", "epoch": 0, "knn/top1_k200": 60.0},  # before training: not "best"
         {"type": "step", "knn/top1_k200": 99.0},  # not an epoch record
         {"type": "epoch", "epoch": 1, "knn/top1_k200": 40.0},
         {"type": "epoch", "epoch": 2, "knn/top1_k200": 55.5},
@@ -234,7 +235,7 @@ def test_the_cifar_recipe_runs_two_epochs_and_its_checkpoint_serves_the_runner(t
     assert [h["epoch"] for h in epochs if "knn/top1_k200" in h] == [0, 1, 2]  # 0: before
     seed = tmp_path / "results/pretrain_knn/simsiam_resnet18_cifar_e2_b32/cifar10/seed0"
     m = json.loads((seed / "metrics.json").read_text())
-    best = max(h["knn/top1_k200"] for h in epochs)
+    best = max(h["knn/top1_k200"] for h in epochs if h["epoch"] >= 1)
     assert m["dataset"] == "synthetic" and m["knn"]["best_top1_k200"] == best
     assert m["knn"]["top1_k200"] == epochs[-1]["knn/top1_k200"]
     frame = load_runs(tmp_path / "results")
