@@ -7,7 +7,7 @@ orientation fixed, so the shape is what survives crops; ``--aug crop`` drops the
 augmentations, which need far more steps than a CPU run has. The EMA target's momentum is 0.9
 (cosine to 1), short as the run is (see ``pretrain.learning_signal``). Each run takes about
 3 minutes, so they run in ``make test-extended`` (SimSiam, SimSiam-GSG, BYOL-GSG, CARE and
-BYOL, the C-stream of CARE, at 64 px, and MaskCo at 96 px);
+BYOL, the C-stream of CARE, at 64 px, and MaskCo at 96 px over two seeds);
 ``python -m pretrain.learning_signal --method M`` runs any method (docs/learning-signal.md
 lists what each gained). The kNN accuracy is read on 576 val images: on 144 its standard
 error (about 4 points) was as large as the gain asserted.
@@ -48,10 +48,15 @@ def test_care_and_byol_knn_beat_random_init_at_64px(tmp_path, method):
 
 @pytest.mark.extended
 def test_maskco_knn_beats_random_init_at_96px(tmp_path):
-    """MaskCo needs room for its boxes: its RoIAlign reads res5, 1 x 1 at 32 px (every box
-    reads the same cell) and 2 x 2 at 64 px, where it did not gain. At 96 px (3 x 3), with
-    the masked box filled with noise: 35.4% at random init -> 65.3% after 360 steps (9 min)."""
-    res = learning_signal(
-        "maskco", tmp_path, epochs=30, image_size=96, options={"mask_fill": "noise"}
-    )
-    assert res["final"] >= res["init"] + 5.0, res
+    """MaskCo with its defaults (mean-filled boxes, bilinear crops) needs room for its boxes:
+    its RoIAlign reads res5, 1 x 1 at 32 px (every box reads the same cell) and 3 x 3 at 96
+    px. One seed's gain is too noisy to judge on (2026-12-04, 576 val images: seed 0 38.7% ->
+    43.6%, seed 1 35.8% -> 56.9%), so two seeds' mean gain is asserted (about 8 minutes).
+    The earlier check's noise-filled boxes (not the default) peaked then declined
+    (docs/learning-signal.md, MaskCo)."""
+    runs = [
+        learning_signal("maskco", tmp_path / f"seed{seed}", seed=seed, epochs=30, image_size=96)
+        for seed in (0, 1)
+    ]
+    gain = sum(r["final"] - r["init"] for r in runs) / len(runs)
+    assert gain >= 5.0, runs
