@@ -35,7 +35,7 @@ def speed(split, size: int, batch: int, workers: int) -> float:
         if epoch == 1:
             t0 = time.perf_counter()
         for item in loader:
-            n += len(item[1]) if epoch == 1 else 0
+            n += (item[0] - item[1]) if epoch == 1 else 0  # SkipBad: (size, bad, batch)
     return n / (time.perf_counter() - t0)
 
 
