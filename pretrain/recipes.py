@@ -161,9 +161,10 @@ RECIPES: dict[str, dict] = {
 
 
 def recipe_config(
-    name: str | None = None, method: str = "care", options: dict | None = None, **overrides
+    name: str | None = None, method: str | None = None, options: dict | None = None, **overrides
 ) -> PretrainConfig:
     """A ``PretrainConfig`` from recipe ``name`` (None = plain defaults) and ``overrides``.
+    ``method``: given, it wins; else the recipe's own method (``maskco-coco``), else CARE.
 
     ``options`` are method option values given explicitly (strict: each must be an option of
     ``method``); the recipe's own ``options`` apply where the method has that option.
@@ -175,7 +176,8 @@ def recipe_config(
     bad = sorted((set(recipe) | set(overrides)) - known - {"per_method"})
     if bad:
         raise ConfigError(f"unknown setting(s) {', '.join(bad)}")
-    method = overrides.pop("method", recipe.pop("method", method))
+    method = overrides.pop("method", None) or method or recipe.pop("method", None) or "care"
+    recipe.pop("method", None)
     recipe.update(recipe.pop("per_method", {}).get(method, {}))
     has = {f.name for f in fields(method_class(method).Options)}
     values = {k: v for k, v in recipe.pop("options", {}).items() if k in has}
