@@ -24,6 +24,16 @@ from common.imagesets import find_cifar
 from pretrain.knn import knn_summary
 
 PROTOCOL = "pretrain_knn"
+# the tables' row names (the papers' spelling)
+DISPLAY = {
+    "care": "CARE",
+    "byol": "BYOL",
+    "simsiam": "SimSiam",
+    "simsiam_gsg": "SimSiam-GSG",
+    "byol_gsg": "BYOL-GSG",
+    "byol_gsgpaper": "BYOL (GSG paper)",
+    "maskco": "MaskCo",
+}
 SYNTHETIC_STAMPS = ("cifar.json", "shapes.json")  # written beside the synthetic twins
 
 
@@ -76,7 +86,7 @@ def write_knn_seed(
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)},
         "weights": {
             "meta": {
-                "method": config["method"].upper(),
+                "method": DISPLAY.get(config["method"], config["method"]),
                 "method_key": config["method"],
                 "arch": config["arch"],
                 "epochs": config["epochs"],

@@ -524,7 +524,7 @@ class Trainer:
                                       self.global_batch, RESUME_FREE_KEYS)  # fmt: skip
             summary = knn_summary(self.history)
             if seed_dir is not None:
-                best = {k: v for k, v in summary.items() if "best" in k}
+                best = {k: round(v, 2) for k, v in summary.items() if "best" in k}
                 print(f"kNN monitor {best} -> {seed_dir}", flush=True)
         return out
 
