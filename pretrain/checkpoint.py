@@ -17,7 +17,7 @@ import torch
 from common.atomic import atomic_torch_save
 from common.checkpoints import SUITE_FORMAT, CheckpointError, load_any
 from common.cli import ConfigError
-from pretrain.config import RESUME_FREE_KEYS
+from pretrain.config import RESUME_FREE_KEYS, PretrainConfig, jsonable
 from pretrain.knn import has_knn, knn_summary
 
 
@@ -81,11 +81,26 @@ def load_state(path: str | Path, config: dict) -> dict:
             "suite (no training state): pass another --resume or --output"
         )
     state = ckpt["state"]
-    for key in sorted(set(config) | set(state["config"])):
-        if key not in RESUME_FREE_KEYS and config.get(key) != state["config"].get(key):
+    old = recorded_settings(state["config"], config.get("method"))
+    for key in sorted(set(config) | set(old)):
+        if key not in RESUME_FREE_KEYS and config.get(key) != old.get(key):
             raise ConfigError(
-                f"cannot resume {path}: it was run with {key}={state['config'].get(key)!r}, "
+                f"cannot resume {path}: it was run with {key}={old.get(key)!r}, "
                 f"this run has {key}={config.get(key)!r}. Use the same flags, or another "
                 "--output for a new run."
             )
     return state
+
+
+def recorded_settings(recorded: dict, method: str | None) -> dict:
+    """A checkpoint's recorded config, completed with today's defaults for the settings (and
+    method options) added since it was written: a new setting's default is the behaviour the
+    run had, so an older run still resumes."""
+    from pretrain.methods import method_options
+
+    defaults = jsonable(PretrainConfig(method=method or recorded.get("method", "care")).to_json())
+    out = {**defaults, **recorded}
+    if isinstance(recorded.get("options"), dict) and isinstance(defaults.get("options"), dict):
+        option_defaults = jsonable(method_options(method or recorded["method"]).__dict__)
+        out["options"] = {**option_defaults, **recorded["options"]}
+    return out

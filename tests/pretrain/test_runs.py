@@ -208,6 +208,26 @@ def test_resume_refuses_other_settings(tmp_path, folder):
         run(tiny(tmp_path, folder, base_lr=0.5))
 
 
+@pytest.mark.parametrize("method", ["simsiam", "maskco"])
+def test_a_run_recorded_before_newer_settings_still_resumes(tmp_path, folder, method):
+    """A checkpoint whose recorded config lacks settings and method options added later
+    (their defaults are what that run did) resumes; a real difference is still refused."""
+    cfg = tiny(tmp_path, folder, method=method, stop_after_steps=1)
+    _fit_until(cfg)
+    path = tmp_path / "checkpoint.pth"
+    ckpt = torch.load(path, weights_only=False)
+    recorded = ckpt["state"]["config"]
+    for key in ("lr_batch_ref", "eval_resize", "dataset", "knn_data", "results", "cuda_graph"):
+        del recorded[key]
+    for key in ("zero_init", "stem_relu", "proj_layers", "proj_last_affine", "mph", "mask"):
+        recorded["options"].pop(key, None)
+    torch.save(ckpt, path)
+    t = _fit_until(replace(cfg, stop_after_steps=2), resume=True)
+    assert t.global_step == 2
+    with pytest.raises(ValueError, match="lr_batch_ref"):
+        run(replace(cfg, lr_batch_ref=128))
+
+
 def test_sigterm_writes_a_resumable_checkpoint(tmp_path, folder):
     cmd = [
         sys.executable,
