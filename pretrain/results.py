@@ -7,13 +7,16 @@ Layout (the recognition families' per-dataset layout)::
         metrics.json    written last: {"protocol": "pretrain_knn", "seed", "dataset",
                         "knn": {top1_k200, best_top1_k200, best_epoch_k200, ...}, ...}
 
-``dataset`` in the folder name is the data the run read (cifar10 / cifar100, or the
+Seeds of one setting share the run folder; a finished seed of other settings already at that
+place is kept, and the new one goes to ``<run>-<hash of its settings>``. ``dataset`` in the
+folder name is the data the run read (cifar10 / cifar100, or the
 ImageFolder's name); ``metrics.json``'s ``dataset`` is ``synthetic`` for the synthetic twins,
 so the tables put those runs in rows marked "(synthetic)".
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -71,11 +74,16 @@ def write_knn_seed(
     if not knn:
         return None
     name, synthetic = data_identity(config.get("data"), config.get("dataset"))
-    seed_dir = Path(results) / PROTOCOL / run_name(config, global_batch) / name
-    seed_dir = seed_dir / f"seed{config['seed']}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
     kept = {k: v for k, v in config.items() if k not in free_keys | {"seed", "data", "knn_data"}}
-    atomic_write_text(seed_dir / "config.yaml", yaml.safe_dump(kept, sort_keys=True))
+    text = yaml.safe_dump(kept, sort_keys=True)
+    run = run_name(config, global_batch)
+    seed_dir = Path(results) / PROTOCOL / run / name / f"seed{config['seed']}"
+    if (seed_dir / "config.yaml").is_file() and (seed_dir / "config.yaml").read_text() != text:
+        # another run with other settings finished there: keep it, file this one apart
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        seed_dir = Path(results) / PROTOCOL / f"{run}-{digest}" / name / f"seed{config['seed']}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(seed_dir / "config.yaml", text)
     metrics = {
         "protocol": PROTOCOL,
         "family": "pretrain",

@@ -275,3 +275,23 @@ def test_the_tsne_command_draws_two_checkpoints_side_by_side(twin, tmp_path, eng
     x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
     a, b = embed(x, engine, 0, 30.0), embed(x, engine, 0, 30.0)
     assert a.shape == (40, 2) and np.allclose(a, b)
+
+
+def test_a_seed_of_other_settings_is_kept_not_overwritten(tmp_path):
+    """Two runs with the same name and seed but another lr: both seed folders remain."""
+    from pretrain.config import RESUME_FREE_KEYS
+    from pretrain.results import write_knn_seed
+
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"weights")
+    history = [{"type": "epoch", "epoch": 1, "knn/top1_k200": 50.0}]
+    config = {"method": "byol", "arch": "resnet18_cifar", "epochs": 1, "seed": 0,
+              "data": None, "dataset": "cifar10", "base_lr": 0.06}  # fmt: skip
+    first = write_knn_seed(tmp_path / "r", config, history, ckpt, 32, RESUME_FREE_KEYS)
+    again = write_knn_seed(tmp_path / "r", config, history, ckpt, 32, RESUME_FREE_KEYS)
+    other = write_knn_seed(tmp_path / "r", {**config, "base_lr": 0.1}, history, ckpt, 32,
+                           RESUME_FREE_KEYS)  # fmt: skip
+    assert first == again and other != first
+    assert other.parts[-3].startswith("byol_resnet18_cifar_e1_b32-")
+    assert "base_lr: 0.06" in (first / "config.yaml").read_text()
+    assert json.loads((other / "metrics.json").read_text())["knn"]["best_top1_k200"] == 50.0
