@@ -236,6 +236,12 @@ class Body:
     dropped: list[str]  # input keys that are not body tensors
     meta: dict
 
+    @property
+    def stem_relu(self) -> bool | None:
+        """Whether a suite checkpoint's backbone was trained with its stem ReLU (its method
+        options' ``stem_relu``); None (the arch's default) for other checkpoints."""
+        return ((self.meta or {}).get("options") or {}).get("stem_relu")
+
 
 def extract_body(obj: Mapping, prefix: str | None = None) -> Body:
     """The ResNet body of any accepted checkpoint dict, Detectron2 pickles included."""

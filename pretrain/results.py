@@ -24,7 +24,6 @@ import yaml
 from common.atomic import atomic_write_json, atomic_write_text
 from common.checkpoints import file_sha256
 from common.imagesets import find_cifar
-from pretrain.knn import knn_summary
 
 PROTOCOL = "pretrain_knn"
 # the tables' row names (the papers' spelling)
@@ -64,13 +63,13 @@ def run_name(config: dict, global_batch: int) -> str:
 def write_knn_seed(
     results: str | Path,
     config: dict,
-    history: list[dict],
+    knn: dict[str, float],
     checkpoint: Path,
     global_batch: int,
     free_keys: set[str],
 ) -> Path | None:
-    """Write the seed folder of one finished run; None when the run had no kNN monitor."""
-    knn = knn_summary(history)
+    """Write the seed folder of one finished run (``knn``: its ``knn_summary``); None when
+    the run had no kNN monitor."""
     if not knn:
         return None
     name, synthetic = data_identity(config.get("data"), config.get("dataset"))

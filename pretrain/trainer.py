@@ -520,9 +520,9 @@ class Trainer:
             print(f"(curves.png not written: {e})")
         print(f"wrote {out}")
         if self.cfg.results:
-            seed_dir = write_knn_seed(self.cfg.results, self.cfg.to_json(), self.history, out,
-                                      self.global_batch, RESUME_FREE_KEYS)  # fmt: skip
             summary = knn_summary(self.history)
+            seed_dir = write_knn_seed(self.cfg.results, self.cfg.to_json(), summary, out,
+                                      self.global_batch, RESUME_FREE_KEYS)  # fmt: skip
             if seed_dir is not None:
                 best = {k: round(v, 2) for k, v in summary.items() if "best" in k}
                 print(f"kNN monitor {best} -> {seed_dir}", flush=True)

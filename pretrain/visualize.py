@@ -32,8 +32,7 @@ from pretrain.models import ResNetTrunk
 def load_trunk(path: str | Path, allow_pickle: bool = False) -> tuple[ResNetTrunk, str]:
     """A ResNetTrunk with the checkpoint's backbone (any format ``common.checkpoints`` reads)."""
     body = read_backbone(path, allow_pickle=allow_pickle)
-    stem_relu = ((body.meta or {}).get("options") or {}).get("stem_relu")  # as trained
-    trunk = ResNetTrunk(body.arch.key, stem_relu=stem_relu)
+    trunk = ResNetTrunk(body.arch.key, stem_relu=body.stem_relu)  # as trained
     missing, unexpected = trunk.load_state_dict(body.tensors, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

@@ -61,7 +61,7 @@ def load_backbone(weights: str, arch: Arch | None, allow_pickle: bool = False):
         torch.manual_seed(0)  # the same random backbone for every seed and protocol
         return FeatureResNet(arch), 0
     body = read_backbone(weights, allow_pickle=allow_pickle)
-    model = FeatureResNet(body.arch, stem_relu=stem_relu_of(body.meta))
+    model = FeatureResNet(body.arch, stem_relu=body.stem_relu)
     missing, unexpected = model.body.load_state_dict(body.tensors, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -70,13 +70,6 @@ def load_backbone(weights: str, arch: Arch | None, allow_pickle: bool = False):
             f"{len(missing)} missing {missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}"
         )
     return model, verify_loaded(model, body.tensors, weights)
-
-
-def stem_relu_of(meta: dict) -> bool | None:
-    """Whether a suite checkpoint's backbone was trained with its stem ReLU (its method
-    options' ``stem_relu``); None (the arch's default) for other checkpoints."""
-    options = (meta or {}).get("options") or {}
-    return options.get("stem_relu")
 
 
 def verify_loaded(model: FeatureResNet, tensors: dict, weights: str) -> int:

@@ -284,7 +284,7 @@ def test_a_seed_of_other_settings_is_kept_not_overwritten(tmp_path):
 
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"weights")
-    history = [{"type": "epoch", "epoch": 1, "knn/top1_k200": 50.0}]
+    history = knn_summary([{"type": "epoch", "epoch": 1, "knn/top1_k200": 50.0}])
     config = {"method": "byol", "arch": "resnet18_cifar", "epochs": 1, "seed": 0,
               "data": None, "dataset": "cifar10", "base_lr": 0.06}  # fmt: skip
     first = write_knn_seed(tmp_path / "r", config, history, ckpt, 32, RESUME_FREE_KEYS)
