@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.archs import arch_by_name
-from common.cli import ConfigError
+from transfer.d2engine import arch_opts
 from transfer.detection.config import PROTOCOLS, build_config
 from transfer.runner import (
     RunPlan,
@@ -22,6 +21,8 @@ from transfer.runner import (
     resolve_weights,
     seed_template,
 )
+
+__all__ = ["arch_opts", "plan", "run_protocol"]
 
 ENTRY = "transfer.detection.trainer:train_seed"  # the per-process function of a seed
 
@@ -34,32 +35,6 @@ def check_data(protocol: str, smoke: bool, opts: list, device: str, shapes_root)
     if shapes_root:
         register_shapes(shapes_root)
     check_datasets(build_config(protocol, smoke=smoke, opts=opts, device=device))
-
-
-def arch_opts(arch: str | None) -> list[str]:
-    """Config overrides that build the detector's backbone as the weights' ResNet
-    (``arch``: the display name a conversion records, e.g. ``ResNet-101``)."""
-    if arch is None:  # random init or a .pkl without metadata: the protocol's ResNet-50
-        return []
-    a = arch_by_name(arch)
-    if a.stem != "imagenet":
-        raise ConfigError(
-            f"the weights are a {arch} ({a.stem} stem: 3x3 stride-1, no max-pool), which "
-            "Detectron2's ResNet stem cannot hold; use them with run_linear.py or "
-            "run_recognition.py"
-        )
-    if not a.bottleneck:
-        raise ConfigError(
-            f"the weights are a {arch}; the detection protocols need a "
-            "bottleneck ResNet (ResNet-50 / 101 / 152 / 50 x2): Detectron2's C4 "
-            "head is a bottleneck res5"
-        )
-    opts = []
-    if a.depth != 50:
-        opts += ["MODEL.RESNETS.DEPTH", str(a.depth)]
-    if a.width_per_group != 64:
-        opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", str(a.width_per_group)]
-    return opts
 
 
 def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
