@@ -1,0 +1,1 @@
+"""ADE20K semantic segmentation (UPerNet R50, the CSAIL toolkit's protocol) on detectron2."""

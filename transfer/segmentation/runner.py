@@ -1,0 +1,106 @@
+"""Planning the seeds of the segmentation protocol (``transfer/run_segmentation.py``).
+
+Checks the data (ADE20K's release layout under ``$DETECTRON2_DATASETS``, preparing
+``annotations_detectron2`` when missing; or writes the synthetic twin), checks every
+validation image before any seed runs, converts the weights once, and lists the seeds still
+to run; launching, skipping, locking and the summary are the shared core's
+(``transfer.runner``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.cli import BadInput
+from transfer.d2engine import arch_opts
+from transfer.runner import (
+    RunPlan,
+    add_seeds,
+    config_overrides,
+    devices,
+    launch_and_summarise,
+    resolve_weights,
+    seed_template,
+)
+from transfer.segmentation.config import PROTOCOLS, build_config
+
+ENTRY = "transfer.segmentation.trainer:train_seed"  # the per-process function of a seed
+
+
+def check_test_images(names) -> int:
+    """Decode every evaluation image (1/8 scale) and compare its size with its label's:
+    one line naming the file before any seed runs; returns the number checked."""
+    from PIL import Image
+
+    from common.badimages import UNREADABLE
+    from transfer.segmentation.data import dataset_dicts
+    from transfer.segmentation.loader import read_pair
+
+    n = 0
+    for name in names:
+        for d in dataset_dicts(name):
+            try:
+                with Image.open(d["file_name"]) as im:
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+                img, seg = read_pair(d)
+            except UNREADABLE as e:
+                raise BadInput(
+                    f"{d['file_name']}: unreadable evaluation image of {name} "
+                    f"({type(e).__name__}: {e}); every validation image is scored: replace it"
+                ) from None
+            img.close()
+            seg.close()
+            n += 1
+    return n
+
+
+def prepare_data(args: argparse.Namespace, output: Path) -> str:
+    """The data root (the folder holding ADEChallengeData2016), ready and registered."""
+    from transfer.segmentation import data
+
+    if args.dataset == "synthetic":
+        from synthetic.ade20k import write_ade20k
+
+        root = write_ade20k(args.shapes_root or output / "datasets" / "ade20k_synthetic")
+    else:
+        root = data.datasets_root()
+    for folder in data.prepare(root):
+        print(f"ADE20K: wrote {folder} (labels - 1, unlabelled 255: detectron2's layout)")
+    data.register(root, synthetic=args.dataset == "synthetic")
+    return str(Path(root).resolve())
+
+
+def plan(args: argparse.Namespace, protocol: str = "ade20k_upernet") -> RunPlan:
+    """Check the inputs, convert the weights, and list the seeds that still need running."""
+    smoke = args.dataset == "synthetic"
+    num_gpus, device = devices(args)
+    opts = config_overrides(args)
+    if args.ignore_padding:
+        opts = ["MODEL.UPERNET.BATCH_PAD_LABEL", "255"] + opts
+    cfg = build_config(protocol, smoke=smoke, opts=opts, device=device)  # validates opts early
+    output = args.output.resolve()
+    root = prepare_data(args, output)
+    check_test_images(cfg.DATASETS.TEST)
+    weights = resolve_weights(args.weights, output, args.allow_pickle)
+    opts = arch_opts(weights.get("arch"), "run_linear.py or run_recognition.py") + opts
+    protocol_name = f"{protocol}_smoke" if smoke else protocol
+    if args.ignore_padding:
+        protocol_name += "_ignorepad"
+    result = RunPlan(output / protocol_name / weights["stem"])
+    print(
+        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
+        f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
+    )
+    template = seed_template(
+        args, protocol, protocol_name, weights, opts, num_gpus, device,
+        entry=ENTRY, family="segmentation", shapes_root=root,
+    )  # fmt: skip
+    add_seeds(result, args.seeds, template)
+    return result
+
+
+def run_protocol(args: argparse.Namespace, protocol: str = "ade20k_upernet") -> int:
+    """Run ``args.seeds`` seeds of ``protocol``; returns the process exit code."""
+    return launch_and_summarise(plan(args, protocol), args)
