@@ -9,7 +9,10 @@
 - ``verify_backbone_loaded``: every backbone tensor of the model equals the converted file's;
 - ``arch_opts``: the config overrides that build detectron2's ResNet as the weights' one;
 - ``train_recording_session`` / ``read_sessions``: each session appended to
-  ``sessions.json``.
+  ``sessions.json``;
+- ``OptimizerStateMixin``: the optimiser (momentum buffers, current lr) and AMP's grad
+  scaler in the checkpoint, which detectron2 0.6's ``DefaultTrainer`` leaves out (a resumed
+  run would restart SGD's momentum at zero and run its first iteration at the base lr).
 """
 
 from __future__ import annotations
@@ -290,3 +293,19 @@ def arch_opts(arch: str | None, use: str = "run_linear.py or run_recognition.py"
     if a.width_per_group != 64:
         opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", str(a.width_per_group)]
     return opts
+
+
+class OptimizerStateMixin:
+    """For a ``DefaultTrainer`` subclass (listed before it): checkpoints carry the inner
+    trainer's state (the optimiser, AMP's grad scaler) under ``_trainer``, as later
+    detectron2 releases do; checkpoints without it still load (the optimiser starts fresh)."""
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])

@@ -174,6 +174,8 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
     last = (seed_dir / "last_checkpoint").read_text().strip()
     stopped_at = int(last.split("_")[1].split(".")[0])
     assert 0 <= stopped_at < 13 and not (seed_dir / "metrics.json").exists()
+    ckpt = torch.load(seed_dir / last, map_location="cpu", weights_only=False)
+    assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # SGD momentum is resumed
 
     # what a process killed after its last checkpoint leaves: points past the resume point
     from torch.utils.tensorboard import SummaryWriter

@@ -19,6 +19,7 @@ from detectron2.utils import comm
 
 from common.atomic import atomic_write_json
 from transfer.d2engine import (
+    OptimizerStateMixin,
     read_sessions,
     suite_hooks,
     suite_writers,
@@ -33,7 +34,7 @@ from transfer.spec import SeedSpec
 __all__ = ["SuiteTrainer", "train_seed", "verify_backbone_loaded"]
 
 
-class SuiteTrainer(DefaultTrainer):
+class SuiteTrainer(OptimizerStateMixin, DefaultTrainer):
     """``DefaultTrainer`` with the protocols' evaluators and the suite's hooks / writers."""
 
     def __init__(self, cfg, spec: SeedSpec | None = None):

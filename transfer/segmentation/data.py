@@ -120,27 +120,46 @@ def register(root: str | Path, synthetic: bool = False) -> list[str]:
     return names
 
 
-def _size(d: dict) -> tuple[int, int]:
-    """(height, width) of a record's image from its header (no decoding)."""
-    with Image.open(d["file_name"]) as im:
-        return im.height, im.width
+def _size(d: dict) -> tuple[int, int] | Exception:
+    """(height, width) of a record's image from its header (no decoding), or the error."""
+    from common.badimages import UNREADABLE
+
+    try:
+        with Image.open(d["file_name"]) as im:
+            return im.height, im.width
+    except UNREADABLE as e:
+        return e
 
 
-def with_sizes(dicts: list[dict], workers: int = 16) -> list[dict]:
-    """The records with "height" / "width" read from the image headers (the toolkit's odgt
-    lists carry them; detectron2's ``load_sem_seg`` does not)."""
+def with_sizes(dicts: list[dict], workers: int = 16) -> tuple[list[dict], list[tuple]]:
+    """(the records with "height" / "width" read from the image headers (the toolkit's odgt
+    lists carry them; detectron2's ``load_sem_seg`` does not), [(record, error)] of those
+    whose header cannot be read)."""
     todo = [d for d in dicts if "height" not in d or "width" not in d]
+    bad = []
     with ThreadPoolExecutor(workers) as pool:
-        for d, (h, w) in zip(todo, pool.map(_size, todo)):
-            d["height"], d["width"] = h, w
-    return dicts
+        for d, size in zip(todo, pool.map(_size, todo)):
+            if isinstance(size, Exception):
+                bad.append((d, size))
+            else:
+                d["height"], d["width"] = size
+    broken = {id(d) for d, _ in bad}
+    return [d for d in dicts if id(d) not in broken], bad
 
 
-def dataset_dicts(name: str) -> list[dict]:
-    """detectron2's records of ``name`` with image sizes; ``BadInput`` when empty."""
+def dataset_dicts(name: str, strict: bool = True) -> tuple[list[dict], list[tuple]]:
+    """detectron2's records of ``name`` with image sizes, and [(record, error)] of the
+    unreadable ones: ``strict`` (evaluation: every image is scored) raises ``BadInput``
+    naming the first; ``BadInput`` too when no readable pair is left."""
     from detectron2.data import DatasetCatalog
 
-    dicts = DatasetCatalog.get(name)
+    dicts, bad = with_sizes([dict(d) for d in DatasetCatalog.get(name)])
+    if bad and strict:
+        d, e = bad[0]
+        raise BadInput(
+            f"{d['file_name']}: unreadable image of {name} ({type(e).__name__}: {e}); "
+            "every validation image is scored: replace the file"
+        )
     if not dicts:
-        raise BadInput(f"dataset {name}: no image / label pairs found")
-    return with_sizes([dict(d) for d in dicts])
+        raise BadInput(f"dataset {name}: no readable image / label pairs found")
+    return dicts, bad

@@ -126,6 +126,21 @@ def multiscale_probabilities(
     return probs / len(logits_per_scale)
 
 
+def log_pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore: int) -> None:
+    """The toolkit's training "Accuracy" (stride-4 pixels not ignored, batch padding
+    included as it labels it) x100, to detectron2's event storage when training."""
+    from detectron2.utils.events import get_event_storage
+
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # not inside a trainer
+        return
+    with torch.no_grad():
+        valid = labels != ignore
+        correct = (logits.argmax(1) == labels) & valid
+        storage.put_scalar("pixel_acc", 100 * correct.sum().item() / max(valid.sum().item(), 1))
+
+
 @META_ARCH_REGISTRY.register()
 class UPerNetSegmentor(nn.Module):
     """detectron2 ResNet + ``UPerNetHead``; see the module's docstring.
@@ -178,6 +193,7 @@ class UPerNetSegmentor(nn.Module):
         images, labels = self.batch(batched_inputs)
         logits = self.logits(images)
         loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_value)
+        log_pixel_accuracy(logits, labels, self.ignore_value)
         return {"loss_sem_seg": loss}
 
     def predict(self, x: dict) -> dict:

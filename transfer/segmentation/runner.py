@@ -39,7 +39,7 @@ def check_test_images(names) -> int:
 
     n = 0
     for name in names:
-        for d in dataset_dicts(name):
+        for d in dataset_dicts(name)[0]:
             try:
                 with Image.open(d["file_name"]) as im:
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
@@ -61,9 +61,11 @@ def prepare_data(args: argparse.Namespace, output: Path) -> str:
     from transfer.segmentation import data
 
     if args.dataset == "synthetic":
-        from synthetic.ade20k import write_ade20k
+        from synthetic.ade20k import RELEASE, STAMP, write_ade20k
 
-        root = write_ade20k(args.shapes_root or output / "datasets" / "ade20k_synthetic")
+        root = Path(args.shapes_root or output / "datasets" / "ade20k_synthetic")
+        if not (root / RELEASE / STAMP).exists():  # a twin already there is used as it is
+            write_ade20k(root)
     else:
         root = data.datasets_root()
     for folder in data.prepare(root):

@@ -23,6 +23,7 @@ from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
 from common.atomic import atomic_write_json
 from transfer.d2engine import (
+    OptimizerStateMixin,
     read_sessions,
     suite_hooks,
     suite_writers,
@@ -42,7 +43,7 @@ def poly_scheduler(optimizer, max_iter: int, power: float) -> LRMultiplier:
     return LRMultiplier(optimizer, PolynomialDecayParamScheduler(1.0, power), max_iter)
 
 
-class SegTrainer(DefaultTrainer):
+class SegTrainer(OptimizerStateMixin, DefaultTrainer):
     """``DefaultTrainer`` with the toolkit's loader, schedule and evaluation."""
 
     def __init__(self, cfg, spec: SeedSpec | None = None):
@@ -52,9 +53,15 @@ class SegTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         from transfer.segmentation.data import dataset_dicts
-        from transfer.segmentation.loader import build_train_loader
+        from transfer.segmentation.loader import SKIPPED_FILE, build_train_loader
 
-        dicts = [d for name in cfg.DATASETS.TRAIN for d in dataset_dicts(name)]
+        dicts = []
+        for name in cfg.DATASETS.TRAIN:
+            readable, bad = dataset_dicts(name, strict=False)
+            dicts += readable
+            if bad and comm.is_main_process():  # left out of training, listed with the skipped
+                with open(os.path.join(cfg.OUTPUT_DIR, SKIPPED_FILE), "a") as f:
+                    f.writelines(f"{d['file_name']}\t{type(e).__name__}: {e}\n" for d, e in bad)
         return build_train_loader(cfg, dicts, cfg.OUTPUT_DIR)
 
     @classmethod

@@ -1,0 +1,366 @@
+"""The ADE20K UPerNet protocol's pieces against hand-derived numbers and the toolkit's rules."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transfer.segmentation import loader
+from transfer.segmentation.config import build_config
+from transfer.segmentation.modeling import multiscale_probabilities
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return build_config("ade20k_upernet", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def test_upernet_widths_are_the_toolkits(model):
+    head = model.sem_seg_head
+    assert [c.weight.shape for c in head.ppm] == [(512, 2048, 1, 1)] * 4
+    assert head.pool_scales == (1, 2, 3, 6)
+    assert head.ppm_out.weight.shape == (512, 2048 + 4 * 512, 3, 3)
+    assert [c.weight.shape[:2] for c in head.lateral] == [(512, 256), (512, 512), (512, 1024)]
+    assert [c.weight.shape for c in head.fpn_out] == [(512, 512, 3, 3)] * 3
+    assert head.fuse.weight.shape == (512, 4 * 512, 3, 3)
+    assert head.predictor.weight.shape == (150, 512, 1, 1) and head.predictor.bias is not None
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sum(m.bias is not None for m in convs) == 1  # only the classifier has a bias
+
+
+def test_bn_is_synchronised_with_the_toolkits_momentum_and_init(model):
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, torch.nn.SyncBatchNorm) for m in bns)
+    assert {m.momentum for m in bns} == {0.001}
+    head_bns = [m for m in model.sem_seg_head.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert all(torch.all(m.weight == 1) and torch.allclose(m.bias, torch.tensor(1e-4))
+               for m in head_bns)  # fmt: skip
+    w = model.sem_seg_head.fuse.weight  # He-normal, fan-in: std sqrt(2 / (2048 * 9))
+    assert abs(w.std().item() / math.sqrt(2 / (2048 * 9)) - 1) < 0.02
+
+
+@pytest.mark.parametrize("sizes", [[(97, 61)], [(65, 130), (101, 33)]])
+def test_training_batch_and_logits_are_at_stride_4(model, sizes):
+    """Odd image sizes: the batch pads to a multiple of 32, logits and labels at H/4 x W/4,
+    the labels' batch padding class 0 (the toolkit's quirk)."""
+    inputs = [{"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8),
+               "sem_seg": torch.full((math.ceil(h / 4), math.ceil(w / 4)), 7)}
+              for h, w in sizes]  # fmt: skip
+    images, labels = model.batch(inputs)
+    H = loader.round_up(max(h for h, _ in sizes), 32)
+    W = loader.round_up(max(w for _, w in sizes), 32)
+    assert images.shape == (len(sizes), 3, H, W) and labels.shape == (len(sizes), H // 4, W // 4)
+    h0, w0 = sizes[0]
+    assert torch.all(images[0, :, h0:] == 0) and torch.all(images[0, :, :, w0:] == 0)
+    assert torch.all(labels[0, : math.ceil(h0 / 4), : math.ceil(w0 / 4)] == 7)
+    assert torch.all(labels[0, math.ceil(h0 / 4) :] == 0)  # batch padding: class 0
+    with torch.no_grad():
+        logits = model.logits(images)
+    assert logits.shape == (len(sizes), 150, H // 4, W // 4)
+
+
+def test_padding_is_ignored_with_the_flag():
+    from detectron2.modeling import build_model
+
+    cfg = build_config(
+        "ade20k_upernet", device="cpu", opts=["MODEL.UPERNET.BATCH_PAD_LABEL", "255"]
+    )
+    m = build_model(cfg)
+    _, labels = m.batch([{"image": torch.zeros(3, 40, 40, dtype=torch.uint8),
+                          "sem_seg": torch.zeros(10, 10, dtype=torch.long)}])  # fmt: skip
+    assert labels.shape == (1, 16, 16) and torch.all(labels[0, 10:] == 255)
+
+
+def test_inference_averages_scales_at_full_resolution(model):
+    images = [torch.zeros(3, 64, 96, dtype=torch.uint8), torch.zeros(3, 96, 128, dtype=torch.uint8)]
+    x = {"images": images, "height": 61, "width": 87}
+    with torch.no_grad():
+        out = model([x])[0]["sem_seg"]
+    assert out.shape == (150, 61, 87)
+    assert torch.allclose(out.sum(0), torch.ones(61, 87), atol=1e-5)
+
+
+def test_multiscale_average_by_hand():
+    """Scale A: logits (0, ln 3) -> softmax (1/4, 3/4); scale B: (0, 0) -> (1/2, 1/2);
+    constant maps stay constant under bilinear upsampling: the average is (3/8, 5/8)."""
+    a = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1).expand(1, 2, 2, 3)
+    b = torch.zeros(1, 2, 4, 5)
+    p = multiscale_probabilities([a, b], (7, 9))
+    assert p.shape == (2, 7, 9)
+    assert torch.allclose(p[0], torch.full((7, 9), 3 / 8)) and torch.allclose(
+        p[1], torch.full((7, 9), 5 / 8)
+    )
+
+
+def test_train_and_test_sizes_by_hand():
+    assert loader.train_size(480, 640, 300, 1000) == (300, 400)
+    assert loader.train_size(300, 1200, 600, 1000) == (250, 1000)  # long side capped
+    assert loader.train_size(333, 500, 375, 1000) == (375, 563)  # 563.06: truncated
+    assert loader.train_size(640, 427, 450, 1000) == (674, 450)  # portrait: 674.47
+    assert loader.test_size(333, 500, 375, 1000) == (384, 576)  # each rounded up to 32
+    assert loader.round_up(32, 32) == 32 and loader.round_up(33, 32) == 64
+
+
+def _write_pair(tmp_path, h, w, label):
+    img = tmp_path / "a.jpg"
+    seg = tmp_path / "a.png"
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(img)
+    Image.fromarray(label.astype(np.uint8)).save(seg)
+    return {"file_name": str(img), "sem_seg_file_name": str(seg), "height": h, "width": w}
+
+
+def test_label_is_padded_unlabelled_then_downsampled_by_4(tmp_path):
+    """A 10 x 10 label at short side 10 (scale 1): padded to 12 x 12 with 255, then PIL's
+    nearest takes pixel 4i + 2: out[i, j] = label[4i + 2, 4j + 2], row / column 2 padding."""
+    label = np.add.outer(np.arange(10) * 16, np.arange(10))  # label[r, c] = 16 r + c
+    d = _write_pair(tmp_path, 10, 10, label)
+    s = loader.train_sample(d, short=10, flip=False, max_size=1000, label_stride=4)
+    assert s["image"].shape == (3, 10, 10) and s["image"].dtype == torch.uint8
+    got = s["sem_seg"].numpy()
+    want = np.full((3, 3), 255)
+    for i in range(2):
+        for j in range(2):
+            want[i, j] = 16 * (4 * i + 2) + (4 * j + 2)
+    assert np.array_equal(got, want)
+    flipped = loader.train_sample(d, short=10, flip=True, max_size=1000, label_stride=4)
+    assert flipped["sem_seg"][0, 0].item() == 16 * 2 + (9 - 2)  # column 9 - 2 after the flip
+
+
+def test_a_label_of_another_size_is_refused(tmp_path):
+    d = _write_pair(tmp_path, 10, 12, np.zeros((10, 10)))
+    with pytest.raises(ValueError, match="label size .* differs from the image"):
+        loader.train_sample(d, 10, False, 1000, 4)
+
+
+def test_batches_have_one_orientation_and_one_short_side():
+    sizes = [(100, 200), (200, 100), (150, 150), (300, 100), (90, 120), (120, 90)] * 5
+    s = loader.OrientationBatchSampler(sizes, 2, (300, 375, 450), True, seed=3)
+    it = iter(s)
+    batches = [next(it) for _ in range(40)]
+    sides, flips = set(), set()
+    for b in batches:
+        assert len(b) == 2 and len({loader.portrait(*sizes[i]) for i, _, _ in b}) == 1
+        assert len({short for _, short, _ in b}) == 1
+        sides.add(b[0][1])
+        flips |= {f for _, _, f in b}
+    assert sides == {300, 375, 450} and flips == {False, True}
+    # square images go with the landscape ones (h <= w), as in the toolkit
+    assert not loader.portrait(150, 150) and loader.portrait(151, 150)
+    # ranks take disjoint images from the same permutation
+    r0 = next(iter(loader.OrientationBatchSampler(sizes[:4], 1, (300,), False, 3, 0, 2)))
+    r1 = next(iter(loader.OrientationBatchSampler(sizes[:4], 1, (300,), False, 3, 1, 2)))
+    assert r0[0][0] != r1[0][0]
+    # a resumed stream continues where it stopped
+    s.start_batch = 7
+    resumed = iter(s)
+    assert [next(resumed) for _ in range(5)] == batches[7:12]
+
+
+def test_poly_lr_by_hand():
+    """lr_it = 0.02 (1 - it / max_iter)^0.9, set before every iteration."""
+    from transfer.segmentation.trainer import SegTrainer
+
+    cfg = build_config("ade20k_upernet", device="cpu", opts=["SOLVER.MAX_ITER", "100"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.02, momentum=0.9)
+    sched = SegTrainer.build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.02)
+    assert lrs[50] == pytest.approx(0.02 * 0.5**0.9) == pytest.approx(0.0107177, rel=1e-5)
+    assert lrs[99] == pytest.approx(0.02 * 0.01**0.9) == pytest.approx(3.16979e-4, rel=1e-5)
+
+
+def _toolkit_groups(module):
+    """The toolkit's ``group_weight`` (train.py), transcribed: conv / linear weights decay;
+    their biases and BatchNorm weights / biases do not."""
+    decay, no_decay = [], []
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            decay.append(m.weight)
+            if m.bias is not None:
+                no_decay.append(m.bias)
+        elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            no_decay += [m.weight, m.bias]
+    return decay, no_decay
+
+
+def test_weight_decay_only_on_conv_and_linear_weights(cfg, model):
+    from detectron2.solver import build_optimizer
+
+    opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    assert not opt.defaults["nesterov"]
+    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    decay, no_decay = _toolkit_groups(model)
+    assert len(decay) + len(no_decay) == len(list(model.parameters())) == len(wd)
+    assert {wd[id(p)] for p in decay} == {1e-4} and {wd[id(p)] for p in no_decay} == {0.0}
+    assert {g["lr"] for g in opt.param_groups} == {0.02}
+
+
+# --- the evaluator against the toolkit's formulas ------------------------------------------
+
+
+def _toolkit_accuracy(preds, label):
+    """utils.accuracy, transcribed (labels -1 = unlabelled)."""
+    valid = label >= 0
+    return float((valid * (preds == label)).sum()) / (valid.sum() + 1e-10), valid.sum()
+
+
+def _toolkit_intersection_union(pred, label, num_class):
+    """utils.intersectionAndUnion, transcribed."""
+    pred = np.asarray(pred).copy() + 1
+    label = np.asarray(label).copy() + 1
+    pred = pred * (label > 0)
+    inter = pred * (pred == label)
+    a_i, _ = np.histogram(inter, bins=num_class, range=(1, num_class))
+    a_p, _ = np.histogram(pred, bins=num_class, range=(1, num_class))
+    a_l, _ = np.histogram(label, bins=num_class, range=(1, num_class))
+    return a_i, a_p + a_l - a_i
+
+
+def _toolkit_eval(pairs, num_class):
+    """eval.py's summary over (prediction, label) pairs: dataset-level I / U, mean over
+    classes; accuracy weighted by labelled pixels."""
+    inter = union = 0
+    correct = pixels = 0.0
+    for pred, label in pairs:
+        acc, pix = _toolkit_accuracy(pred, label)
+        i, u = _toolkit_intersection_union(pred, label, num_class)
+        inter, union = inter + i, union + u
+        correct, pixels = correct + acc * pix, pixels + pix
+    return 100 * np.mean(inter / (union + 1e-10)), 100 * correct / pixels
+
+
+@pytest.fixture
+def seg_dataset(tmp_path):
+    """3 classes, 2 images with unlabelled pixels (255), registered with detectron2."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    rng = np.random.default_rng(0)
+    recs, gts = [], []
+    for k, (h, w) in enumerate([(6, 7), (5, 4)]):
+        gt = rng.integers(0, 3, (h, w))
+        gt[0, :2] = 255
+        path = tmp_path / f"gt{k}.png"
+        Image.fromarray(gt.astype(np.uint8)).save(path)
+        recs.append({"file_name": f"img{k}.jpg", "sem_seg_file_name": str(path)})
+        gts.append(gt)
+    name = "test_toolkit_formula"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: recs)
+    MetadataCatalog.get(name).set(stuff_classes=["a", "b", "c"], ignore_label=255)
+    return name, recs, gts
+
+
+def _evaluate(name, recs, preds):
+    from transfer.segmentation.evaluation import ToolkitSemSegEvaluator
+
+    ev = ToolkitSemSegEvaluator(name)
+    ev.reset()
+    for rec, pred in zip(recs, preds):
+        scores = torch.nn.functional.one_hot(torch.as_tensor(pred), 3).permute(2, 0, 1).float()
+        ev.process([rec], [{"sem_seg": scores}])
+    return ev.evaluate()["sem_seg"]
+
+
+def test_semseg_evaluator_equals_the_toolkit_formulas(seg_dataset):
+    name, recs, gts = seg_dataset
+    rng = np.random.default_rng(1)
+    preds = [np.where(rng.uniform(size=g.shape) < 0.6, g % 255, rng.integers(0, 3, g.shape))
+             for g in gts]  # fmt: skip
+    res = _evaluate(name, recs, preds)
+    toolkit_labels = [np.where(g == 255, -1, g) for g in gts]
+    miou, pacc = _toolkit_eval(zip(preds, toolkit_labels), 3)
+    assert res["mIoU"] == pytest.approx(miou, abs=1e-6)
+    assert res["mIoU_toolkit"] == pytest.approx(miou, abs=1e-6)
+    assert res["pACC"] == pytest.approx(pacc, abs=1e-6)
+
+
+def test_the_two_mious_differ_only_by_absent_classes(seg_dataset):
+    """By hand: gt (ignoring 255) only classes 0 / 1, the prediction never 2: detectron2
+    averages over 2 classes, the toolkit over 3 (class 2 counts 0)."""
+    name, recs, gts = seg_dataset
+    gts2 = [np.where(g == 2, 1, g) for g in gts]
+    for rec, g in zip(recs, gts2):
+        Image.fromarray(g.astype(np.uint8)).save(rec["sem_seg_file_name"])
+    preds = [np.where(g == 255, 0, g) for g in gts2]  # perfect on labelled pixels
+    res = _evaluate(name, recs, preds)
+    assert res["mIoU"] == pytest.approx(100.0) and res["pACC"] == pytest.approx(100.0)
+    assert res["mIoU_toolkit"] == pytest.approx(200 / 3)
+    miou, _ = _toolkit_eval(zip(preds, [np.where(g == 255, -1, g) for g in gts2]), 3)
+    assert res["mIoU_toolkit"] == pytest.approx(miou)
+
+
+# --- data: layout, preparation, synthetic twin, backbone -----------------------------------
+
+
+def test_prepare_writes_detectron2_labels_and_names_a_bad_layout(tmp_path):
+    from common.cli import InputNotFound
+    from synthetic.ade20k import write_ade20k
+    from transfer.segmentation import data
+
+    with pytest.raises(InputNotFound, match="ADEChallengeData2016/images/"):
+        data.prepare(tmp_path / "nothing")
+    root = write_ade20k(tmp_path / "twin", train=3, val=2, size=64)
+    written = data.prepare(root)
+    assert [p.name for p in written] == ["training", "validation"]
+    assert data.prepare(root) == []  # already there
+    release = root / "ADEChallengeData2016"
+    raw = np.array(Image.open(release / "annotations/training/ADE_train_00000001.png"))
+    conv = np.array(Image.open(release / "annotations_detectron2/training/ADE_train_00000001.png"))
+    assert np.array_equal(conv[raw == 0], np.full((raw == 0).sum(), 255))
+    assert np.array_equal(conv[raw > 0], raw[raw > 0] - 1)
+    assert (raw == 0).any() and len(np.unique(raw)) >= 4  # unlabelled outlines, many classes
+    names = data.register(root, synthetic=True)
+    dicts, bad = data.dataset_dicts(names[0])
+    assert bad == []
+    assert len(dicts) == 3 and all(d["height"] > 0 and d["width"] > 0 for d in dicts)
+    from detectron2.data import MetadataCatalog
+
+    assert len(MetadataCatalog.get(names[1]).stuff_classes) == 150
+
+
+def test_the_backbone_is_loaded_and_verified(tmp_path):
+    """The converted torchvision ResNet-50 arrives tensor by tensor; a changed tensor is
+    caught."""
+    import torchvision
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from transfer.convert import convert_file
+    from transfer.d2engine import verify_backbone_loaded
+
+    torch.manual_seed(0)
+    src = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), src)
+    pkl = tmp_path / "tv.pkl"
+    convert_file(src, pkl)
+    cfg = build_config("ade20k_upernet", device="cpu", weights=str(pkl))
+    m = build_model(cfg)
+    DetectionCheckpointer(m).load(str(pkl))
+    assert verify_backbone_loaded(m, str(pkl)) == 265
+    with open(pkl, "rb") as f:
+        d = pickle.load(f)
+    d["model"]["res4.2.conv2.weight"] = d["model"]["res4.2.conv2.weight"] + 1
+    with open(pkl, "wb") as f:
+        pickle.dump(d, f)
+    with pytest.raises(RuntimeError, match="1 differ.*res4.2.conv2.weight"):
+        verify_backbone_loaded(m, str(pkl))
