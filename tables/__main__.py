@@ -9,8 +9,10 @@ Writes, per table that has rows (``tables.layout.TABLES``: table4, table5, c4_2x
 classification, ...): ``<name>.csv`` (all numbers: mean,
 std, n, 95% CI, delta, Welch p-value), ``<name>.md`` and ``<name>.tex``; a strip/box plot
 ``<table>_<protocol>.png`` per protocol run in that table (the paper's means beside our seeds
-differ from table to table); ``groups.json`` (every group's seeds, unfinished
-and failed seeds); with ``--html``, ``report.html``: all of it on one self-contained page.
+differ from table to table); ``segmentation_figure.png`` when segmentation seeds kept
+predictions (``tables.segfigure``: GSG's Figure 2 layout); ``groups.json`` (every group's
+seeds, unfinished and failed seeds); with ``--html``, ``report.html``: all of it on one
+self-contained page.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 
 from common.cli import doc_parser, run_cli
+from tables import segfigure
 from tables.aggregate import MIN_SEEDS, TablesError, collect
 from tables.layout import TABLES, build_table, known_sources, table_for, table_groups
 from tables.plot import plot_datasets, plot_protocol
@@ -191,11 +194,18 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         if has_runs or (args.reference_only and spec.reference_csv):
             written.update(write_table(spec, groups, args, out, built))
     summarise_groups(groups, out)
+    figures = list(args.figure)
+    seg_sets = segfigure.prediction_sets(args.runs) if not args.reference_only else {}
+    if seg_sets:  # GSG's Figure 2 layout from the segmentation seeds' kept predictions
+        written["segmentation_figure.png"] = segfigure.draw(
+            seg_sets, out / "segmentation_figure.png"
+        )
+        figures.append(written["segmentation_figure.png"])
     if args.html:
         from tables.report import write_report
 
         written["report.html"] = write_report(out / "report.html", built, groups, dict(written),
-                                              args.runs, args.decimals, args.figure)  # fmt: skip
+                                              args.runs, args.decimals, figures)  # fmt: skip
     for path in written.values():
         print(f"wrote {path}")
     return written

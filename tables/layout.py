@@ -6,8 +6,8 @@ Classification: CARE Table 2 / supplementary Table 1 (linear top-1 / top-5 by me
 and epochs), Table 3 / supplementary Table 2 (semi-supervised), the ablations of Tables 6-8
 and of the T-stream design (rows: the pretraining checkpoint's recorded lambda, n_blocks,
 position encoding, design), MaskCo's multi-layer table (conv1..conv5), and a summary of the
-linear and kNN protocols. Smoke runs on synthetic data fill the same columns in rows marked
-"(synthetic)".
+linear and kNN protocols. Segmentation: ADE20K UPerNet (GSG / ssl-transfer). Smoke runs on
+synthetic data fill the same columns in rows marked "(synthetic)".
 """
 
 from __future__ import annotations
@@ -321,6 +321,25 @@ TABLES: dict[str, TableSpec] = {
         all_sources=True,
         batch_label=True,
     ),  # fmt: skip
+    "segmentation": TableSpec(
+        "segmentation",
+        "ADE20K UPerNet R50 (GSG / ssl-transfer): mIoU (150 classes) and pixel accuracy, "
+        "5-scale test; batch padding ignored: --ignore-padding",
+        [
+            Column(key, label, block, protocol, "headline", metric)
+            for block, protocol, suffix in (
+                ("ADE20K UPerNet", "ade20k_upernet", ""),
+                ("Padding ignored", "ade20k_upernet_ignorepad", "_ignorepad"),
+            )
+            for key, label, metric in (
+                (f"miou{suffix}", "mIoU", "mIoU"),
+                (f"pixel_acc{suffix}", "Pixel acc.", "pixel_acc"),
+            )
+        ],
+        "sslt_ade20k_upernet.csv",
+        "sslt_semseg_results",
+        min_seeds=3,
+    ),
     "classification": TableSpec(
         "classification",
         "Classification protocols: linear (CARE, MoCo) and weighted kNN (GSG), top-1",

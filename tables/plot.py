@@ -1,4 +1,5 @@
-"""Per-protocol strip + box plot of per-seed AP for our rows, beside the paper's means."""
+"""Per-protocol strip + box plot of per-seed AP (accuracy, mIoU) for our rows, beside the
+paper's means."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def plot_protocol(
         return None
     synthetic = ours[0].synthetic
     base = ours[0].base_protocol
-    cols = [c for c in spec.columns if c.protocol == base and (c.metric == "AP" or c.task == "cls")]
+    wanted = ("cls", "headline")  # AP columns: the AP of each task
+    cols = [
+        c for c in spec.columns if c.protocol == base and (c.metric == "AP" or c.task in wanted)
+    ]
+    if not cols:
+        return None
     paper = read_reference(spec, source) if spec.reference_csv else []
     fig, axes = plt.subplots(1, len(cols), figsize=(6.5 * len(cols), 4.2), squeeze=False)
     for ax, col in zip(axes[0], cols):

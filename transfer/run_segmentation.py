@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--ignore-padding",
         action="store_true",
         help="label the batch padding 'ignore' (255) instead of class 0 as the toolkit does "
-        "(results go to ade20k_upernet_ignorepad)",
+        "(results go to ade20k_upernet_ignorepad[_smoke])",
     )
     p = add_common_args(p)
     for a in p._actions:  # the synthetic data here is the ADE20K twin, not the shapes

@@ -21,6 +21,8 @@ import torch
 from detectron2.evaluation import SemSegEvaluator
 from PIL import Image
 
+from common.atomic import atomic_write_json
+
 
 def toolkit_miou(conf: np.ndarray) -> float:
     """The toolkit's mIoU x100 from detectron2's confusion matrix ((C+1) x (C+1), rows =
@@ -53,4 +55,9 @@ class ToolkitSemSegEvaluator(SemSegEvaluator):
         results = super().evaluate()
         if results and "sem_seg" in results:  # the main process (after gathering)
             results["sem_seg"]["mIoU_toolkit"] = toolkit_miou(self._conf_matrix)
+            if self._pred_dir is not None:  # which image / label each prediction shows
+                pairs = self.input_file_to_gt_file.items()
+                index = {Path(f).stem: {"file_name": f, "sem_seg_file_name": g}
+                         for f, g in pairs if f in self._save}  # fmt: skip
+                atomic_write_json(self._pred_dir / "index.json", index)
         return results

@@ -87,9 +87,8 @@ def plan(args: argparse.Namespace, protocol: str = "ade20k_upernet") -> RunPlan:
     check_test_images(cfg.DATASETS.TEST)
     weights = resolve_weights(args.weights, output, args.allow_pickle)
     opts = arch_opts(weights.get("arch"), "run_linear.py or run_recognition.py") + opts
-    protocol_name = f"{protocol}_smoke" if smoke else protocol
-    if args.ignore_padding:
-        protocol_name += "_ignorepad"
+    variant = f"{protocol}_ignorepad" if args.ignore_padding else protocol
+    protocol_name = f"{variant}_smoke" if smoke else variant
     result = RunPlan(output / protocol_name / weights["stem"])
     print(
         f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "

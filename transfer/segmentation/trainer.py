@@ -141,7 +141,7 @@ def train_seed(spec: SeedSpec) -> dict | None:
     sem = dict(results["sem_seg"])
     metrics = {
         "protocol": spec.protocol_name,
-        "base_protocol": spec.protocol,
+        "base_protocol": spec.protocol_name.removesuffix("_smoke"),  # a variant: _ignorepad
         "family": "segmentation",
         "variant": "smoke" if spec.smoke else "full",
         "dataset": spec.dataset,
