@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train-step speed of each protocol's detector, bare and through the runner.
+"""Train-step speed of each protocol's model (detectors, UPerNet), bare and through the runner.
 
     python benchmarks/speed/transfer_step.py                       # GPU: full protocol configs
     python benchmarks/speed/transfer_step.py --smoke --device cpu  # CPU: smoke configs
@@ -12,8 +12,11 @@ For each protocol it prints images/s of
   its first iterations. The runner should keep >= 90% of the bare step speed.
 
 Full configs on synthetic data: the shapes images are upsampled to the protocol's 480-800 px
-sizes by the same ResizeShortestEdge, so the per-image work matches real data's.
-Writes a JSON summary with ``--json``.
+sizes by the same ResizeShortestEdge (ADE20K: the twin's images to the toolkit's 300-600 px
+short sides by its own loader), so the per-image work matches real data's. For the
+segmentation protocol it also prints the hours one seed's 150k iterations take at the
+runner's speed (an estimate from the measured images/s). Writes a JSON summary with
+``--json``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,33 @@ SCRIPTS = {
     "voc_c4_24k": ["transfer/run_voc.py"],
     "coco_c4_1x": ["transfer/run_coco.py", "--arch", "c4"],
     "coco_fpn_1x": ["transfer/run_coco.py", "--arch", "fpn"],
+    "ade20k_upernet": ["transfer/run_segmentation.py"],
 }
+SEGMENTATION = "ade20k_upernet"
+
+
+def _config(protocol: str, smoke: bool, device: str, opts=()):
+    if protocol == SEGMENTATION:
+        from transfer.segmentation.config import build_config
+    else:
+        from transfer.detection.config import build_config
+    return build_config(protocol, smoke=smoke, device=device, opts=list(opts))
+
+
+def _train_batches(protocol: str, cfg, shapes_root: str, n: int) -> list:
+    """``n`` batches of the protocol's own training loader on the synthetic data."""
+    if protocol == SEGMENTATION:
+        from transfer.segmentation import data
+        from transfer.segmentation.loader import build_train_loader
+
+        data.register(shapes_root, synthetic=True)
+        dicts, _ = data.dataset_dicts("synthetic_ade20k_sem_seg_train")
+        it = iter(build_train_loader(cfg, dicts, tempfile.mkdtemp()))
+    else:
+        from detectron2.data import build_detection_train_loader
+
+        it = iter(build_detection_train_loader(cfg))
+    return [next(it) for _ in range(n)]
 
 
 def bare_step(
@@ -50,31 +79,28 @@ def bare_step(
 ) -> float:
     """Images/s of model forward + backward + optimizer step on cached batches."""
     import torch
-    from detectron2.data import build_detection_train_loader
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from transfer.detection.config import build_config
-    from transfer.detection.datasets import register_shapes
+    if protocol == SEGMENTATION:
+        opts = ["DATASETS.TRAIN", "('synthetic_ade20k_sem_seg_train',)"]
+    else:
+        from transfer.detection.datasets import register_shapes
 
-    register_shapes(shapes_root)
-    opts = [
-        "DATASETS.TRAIN",
-        "('shapes_voc_2007_trainval',)"
-        if protocol.startswith("voc")
-        else "('shapes_coco_2017_train',)",
-        "DATALOADER.NUM_WORKERS",
-        "2",
-    ]
+        register_shapes(shapes_root)
+        train = (
+            "shapes_voc_2007_trainval" if protocol.startswith("voc") else "shapes_coco_2017_train"
+        )
+        opts = ["DATASETS.TRAIN", f"('{train}',)"]
+    opts += ["DATALOADER.NUM_WORKERS", "2"]
     if ims:
         opts += ["SOLVER.IMS_PER_BATCH", str(ims)]
-    cfg = build_config(protocol, smoke=smoke, device=device, opts=opts)
+    cfg = _config(protocol, smoke, device, opts)
     model = build_model(cfg).train()
     opt = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    it = iter(build_detection_train_loader(cfg))
-    batches = [next(it) for _ in range(min(4, iters))]
+    batches = _train_batches(protocol, cfg, shapes_root, min(4, iters))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with EventStorage(0):
         for i in range(warmup + iters):
@@ -129,16 +155,11 @@ def runner_job(
             "--num-gpus",
             str(num_gpus),
         ] + (["--amp"] if amp else [])
-        opts = [
-            "SOLVER.MAX_ITER",
-            str(iters),
-            "TEST.PRECISE_BN.ENABLED",
-            "False",
-            "DATASETS.TEST",
-            "()",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "100000",
-        ]
+        opts = ["SOLVER.MAX_ITER", str(iters), "SOLVER.CHECKPOINT_PERIOD", "100000"]
+        if protocol == SEGMENTATION:  # one small test scale: the evaluation is not timed
+            opts += ["INPUT.TEST_SHORT_SIDES", "(64,)", "INPUT.MAX_SIZE_TEST", "160"]
+        else:
+            opts += ["TEST.PRECISE_BN.ENABLED", "False", "DATASETS.TEST", "()"]
         if not smoke:
             opts += full_size_opts(protocol)
         if ims:
@@ -159,17 +180,18 @@ def runner_job(
 
 
 def _ims_per_batch(protocol: str, smoke: bool) -> int:
-    from transfer.detection.config import build_config
-
-    return build_config(protocol, smoke=smoke, device="cpu").SOLVER.IMS_PER_BATCH
+    return _config(protocol, smoke, "cpu").SOLVER.IMS_PER_BATCH
 
 
 def full_size_opts(protocol: str) -> list[str]:
     """Overrides giving the smoke config (what --dataset synthetic runs) the full protocol's
     image sizes, batch and sampling, so the runner's per-image work matches the protocol's."""
-    from transfer.detection.config import build_config
-
-    full = build_config(protocol, smoke=False, device="cpu")
+    full = _config(protocol, False, "cpu")
+    if protocol == SEGMENTATION:
+        return ["INPUT.MIN_SIZE_TRAIN", str(tuple(full.INPUT.MIN_SIZE_TRAIN)),
+                "INPUT.MAX_SIZE_TRAIN", str(full.INPUT.MAX_SIZE_TRAIN),
+                "SOLVER.IMS_PER_BATCH", str(full.SOLVER.IMS_PER_BATCH),
+                "DATALOADER.NUM_WORKERS", "8"]  # fmt: skip
     return [
         "INPUT.MIN_SIZE_TRAIN",
         str(tuple(full.INPUT.MIN_SIZE_TRAIN)),
@@ -189,6 +211,8 @@ def full_size_opts(protocol: str) -> list[str]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocols", nargs="+", default=list(SCRIPTS), choices=list(SCRIPTS))
+    p.add_argument("--ade-size", type=int, default=160,
+                   help="long side of the synthetic ADE20K images (default: 160)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--smoke", action="store_true", help="smoke configs (small images)")
     p.add_argument("--iters", type=int, default=20, help="timed bare steps (default: 20)")
@@ -221,6 +245,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(tempfile.mkdtemp(prefix="transfer_speed_"))
     shapes = str(generate(work / "shapes", ShapesSpec(size=256)))
+    ade = None
+    if SEGMENTATION in args.protocols:
+        from synthetic.ade20k import write_ade20k
+        from transfer.segmentation.data import prepare
+
+        ade = write_ade20k(work / "ade20k", size=args.ade_size)
+        prepare(ade)
     weights = work / "tv_r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
@@ -228,6 +259,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows = []
     for protocol in args.protocols:
         row = {"protocol": protocol, "device": gpu, "smoke": args.smoke}
+        data = str(ade) if protocol == SEGMENTATION else shapes
         # each bare measurement in its own process: the full protocols' steps hold ~60 GB,
         # which must be free for the next one and for the runner job
         row["bare_fp32"] = in_child(
@@ -239,7 +271,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             args.iters,
             args.warmup,
             args.ims_per_batch,
-            shapes,
+            data,
         )
         if device == "cuda" and args.amp:
             row["bare_amp"] = in_child(
@@ -251,7 +283,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 args.iters,
                 args.warmup,
                 args.ims_per_batch,
-                shapes,
+                data,
             )
         if args.runner_iters:
             row["runner_fp32"], steady = runner_job(
@@ -260,7 +292,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 args.runner_iters,
                 args.ims_per_batch,
                 str(weights),
-                shapes,
+                data,
                 False,
                 1 if device == "cuda" else 0,
             )
@@ -268,6 +300,9 @@ def main(args: argparse.Namespace) -> list[dict]:
             if steady is not None:  # the last 20 iterations' median step
                 row["runner_steady_fp32"] = steady
                 row["steady_vs_bare"] = steady / row["bare_fp32"]
+        if protocol == SEGMENTATION and not args.smoke:  # one seed: 150k iterations x 4
+            speed = row.get("runner_steady_fp32") or row.get("runner_fp32") or row["bare_fp32"]
+            row["seed_hours_estimate"] = 150000 * 4 / speed / 3600
         rows.append(row)
         cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float))
         print(f"{protocol:<12} images/s: {cells}", flush=True)
