@@ -4,15 +4,17 @@
 1. writes the synthetic shapes (ImageFolder, VOC, COCO layouts);
 2. pretrains CARE and BYOL (ResNet-50, small images, a few epochs);
 3. converts both checkpoints, plus a random-initialisation baseline;
-4. runs the VOC C4 and COCO C4 smoke protocols, 1 seed each, for the three;
+4. runs the VOC C4 and COCO C4 smoke protocols, 1 seed each, for the three, and the ADE20K
+   UPerNet smoke protocol (GSG's segmentation transfer) for CARE and BYOL on the synthetic
+   ADE20K twin;
 5. classification: pretrains CARE (ResNet-18, 64 px) on the silhouettes, where two CPU
    minutes measurably beat random initialisation, then runs the linear (CARE's protocol)
    and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18, and the
    many-shot linear recognition transfer (ssl-transfer's) of both on two synthetic twins;
 6. draws Grad-CAM attention maps of CARE and BYOL (CARE's Fig. 4) and t-SNE maps of the
    silhouettes' validation images through the three pretrained backbones (GSG's Fig. 1);
-7. regenerates the tables (CSV / Markdown / LaTeX) and per-protocol plots, and
-   ``report.html``, all of it on one page.
+7. regenerates the tables (CSV / Markdown / LaTeX), per-protocol plots, the segmentation
+   figure (GSG's Fig. 2 layout) and ``report.html``, all of it on one page.
 
 Every step reuses what a previous run finished (pretraining resumes, finished seeds are
 skipped), so re-running is cheap. ``--tiny`` is the smallest version (used by the tests).
@@ -36,6 +38,7 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
         iters=6,
         seeds=2,  # classification seeds
         det_seeds=1,  # detection seeds: 12 seconds-long processes were most of the demo
+        ade20k=dict(train=16, val=4, size=96),
         cls=dict(per_class=64, val_per_class=32, epochs=12, probe_epochs=10),
         shapes=dict(
             size=96,
@@ -49,6 +52,7 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
         recipe="demo-tiny",
         iters=2,
         seeds=1,
+        ade20k=dict(train=4, val=2, size=64),
         cls=dict(per_class=6, val_per_class=2, epochs=1, probe_epochs=1),
         shapes=dict(
             size=64,
@@ -123,6 +127,17 @@ def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Pat
         "2",
     ]
     return run_script(script[0], argv)
+
+
+def segmentation(weights: str, size: dict, out: Path) -> int:
+    """One ADE20K UPerNet smoke seed of ``weights`` on the synthetic twin (two test scales)."""
+    from synthetic.ade20k import write_ade20k
+
+    root = write_ade20k(out / "datasets" / "ade20k", **size["ade20k"])
+    argv = ["--weights", weights, "--seeds", "1", "--dataset", "synthetic",
+            "--output", str(out / "runs"), "--shapes-root", str(root),
+            "SOLVER.MAX_ITER", str(size["iters"]), "INPUT.TEST_SHORT_SIDES", "(64,96)"]  # fmt: skip
+    return run_script("transfer/run_segmentation.py", argv)
 
 
 RECOGNITION_DATASETS = ("cifar10", "dtd")  # the demo's many-shot linear transfer
@@ -232,10 +247,11 @@ def report(out: Path, written: dict[str, Path], seconds: float) -> None:
         print(f"    (previous stage: {time.time() - _STAGE[-1]:.0f} s)")
     print(f"\n=== done in {seconds:.0f} s. Results:")
     for name in ("report.html", "table4.md", "table4.csv", "table4.tex", "classification.md",
-                 "manyshot.md", "attention_maps.png", "tsne.png"):  # fmt: skip
+                 "manyshot.md", "segmentation.md", "attention_maps.png", "tsne.png",
+                 "segmentation_figure.png"):  # fmt: skip
         if name in written:
             print(f"  {written[name]}")
-    figures = ("attention_maps.png", "tsne.png")
+    figures = ("attention_maps.png", "tsne.png", "segmentation_figure.png")
     for path in sorted(p for k, p in written.items() if k.endswith(".png") and k not in figures):
         print(f"  {path}")
     for name in ("table4.md", "classification.md", "manyshot.md"):
@@ -266,13 +282,16 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
 
     step(
         "3-4/7 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
-        f"{size.get('det_seeds', size['seeds'])} seed(s) each"
+        f"{size.get('det_seeds', size['seeds'])} seed(s) each, and ADE20K UPerNet"
     )
     failures = []
     for w in [str(weights["care"]), str(weights["byol"]), "none"]:
         for script in (["transfer/run_voc.py"], ["transfer/run_coco.py", "--arch", "c4"]):
             if transfer(script, w, size, out, shapes) != 0:
                 failures.append(f"{script[0]} --weights {w}")
+    for w in [str(weights["care"]), str(weights["byol"])]:
+        if segmentation(w, size, out) != 0:
+            failures.append(f"transfer/run_segmentation.py --weights {w}")
 
     step(
         "5/7 classification: CARE (ResNet-18) on the silhouettes, then the linear and "

@@ -41,6 +41,12 @@ def test_tiny_demo_produces_every_artefact(tmp_path, render_html):
                 (out / "runs" / protocol / weights / "seed0" / "metrics.json").read_text()
             )
             assert all(math.isfinite(m["bbox"][k]) for k in ("AP", "AP50", "AP75"))
+    # ADE20K UPerNet on the synthetic twin, and GSG's Figure 2 layout of its predictions
+    for weights in ("care_r50", "byol_r50"):
+        m = json.loads((out / "runs" / "ade20k_upernet_smoke" / weights / "seed0" /
+                        "metrics.json").read_text())  # fmt: skip
+        assert 0 <= m["headline"]["mIoU"] <= 100 and 0 <= m["headline"]["pixel_acc"] <= 100
+    assert "segmentation_figure.png" in written and "segmentation.md" in written
     # the classification step: linear and kNN probes of CARE (ResNet-18) and a random one
     for protocol, key in (("linear_care_smoke", "top1"), ("knn_smoke", "k20_top1")):
         for weights in ("care_r18", "random_init_r18"):
