@@ -52,6 +52,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "DIR/cifar-10-batches-py)",
     )
     p.add_argument(
+        "--ade20k",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a synthetic ADE20K twin (DIR/ADEChallengeData2016, the release "
+        "layout, 48 x --scale training images, long side 1.25 x --size; "
+        "transfer/run_segmentation.py with DETECTRON2_DATASETS=DIR)",
+    )
+    p.add_argument(
         "--recognition-layout",
         choices=["ssl-transfer", "torchvision"],
         default="ssl-transfer",
@@ -84,6 +93,12 @@ def main(args: argparse.Namespace) -> Path:
         rec = write_recognition(args.recognition, args.seed, layout=args.recognition_layout)
         n = sum(1 for _ in rec.rglob("*.jpg"))
         print(f"recognition twins ({args.recognition_layout} layout): {n} images under {rec}")
+    if args.ade20k:
+        from synthetic.ade20k import write_ade20k
+
+        n = max(1, round(48 * args.scale)), max(1, round(12 * args.scale))
+        ade = write_ade20k(args.ade20k, args.seed, n[0], n[1], size=round(1.25 * args.size))
+        print(f"ADE20K twin: {n[0]} training and {n[1]} validation images under {ade}")
     if args.cifar:
         from synthetic.cifar import write_cifar
 

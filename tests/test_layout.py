@@ -154,11 +154,13 @@ def test_runnable_modules_are_the_expected_ones():
         "pretrain/visualize.py",
         "synthetic/__main__.py",
         "tables/__main__.py",
+        "tables/segfigure.py",
         "transfer/convert.py",
         "transfer/launch.py",
         "transfer/run_coco.py",
         "transfer/run_linear.py",
         "transfer/run_recognition.py",
+        "transfer/run_segmentation.py",
         "transfer/run_voc.py",
     ]
 
@@ -182,6 +184,7 @@ def test_console_scripts_resolve():
         "care-run-coco",
         "care-tables",
         "care-run-recognition",
+        "care-run-segmentation",
     } <= set(scripts)
     for name, target in scripts.items():
         module, func = target.split(":")
