@@ -130,3 +130,16 @@ def test_script_help_runs_from_repo_root():
     r = subprocess.run([sys.executable, "transfer/run_segmentation.py", "--help"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0 and "--ignore-padding" in r.stdout and "UPerNet" in r.stdout
+
+
+def test_a_validation_label_of_another_size_stops_before_training(tmp_path, weights):
+    import numpy as np
+    from PIL import Image
+
+    from synthetic.ade20k import write_ade20k
+
+    root = write_ade20k(tmp_path / "ade", seed=3, train=2, val=2, size=64)
+    label = root / "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png"
+    Image.fromarray(np.ones((7, 9), np.uint8)).save(label)
+    with pytest.raises(ValueError, match=r"ADE_val_00000001.png: label \(9, 7\) mode L"):
+        run_segmentation.main(_args(tmp_path / "out", weights, root))

@@ -29,13 +29,12 @@ ENTRY = "transfer.segmentation.trainer:train_seed"  # the per-process function o
 
 
 def check_test_images(names) -> int:
-    """Decode every evaluation image (1/8 scale) and compare its size with its label's:
-    one line naming the file before any seed runs; returns the number checked."""
+    """Decode every evaluation image (at 1/8 scale) and compare its size with its label's
+    (headers only): one line naming the file before any seed runs; returns the count."""
     from PIL import Image
 
     from common.badimages import UNREADABLE
     from transfer.segmentation.data import dataset_dicts
-    from transfer.segmentation.loader import read_pair
 
     n = 0
     for name in names:
@@ -44,14 +43,18 @@ def check_test_images(names) -> int:
                 with Image.open(d["file_name"]) as im:
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                     im.load()
-                img, seg = read_pair(d)
+                with Image.open(d["sem_seg_file_name"]) as seg:
+                    size, mode = seg.size, seg.mode
             except UNREADABLE as e:
                 raise BadInput(
-                    f"{d['file_name']}: unreadable evaluation image of {name} "
+                    f"{d['file_name']}: unreadable evaluation image or label of {name} "
                     f"({type(e).__name__}: {e}); every validation image is scored: replace it"
                 ) from None
-            img.close()
-            seg.close()
+            if size != (d["width"], d["height"]) or mode != "L":
+                raise BadInput(
+                    f"{d['sem_seg_file_name']}: label {size} mode {mode}, expected the image's "
+                    f"size {(d['width'], d['height'])} in mode L ({d['file_name']})"
+                )
             n += 1
     return n
 
