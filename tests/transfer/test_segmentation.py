@@ -364,3 +364,23 @@ def test_the_backbone_is_loaded_and_verified(tmp_path):
         pickle.dump(d, f)
     with pytest.raises(RuntimeError, match="1 differ.*res4.2.conv2.weight"):
         verify_backbone_loaded(m, str(pkl))
+
+
+def test_figure_colours(tmp_path):
+    """150 distinct colours (class 0 is the devkit's index 1: (128, 0, 0)), unlabelled
+    black, and a user's colour map read from a CSV."""
+    from tables.aggregate import TablesError
+    from tables.segfigure import colourise, default_palette, read_palette
+
+    pal = default_palette()
+    assert pal.shape == (150, 3) and len({tuple(c) for c in pal}) == 150
+    assert tuple(pal[0]) == (128, 0, 0) and tuple(pal[1]) == (0, 128, 0)
+    assert tuple(pal[6]) == (128, 128, 128)  # index 7: all three low bits
+    img = colourise(np.array([[0, 255], [149, 1]]), pal)
+    assert tuple(img[0, 1]) == (0, 0, 0) and tuple(img[1, 0]) == tuple(pal[149])
+    path = tmp_path / "c.csv"
+    np.savetxt(path, np.arange(450).reshape(150, 3) % 256, delimiter=",", fmt="%d")
+    assert tuple(read_palette(path)[1]) == (3, 4, 5)
+    np.savetxt(path, np.zeros((10, 3)), delimiter=",")
+    with pytest.raises(TablesError, match="expected 150 rows"):
+        read_palette(path)

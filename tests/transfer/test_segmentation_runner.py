@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -67,6 +68,23 @@ def test_two_smoke_seeds_then_skip(tmp_path, weights, twin, capsys):
     printed = capsys.readouterr().out
     assert printed.count("finished, skipped") == 2 and "reusing" in printed
     assert (tmp_path / PROTOCOL / "tv_r50/seed0/metrics.json").stat().st_mtime_ns == stamp
+
+    # the table beside ssl-transfer's rows, its plot, and GSG's Figure 2 layout
+    from PIL import Image
+
+    from tables.__main__ import get_args_parser, main
+
+    written = main(get_args_parser().parse_args(["--runs", str(tmp_path)]))
+    md = written["segmentation.md"].read_text()
+    assert "| BYOL " in md and "29.4" in md and "tv_r50 (tv_r50) (synthetic)" in md
+    rows = {r["weights"]: r for r in csv.DictReader(open(written["segmentation.csv"]))}
+    ours = json.loads((tmp_path / PROTOCOL / "tv_r50/seed1/metrics.json").read_text())
+    mious = [ours["headline"]["mIoU"], m["headline"]["mIoU"]]  # seeds 1 and 0
+    assert float(rows["tv_r50"]["miou"]) == pytest.approx(sum(mious) / 2, abs=1e-6)
+    assert rows["tv_r50"]["miou_n"] == "2"
+    with Image.open(written["segmentation_figure.png"]) as im:  # 3 rows x 3 columns
+        assert 0.6 < im.width / im.height < 1.6
+    assert "segmentation_ade20k_upernet_smoke.png" in written
 
 
 def _final_state(seed_dir: Path) -> dict:
