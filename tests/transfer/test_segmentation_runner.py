@@ -78,8 +78,8 @@ def test_two_smoke_seeds_then_skip(tmp_path, weights, twin, capsys):
     md = written["segmentation.md"].read_text()
     assert "| BYOL " in md and "29.4" in md and "tv_r50 (tv_r50) (synthetic)" in md
     rows = {r["weights"]: r for r in csv.DictReader(open(written["segmentation.csv"]))}
-    ours = json.loads((tmp_path / PROTOCOL / "tv_r50/seed1/metrics.json").read_text())
-    mious = [ours["headline"]["mIoU"], m["headline"]["mIoU"]]  # seeds 1 and 0
+    mious = [json.loads((tmp_path / PROTOCOL / f"tv_r50/seed{k}/metrics.json").read_text())
+             ["headline"]["mIoU"] for k in (0, 1)]  # fmt: skip
     assert float(rows["tv_r50"]["miou"]) == pytest.approx(sum(mious) / 2, abs=1e-6)
     assert rows["tv_r50"]["miou_n"] == "2"
     with Image.open(written["segmentation_figure.png"]) as im:  # 3 rows x 3 columns
