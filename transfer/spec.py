@@ -14,7 +14,7 @@ class SeedSpec:
     protocol_name: str  # the results folder's name: protocol, or protocol_smoke
     smoke: bool
     dataset: str  # real | synthetic
-    shapes_root: str | None  # the synthetic data (smoke)
+    shapes_root: str | None  # the synthetic data (smoke); segmentation: the data root
     weights: str  # a Detectron2 .pkl, "" = random initialisation
     weights_info: dict  # stem, source, sha256, meta (recorded in metrics.json)
     seed_index: int

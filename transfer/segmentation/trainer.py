@@ -101,12 +101,7 @@ def _seed_trainer(spec: SeedSpec) -> SegTrainer:
     from transfer.segmentation.config import build_config
     from transfer.segmentation.data import register
 
-    if spec.dataset == "synthetic":
-        register(spec.shapes_root, synthetic=True)
-    else:
-        from transfer.segmentation.data import datasets_root
-
-        register(datasets_root())
+    register(spec.shapes_root, synthetic=spec.dataset == "synthetic")  # the plan's data root
     opts = list(spec.opts) + ["OUTPUT_DIR", spec.seed_dir, "SEED", str(spec.seed),
                               "SOLVER.AMP.ENABLED", str(bool(spec.amp))]  # fmt: skip
     cfg = build_config(
