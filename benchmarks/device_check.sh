@@ -56,8 +56,12 @@ for part in "${parts[@]}"; do
   transfer)
     stamp "detection: bare step vs runner (steady state = last 20 iterations)"
     timeout 240 python3 benchmarks/speed/transfer_step.py --no-amp \
-      $(small "--iters 10 --warmup 3 --runner-iters 40" "--smoke --device cpu --iters 2 --warmup 1 --runner-iters 0 --protocols voc_c4_24k") \
+      $(small "--iters 10 --warmup 3 --runner-iters 40 --protocols voc_c4_24k coco_c4_1x coco_fpn_1x" "--smoke --device cpu --iters 2 --warmup 1 --runner-iters 0 --protocols voc_c4_24k") \
       --json "$OUT/detection.json" 2>&1 | tail -8
+    stamp "segmentation (ADE20K UPerNet): bare step vs runner, seed-hours estimate"
+    timeout 150 python3 benchmarks/speed/transfer_step.py --no-amp --protocols ade20k_upernet \
+      $(small "--iters 10 --warmup 3 --runner-iters 40" "--smoke --device cpu --iters 2 --warmup 1 --runner-iters 0") \
+      --json "$OUT/segmentation.json" 2>&1 | tail -4
     stamp "classification loop vs frozen forward"
     timeout 90 python3 benchmarks/speed/linear_step.py \
       $(small "--workers 16 --steps 20" "--device cpu --arch resnet18 --batch 8 --steps 2 --workers 2") \

@@ -93,7 +93,8 @@ def bare_step(
             "shapes_voc_2007_trainval" if protocol.startswith("voc") else "shapes_coco_2017_train"
         )
         opts = ["DATASETS.TRAIN", f"('{train}',)"]
-    opts += ["DATALOADER.NUM_WORKERS", "2"]
+    # cached batches: the loader's speed is not timed (segmentation: read in this process)
+    opts += ["DATALOADER.NUM_WORKERS", "0" if protocol == SEGMENTATION else "2"]
     if ims:
         opts += ["SOLVER.IMS_PER_BATCH", str(ims)]
     cfg = _config(protocol, smoke, device, opts)
