@@ -384,3 +384,88 @@ def test_figure_colours(tmp_path):
     np.savetxt(path, np.zeros((10, 3)), delimiter=",")
     with pytest.raises(TablesError, match="expected 150 rows"):
         read_palette(path)
+
+
+class _ToolkitUPerNet(torch.nn.Module):
+    """The toolkit's UPerNet decoder (models.py), transcribed with its attribute layout,
+    plain BatchNorm and parametrised widths (the toolkit: ppm 512, fpn_dim 512)."""
+
+    def __init__(self, num_class, fc_dim, fpn_inplanes, fpn_dim, ppm_dim, pool_scales=(1, 2, 3, 6)):
+        super().__init__()
+        nn = torch.nn
+
+        def cbr(i, o, k):
+            return nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2, bias=False),
+                                 nn.BatchNorm2d(o), nn.ReLU(inplace=True))  # fmt: skip
+
+        self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
+        self.ppm_conv = nn.ModuleList(cbr(fc_dim, ppm_dim, 1) for _ in pool_scales)
+        self.ppm_last_conv = cbr(fc_dim + len(pool_scales) * ppm_dim, fpn_dim, 3)
+        self.fpn_in = nn.ModuleList(cbr(c, fpn_dim, 1) for c in fpn_inplanes[:-1])
+        self.fpn_out = nn.ModuleList(cbr(fpn_dim, fpn_dim, 3) for _ in fpn_inplanes[:-1])
+        self.conv_last = nn.Sequential(cbr(len(fpn_inplanes) * fpn_dim, fpn_dim, 3),
+                                       nn.Conv2d(fpn_dim, num_class, 1))  # fmt: skip
+
+    def forward(self, conv_out):
+        interp = torch.nn.functional.interpolate
+        conv5 = conv_out[-1]
+        size = conv5.shape[2:]
+        ppm_out = [conv5] + [conv(interp(pool(conv5), size, mode="bilinear", align_corners=False))
+                             for pool, conv in zip(self.ppm_pooling, self.ppm_conv)]  # fmt: skip
+        f = self.ppm_last_conv(torch.cat(ppm_out, 1))
+        feats = [f]
+        for i in reversed(range(len(conv_out) - 1)):
+            x = self.fpn_in[i](conv_out[i])
+            f = x + interp(f, size=x.shape[2:], mode="bilinear", align_corners=False)
+            feats.append(self.fpn_out[i](f))
+        feats.reverse()
+        out_size = feats[0].shape[2:]
+        fused = [feats[0]] + [interp(t, out_size, mode="bilinear", align_corners=False)
+                              for t in feats[1:]]  # fmt: skip
+        return torch.nn.functional.log_softmax(self.conv_last(torch.cat(fused, 1)), dim=1)
+
+
+def _copy_head_into_toolkit(head, ref) -> None:
+    """Our head's tensors under the toolkit's names (a detectron2 Conv2d holds its norm)."""
+    pairs = [(head.ppm[i], ref.ppm_conv[i]) for i in range(4)]
+    pairs += [(head.ppm_out, ref.ppm_last_conv), (head.fuse, ref.conv_last[0])]
+    pairs += [(head.lateral[i], ref.fpn_in[i]) for i in range(3)]
+    pairs += [(head.fpn_out[i], ref.fpn_out[i]) for i in range(3)]
+    with torch.no_grad():
+        for ours, theirs in pairs:
+            theirs[0].weight.copy_(ours.weight)
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                getattr(theirs[1], k).copy_(getattr(ours.norm, k))
+        ref.conv_last[1].weight.copy_(head.predictor.weight)
+        ref.conv_last[1].bias.copy_(head.predictor.bias)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_upernet_head_equals_the_toolkits_decoder(train):
+    """Same weights, same features (odd sizes): the same log-probabilities, with batch
+    statistics (training) and running statistics (inference)."""
+    from detectron2.layers import ShapeSpec
+
+    from transfer.segmentation.modeling import UPerNetHead
+
+    cfg = build_config("ade20k_upernet", device="cpu", freeze=False,
+                       opts=["MODEL.SEM_SEG_HEAD.CONVS_DIM", "16", "MODEL.UPERNET.PPM_DIM", "8",
+                             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
+                             "MODEL.SEM_SEG_HEAD.NORM", "BN"])  # fmt: skip
+    channels = {"res2": 8, "res3": 16, "res4": 24, "res5": 32}
+    torch.manual_seed(0)
+    head = UPerNetHead(cfg, {k: ShapeSpec(channels=c) for k, c in channels.items()})
+    ref = _ToolkitUPerNet(5, 32, (8, 16, 24, 32), 16, 8)
+    for m in head.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    _copy_head_into_toolkit(head, ref)
+    head.train(train)
+    ref.train(train)
+    sizes = {"res2": (25, 19), "res3": (13, 10), "res4": (7, 5), "res5": (4, 3)}
+    feats = {k: torch.randn(2, channels[k], *s) for k, s in sizes.items()}
+    ours = torch.log_softmax(head(feats), dim=1)
+    theirs = ref([feats[k] for k in ("res2", "res3", "res4", "res5")])
+    assert ours.shape == theirs.shape == (2, 5, 25, 19)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
