@@ -469,3 +469,56 @@ def test_upernet_head_equals_the_toolkits_decoder(train):
     theirs = ref([feats[k] for k in ("res2", "res3", "res4", "res5")])
     assert ours.shape == theirs.shape == (2, 5, 25, 19)
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4):
+    """The toolkit's TrainDataset.__getitem__ for one batch, transcribed (its short side and
+    flips given): normalised images and labels (-1 unlabelled) in zero-filled batch arrays."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    n = len(records)
+    ws, hs = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for i, r in enumerate(records):
+        scale = min(short / min(r["height"], r["width"]), max_size / max(r["height"], r["width"]))
+        ws[i], hs[i] = r["width"] * scale, r["height"] * scale
+    bw, bh = loader.round_up(int(ws.max()), pad), loader.round_up(int(hs.max()), pad)
+    images = torch.zeros(n, 3, bh, bw)
+    labels = torch.zeros(n, bh // stride, bw // stride, dtype=torch.long)
+    for i, r in enumerate(records):
+        img = Image.open(r["file_name"]).convert("RGB")
+        seg = Image.open(r["raw_label"])
+        if flips[i]:
+            img, seg = img.transpose(Image.FLIP_LEFT_RIGHT), seg.transpose(Image.FLIP_LEFT_RIGHT)
+        img = img.resize((int(ws[i]), int(hs[i])), Image.BILINEAR)
+        seg = seg.resize((int(ws[i]), int(hs[i])), Image.NEAREST)
+        rounded = Image.new("L", (loader.round_up(seg.size[0], stride),
+                                  loader.round_up(seg.size[1], stride)), 0)  # fmt: skip
+        rounded.paste(seg, (0, 0))
+        seg = rounded.resize((rounded.size[0] // stride, rounded.size[1] // stride), Image.NEAREST)
+        x = (np.float32(np.array(img)) / 255.0 - mean) / std
+        images[i, :, : x.shape[0], : x.shape[1]] = torch.from_numpy(x.transpose(2, 0, 1))
+        s = torch.from_numpy(np.array(seg)).long() - 1
+        labels[i, : s.shape[0], : s.shape[1]] = s
+    return images, labels
+
+
+def test_a_training_batch_equals_the_toolkits(tmp_path, model):
+    """Two images of different sizes at one short side, one flipped: our loader + the
+    model's batching give the toolkit's normalised batch and its labels (255 <-> -1)."""
+    from synthetic.ade20k import write_ade20k
+    from transfer.segmentation import data
+
+    root = write_ade20k(tmp_path / "ade", seed=5, train=2, val=1, size=150)
+    data.prepare(root)
+    data.register(root, synthetic=True)
+    dicts, _ = data.dataset_dicts("synthetic_ade20k_sem_seg_train")
+    for d in dicts:
+        d["raw_label"] = d["sem_seg_file_name"].replace("annotations_detectron2", "annotations")
+    assert dicts[0]["height"] != dicts[1]["height"] or dicts[0]["width"] != dicts[1]["width"]
+    short, flips = 375, (False, True)
+    ours = [loader.train_sample(d, short, f, 1000, 4) for d, f in zip(dicts, flips)]
+    images, labels = model.batch(ours)
+    ref_images, ref_labels = _toolkit_batch(dicts, short, flips)
+    assert images.shape == ref_images.shape and labels.shape == ref_labels.shape
+    assert torch.allclose(images, ref_images, atol=1e-5)
+    assert torch.equal(torch.where(labels == 255, -1, labels), ref_labels)
+    assert (ref_labels == -1).any() and (labels == 0).any()
