@@ -522,3 +522,33 @@ def test_a_training_batch_equals_the_toolkits(tmp_path, model):
     assert torch.allclose(images, ref_images, atol=1e-5)
     assert torch.equal(torch.where(labels == 255, -1, labels), ref_labels)
     assert (ref_labels == -1).any() and (labels == 0).any()
+
+
+def test_the_multiscale_test_equals_the_toolkits(tmp_path, model):
+    """ValDataset's resizes and eval.py's score accumulation, transcribed around the same
+    network: our TestMapper + predict give the same averaged probabilities."""
+    from synthetic.ade20k import write_ade20k
+    from transfer.segmentation import data
+
+    cfg = build_config("ade20k_upernet", device="cpu", opts=["INPUT.TEST_SHORT_SIDES", "(64, 96)"])
+    root = write_ade20k(tmp_path / "ade", seed=6, train=1, val=1, size=90)
+    data.prepare(root)
+    data.register(root, synthetic=True)
+    d = data.dataset_dicts("synthetic_ade20k_sem_seg_val")[0][0]
+    with torch.no_grad():
+        ours = model.predict(loader.TestMapper(cfg)(d))["sem_seg"]
+        img = Image.open(d["file_name"]).convert("RGB")
+        w, h = img.size
+        scores = torch.zeros(1, 150, h, w)
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+        for short in (64, 96):
+            scale = min(short / float(min(h, w)), 1000 / float(max(h, w)))
+            th, tw = loader.round_up(int(h * scale), 32), loader.round_up(int(w * scale), 32)
+            x = (np.float32(np.array(img.resize((tw, th), Image.BILINEAR))) / 255.0 - mean) / std
+            logits = model.logits(torch.from_numpy(x.transpose(2, 0, 1)).float()[None])
+            up = torch.nn.functional.interpolate(
+                logits, (h, w), mode="bilinear", align_corners=False
+            )
+            scores = scores + torch.softmax(up, dim=1) / 2
+    assert ours.shape == (150, h, w)
+    assert torch.allclose(ours, scores[0], atol=1e-5)
