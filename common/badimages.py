@@ -73,3 +73,37 @@ class BadCount:
                 f"{self.bad} of {self.seen} images {what} could not be read, more than the "
                 f"allowed fraction {max_frac:g}; {fix}"
             )
+
+
+SKIPPED_FILE = "skipped_images.txt"  # a transfer seed's list of skipped training images
+MIN_SEEN = 50  # images a loader worker must have seen before the fraction is checked
+
+
+class SkippedLog:
+    """A loader worker's unreadable training images: each is appended to
+    ``<log_dir>/skipped_images.txt``; once more than ``max_frac`` of at least ``MIN_SEEN``
+    images seen were unreadable, ``TooManyBadImages`` names the list and the setting."""
+
+    def __init__(self, log_dir: str | Path, max_frac: float):
+        self.path = Path(log_dir) / SKIPPED_FILE
+        self.max_frac = max_frac
+        self.seen = self.bad = 0
+
+    def record(self, file_name: str, error: Exception) -> None:
+        self.bad += 1
+        with open(self.path, "a") as f:
+            f.write(f"{file_name}\t{type(error).__name__}: {error}\n")
+        if self.seen >= MIN_SEEN and self.bad / self.seen > self.max_frac:
+            raise TooManyBadImages(
+                f"{self.bad} of {self.seen} training images could not be read (listed in "
+                f"{self.path}), more than the allowed fraction {self.max_frac:g}; check the "
+                "files, or allow more with SUITE.MAX_BAD_FRAC F"
+            ) from error
+
+
+def skipped_images(seed_dir: str | Path) -> list[str]:
+    """The unreadable training images a seed skipped (once per time one was drawn)."""
+    path = Path(seed_dir) / SKIPPED_FILE
+    if not path.exists():
+        return []
+    return [line.split("\t")[0] for line in path.read_text().splitlines() if line]

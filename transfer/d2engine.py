@@ -12,7 +12,12 @@
   ``sessions.json``;
 - ``OptimizerStateMixin``: the optimiser (momentum buffers, current lr) and AMP's grad
   scaler in the checkpoint, which detectron2 0.6's ``DefaultTrainer`` leaves out (a resumed
-  run would restart SGD's momentum at zero and run its first iteration at the base lr).
+  run would restart SGD's momentum at zero and run its first iteration at the base lr);
+- ``protocol_config``: a protocol's detectron2 config from its YAML files, with the smoke
+  twins' dataset names, the weights, the device and the user's overrides;
+- ``SeedTrainer``: the ``DefaultTrainer`` a family subclasses (all of the above);
+  ``start_seed`` builds a seed's config and trainer (resumed, or loaded and verified);
+  ``seed_metrics`` / ``write_seed_results`` write what every seed's ``metrics.json`` holds.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.engine import HookBase, hooks
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import (
     CommonMetricPrinter,
@@ -309,3 +314,126 @@ class OptimizerStateMixin:
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+
+
+class SeedTrainer(OptimizerStateMixin, DefaultTrainer):
+    """``DefaultTrainer`` for one seed: the suite's writers and hooks, the optimiser's state
+    in its checkpoints; a family adds its loaders and evaluators."""
+
+    def __init__(self, cfg, spec: SeedSpec | None = None):
+        self.spec = spec  # before DefaultTrainer builds the writers
+        super().__init__(cfg)
+
+    def build_writers(self):
+        return suite_writers(self)
+
+    def build_hooks(self):
+        return suite_hooks(self, super().build_hooks())
+
+
+def start_seed(spec: SeedSpec, build_config, trainer_cls: type[SeedTrainer]) -> SeedTrainer:
+    """The seed's config (``build_config(protocol, smoke=, weights=, opts=, device=)``, with
+    its folder, seed and AMP; written as config.yaml) and its trainer, resumed from the
+    folder's last checkpoint or loaded from the weights and verified tensor by tensor."""
+    import argparse
+
+    from transfer.d2logs import seed_setup
+
+    opts = list(spec.opts) + ["OUTPUT_DIR", spec.seed_dir, "SEED", str(spec.seed),
+                              "SOLVER.AMP.ENABLED", str(bool(spec.amp))]  # fmt: skip
+    cfg = build_config(
+        spec.protocol, smoke=spec.smoke, weights=spec.weights or "", opts=opts, device=spec.device
+    )
+    seed_setup(cfg, argparse.Namespace(**spec.to_json()))
+    trainer = trainer_cls(cfg, spec)
+    trainer.resume_or_load(resume=True)
+    main = comm.is_main_process()
+    if trainer.start_iter == 0 and spec.weights:
+        n = verify_backbone_loaded(trainer.model, spec.weights)
+        if main:
+            print(f"backbone loaded and verified: {n} tensors equal {spec.weights}")
+    elif trainer.start_iter > 0 and main:
+        print(f"resuming seed {spec.seed_index} from iteration {trainer.start_iter}")
+    return trainer
+
+
+def final_results(trainer: SeedTrainer) -> dict:
+    """The final evaluation's results (kept by detectron2's EvalHook; ``train()`` returns
+    them only with TEST.EXPECTED_RESULTS)."""
+    results = getattr(trainer, "_last_eval_results", None)
+    if not results:
+        out = trainer.cfg.OUTPUT_DIR
+        raise RuntimeError(f"training ended without evaluation results (see {out}/log.txt)")
+    return results
+
+
+def seed_metrics(spec: SeedSpec, trainer: SeedTrainer) -> dict:
+    """What every seed's ``metrics.json`` holds before its family's results: the protocol,
+    weights, seed, schedule, world size, wall time over its sessions, skipped images."""
+    from common.badimages import SKIPPED_FILE, skipped_images
+
+    out = Path(spec.seed_dir)
+    sessions = read_sessions(out / "sessions.json")
+    cfg = trainer.cfg
+    metrics = {
+        "protocol": spec.protocol_name,
+        "base_protocol": spec.protocol_name.removesuffix("_smoke"),  # a variant's own name
+        "variant": "smoke" if spec.smoke else "full",
+        "dataset": spec.dataset,
+        "weights": spec.weights_info,
+        "seed_index": spec.seed_index,
+        "seed": spec.seed,
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+        "world_size": comm.get_world_size(),
+        "amp": bool(spec.amp),
+        "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
+        "sessions": len(sessions),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    skipped = skipped_images(out)
+    if skipped:
+        files = sorted(set(skipped))
+        metrics["skipped_images"] = {"count": len(skipped), "files": files[:20]}
+        print(
+            f"seed {spec.seed_index}: skipped {len(skipped)} unreadable training image(s) "
+            f"({', '.join(files[:3])}; all in {out / SKIPPED_FILE})"
+        )
+    return metrics
+
+
+def write_seed_results(spec: SeedSpec, metrics: dict) -> dict:
+    """``environment.json``, then ``metrics.json`` (last: it marks the seed finished)."""
+    from transfer.environment import environment_record
+
+    out = Path(spec.seed_dir)
+    atomic_write_json(out / "environment.json", environment_record())
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def protocol_config(files, twin_prefix: str | None, weights: str, opts, device: str | None,
+                    extend=None):  # fmt: skip
+    """``get_cfg()`` (+ ``SUITE.MAX_BAD_FRAC``, + ``extend(cfg)``: a family's own keys) ->
+    each of ``files`` merged in turn -> with ``twin_prefix`` (smoke runs) every dataset name
+    prefixed -> MODEL.WEIGHTS and MODEL.DEVICE (default: cuda when available) -> ``opts``
+    (trailing KEY VALUE overrides; a bad one is a ``ConfigError``). Not frozen."""
+    from detectron2.config import CfgNode, get_cfg
+
+    cfg = get_cfg()
+    cfg.SUITE = CfgNode()
+    cfg.SUITE.MAX_BAD_FRAC = 0.01  # unreadable training images allowed (then skipped)
+    if extend is not None:
+        extend(cfg)
+    for f in files:
+        cfg.merge_from_file(str(f))
+    if twin_prefix:
+        cfg.DATASETS.TRAIN = tuple(twin_prefix + n for n in cfg.DATASETS.TRAIN)
+        cfg.DATASETS.TEST = tuple(twin_prefix + n for n in cfg.DATASETS.TEST)
+    cfg.MODEL.WEIGHTS = str(weights)
+    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"config overrides {list(opts)}: {e}") from e
+    return cfg

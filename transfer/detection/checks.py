@@ -12,18 +12,16 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from PIL import Image
 
-from common.badimages import UNREADABLE, TooManyBadImages
+from common.badimages import MIN_SEEN, UNREADABLE, SkippedLog, skipped_images
 from common.cli import BadInput
 
-MIN_SEEN = 50  # images a worker must have seen before the fraction is checked
-SKIPPED_FILE = "skipped_images.txt"
+__all__ = ["MIN_SEEN", "SkippingMapper", "check_datasets", "skipped_images", "unreadable"]
 
 
 def _voc_foreign_class(name: str) -> tuple[Path, str] | None:
@@ -92,30 +90,12 @@ class SkippingMapper(DatasetMapper):
 
     def __init__(self, cfg, log_dir: str, max_frac: float):
         super().__init__(cfg, is_train=True)
-        self.log_path = os.path.join(log_dir, SKIPPED_FILE)
-        self.max_frac = max_frac
-        self.seen = self.bad = 0
+        self.skipped = SkippedLog(log_dir, max_frac)
 
     def __call__(self, dataset_dict):
-        self.seen += 1
+        self.skipped.seen += 1
         try:
             return super().__call__(dataset_dict)
         except UNREADABLE as e:
-            self.bad += 1
-            with open(self.log_path, "a") as f:
-                f.write(f"{dataset_dict['file_name']}\t{type(e).__name__}: {e}\n")
-            if self.seen >= MIN_SEEN and self.bad / self.seen > self.max_frac:
-                raise TooManyBadImages(
-                    f"{self.bad} of {self.seen} training images could not be read (listed in "
-                    f"{self.log_path}), more than the allowed fraction {self.max_frac:g}; "
-                    "check the files, or allow more with SUITE.MAX_BAD_FRAC F"
-                ) from e
+            self.skipped.record(dataset_dict["file_name"], e)
             return None  # detectron2's MapDataset draws another image
-
-
-def skipped_images(seed_dir: str | Path) -> list[str]:
-    """The unreadable training images a seed skipped (each time one was drawn)."""
-    path = Path(seed_dir) / SKIPPED_FILE
-    if not path.exists():
-        return []
-    return [line.split("\t")[0] for line in path.read_text().splitlines() if line]

@@ -37,7 +37,8 @@ def config_path(protocol: str) -> Path:
 
 
 def smoke_datasets(names: Sequence[str]) -> tuple[str, ...]:
-    """The synthetic twins of real dataset names: ``voc_2007_test`` -> ``shapes_voc_2007_test``."""
+    """The synthetic twins of real dataset names: ``voc_2007_test`` -> ``shapes_voc_2007_test``
+    (what ``build_config(smoke=True)`` uses)."""
     return tuple(SYNTHETIC_PREFIX + n for n in names)
 
 
@@ -56,25 +57,11 @@ def build_config(
         opts: trailing ``KEY VALUE`` overrides, as detectron2's tools take them.
         device: "cpu" / "cuda"; default: cuda when available, else cpu.
     """
-    import torch
-    from detectron2.config import CfgNode, get_cfg
-
     import transfer.detection.modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+    from transfer.d2engine import protocol_config
 
-    cfg = get_cfg()
-    cfg.SUITE = CfgNode()
-    cfg.SUITE.MAX_BAD_FRAC = 0.01  # unreadable training images allowed (then skipped)
-    cfg.merge_from_file(str(config_path(protocol)))
-    if smoke:
-        cfg.merge_from_file(str(SMOKE_OVERLAY))
-        cfg.DATASETS.TRAIN = smoke_datasets(cfg.DATASETS.TRAIN)
-        cfg.DATASETS.TEST = smoke_datasets(cfg.DATASETS.TEST)
-    cfg.MODEL.WEIGHTS = str(weights)
-    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(f"config overrides {list(opts)}: {e}") from e
+    files = [config_path(protocol)] + ([SMOKE_OVERLAY] if smoke else [])
+    cfg = protocol_config(files, SYNTHETIC_PREFIX if smoke else None, weights, opts, device)
     if freeze:
         cfg.freeze()
     return cfg

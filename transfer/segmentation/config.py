@@ -40,19 +40,12 @@ def add_upernet_config(cfg) -> None:
     cfg.INPUT.TEST_SHORT_SIDES = TOOLKIT_SHORT_SIDES  # the 5 scales of the test
     cfg.INPUT.FLIP = True  # random_flip
     cfg.SOLVER.POLY_LR_POWER = 0.9  # lr_pow
-    cfg.SUITE = CfgNode()
-    cfg.SUITE.MAX_BAD_FRAC = 0.01  # unreadable training images allowed (then skipped)
 
 
 def config_path(protocol: str) -> Path:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     return CONFIG_DIR / f"{protocol}.yaml"
-
-
-def smoke_datasets(names: Sequence[str]) -> tuple[str, ...]:
-    """``ade20k_sem_seg_val`` -> ``synthetic_ade20k_sem_seg_val``."""
-    return tuple(SYNTHETIC_PREFIX + n for n in names)
 
 
 def build_config(
@@ -65,24 +58,12 @@ def build_config(
 ):
     """``get_cfg() + add_upernet_config -> merge_from_file [-> smoke overlay] ->
     merge_from_list(opts) -> freeze()``; ``weights``: a Detectron2 ``.pkl`` ("" = random)."""
-    import torch
-    from detectron2.config import get_cfg
-
     import transfer.segmentation.modeling  # noqa: F401  (registers UPerNetSegmentor / Head)
+    from transfer.d2engine import protocol_config
 
-    cfg = get_cfg()
-    add_upernet_config(cfg)
-    cfg.merge_from_file(str(config_path(protocol)))
-    if smoke:
-        cfg.merge_from_file(str(SMOKE_OVERLAY))
-        cfg.DATASETS.TRAIN = smoke_datasets(cfg.DATASETS.TRAIN)
-        cfg.DATASETS.TEST = smoke_datasets(cfg.DATASETS.TEST)
-    cfg.MODEL.WEIGHTS = str(weights)
-    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(f"config overrides {list(opts)}: {e}") from e
+    files = [config_path(protocol)] + ([SMOKE_OVERLAY] if smoke else [])
+    cfg = protocol_config(files, SYNTHETIC_PREFIX if smoke else None, weights, opts, device,
+                          extend=add_upernet_config)  # fmt: skip
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}: must be >= 1")
     if cfg.MODEL.UPERNET.SIZE_DIVISIBILITY % cfg.INPUT.LABEL_DOWNSAMPLE:

@@ -18,7 +18,6 @@ a function of the seed only, and ``start_batch`` skips what a resumed run alread
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,11 +25,8 @@ import torch
 import torch.utils.data as torchdata
 from PIL import Image
 
-from common.badimages import UNREADABLE, TooManyBadImages
+from common.badimages import UNREADABLE, SkippedLog, TooManyBadImages
 from common.cli import BadInput
-
-MIN_SEEN = 50  # images seen before the unreadable fraction is checked
-SKIPPED_FILE = "skipped_images.txt"
 
 
 def round_up(x: int, p: int) -> int:
@@ -156,9 +152,7 @@ class TrainBatches(torchdata.Dataset):
         self.max_size = cfg.INPUT.MAX_SIZE_TRAIN
         self.stride = cfg.INPUT.LABEL_DOWNSAMPLE
         self.ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
-        self.max_frac = cfg.SUITE.MAX_BAD_FRAC
-        self.log_path = os.path.join(log_dir, SKIPPED_FILE)
-        self.seen = self.bad = 0
+        self.skipped = SkippedLog(log_dir, cfg.SUITE.MAX_BAD_FRAC)
 
     def __len__(self) -> int:
         return len(self.dicts)
@@ -169,23 +163,12 @@ class TrainBatches(torchdata.Dataset):
             d = self.dicts[(i + step) % len(self.dicts)]
             if portrait(d["height"], d["width"]) != orient:
                 continue
-            self.seen += 1
+            self.skipped.seen += 1
             try:
                 return train_sample(d, short, flip, self.max_size, self.stride, self.ignore)
             except UNREADABLE as e:
-                self._record(d, e)
+                self.skipped.record(d["file_name"], e)
         raise TooManyBadImages("no readable training image of this orientation is left")
-
-    def _record(self, d: dict, e: Exception) -> None:
-        self.bad += 1
-        with open(self.log_path, "a") as f:
-            f.write(f"{d['file_name']}\t{type(e).__name__}: {e}\n")
-        if self.seen >= MIN_SEEN and self.bad / self.seen > self.max_frac:
-            raise TooManyBadImages(
-                f"{self.bad} of {self.seen} training images could not be read (listed in "
-                f"{self.log_path}), more than the allowed fraction {self.max_frac:g}; check "
-                "the files, or allow more with SUITE.MAX_BAD_FRAC F"
-            ) from e
 
     def __getitem__(self, key: tuple) -> list[dict]:
         return [self._sample(i, short, flip) for i, short, flip in key]
