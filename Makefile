@@ -5,6 +5,8 @@ PIP ?= $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SHAPES ?= datasets/shapes
 RUNS ?= output
+# make test's parallel pytest-xdist workers (one thread each); TEST_WORKERS=1 is serial
+TEST_WORKERS ?= 2
 # make pretrain: synthetic shapes on CPU by default; DATA=/path/to/imagenet for the paper's run
 METHOD ?= care
 ARCH ?= resnet50
@@ -19,7 +21,7 @@ OUT ?= $(METHOD)_$(subst resnet,r,$(ARCH)).pth
 # Every command below first makes sure the suite is installed (a fresh machine needs nothing
 # else): `make demo` and `make test` work on their own.
 ensure:
-	@$(PYTHON) -c "import importlib.metadata as m, detectron2, pytest; m.version('care-transfer-suite')" \
+	@$(PYTHON) -c "import importlib.metadata as m, detectron2, pytest, xdist; m.version('care-transfer-suite')" \
 		2>/dev/null || $(MAKE) install
 
 demo: ensure  ## the whole pipeline on synthetic data (CPU): pretrain, transfer, tables, attention maps
@@ -30,8 +32,8 @@ install:  ## torch (if missing), a working detectron2, the suite (editable) with
 	$(PYTHON) tools/install_detectron2.py
 	$(PIP) install -q -e ".[dev]"
 
-test: ensure  ## the whole test suite (CPU)
-	$(PYTHON) -m pytest -q --durations=15
+test: ensure  ## the whole test suite (CPU), on $(TEST_WORKERS) parallel workers of one thread each
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-extended: ensure  ## the learning-signal runs, the tiny demo and other long runs left out of `make test` (~15 min on 2 cores)
 	$(PYTHON) -m pytest -q --extended -m extended

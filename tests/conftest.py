@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `make test`'s parallel workers: one
+    # thread each (and in the processes a test starts), not every core per worker
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_addoption(parser):
@@ -88,3 +96,14 @@ def render_html():
         return out
 
     return render
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port the OS has just handed out (then released) for a test's process group:
+    tests run in parallel (``make test``: two workers) and must not share one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -115,10 +115,10 @@ def _agree(rank: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_rank_agreement_with_two_gloo_processes(tmp_path):
+def test_rank_agreement_with_two_gloo_processes(tmp_path, free_port):
     import torch.multiprocessing as mp
 
-    mp.spawn(_agree, args=(29500 + os.getpid() % 500, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_agree, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert torch.load(tmp_path / f"{rank}.pt") == [True, False, False, True]
     assert any_rank(True) and not every_rank(False)  # no process group: the local value

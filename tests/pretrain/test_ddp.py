@@ -44,7 +44,7 @@ def _rank(rank: int, port: int, data: str, out: str) -> None:
 
 
 def test_a_rank_with_an_all_corrupt_batch_does_not_hang_the_others(
-    tmp_path, shapes_root, monkeypatch
+    tmp_path, shapes_root, monkeypatch, free_port
 ):
     import torch.multiprocessing as mp
 
@@ -59,7 +59,7 @@ def test_a_rank_with_an_all_corrupt_batch_does_not_hang_the_others(
     steps = len(samples) // 16
     ctx = mp.start_processes(
         _rank,
-        args=(29700 + os.getpid() % 200, str(data), str(tmp_path / "run")),
+        args=(free_port, str(data), str(tmp_path / "run")),
         nprocs=2,
         join=False,
         start_method="spawn",

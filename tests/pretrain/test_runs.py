@@ -304,7 +304,7 @@ def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path):
+def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_port):
     """DDP on 2 CPU processes == one process averaging the two half-batch losses.
 
     Not equal to one process on the whole batch of 8: on CPU there is no SyncBatchNorm
@@ -317,8 +317,7 @@ def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path):
 
     g = torch.Generator().manual_seed(1)
     views = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
-    port = 29000 + os.getpid() % 1000
-    mp.spawn(_ddp_worker, args=(port, views, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(free_port, views, str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "ddp.pth", weights_only=True)
 
     torch.manual_seed(0)

@@ -390,7 +390,7 @@ def test_missing_data_and_subset_are_named(tmp_path, r18, capsys):
     assert "ROOT/train/<class>" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
+def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder, free_port):
     """kNN over 2 CPU processes (gloo): the bank gathered from both shards gives the numbers
     of one process; the linear probe (DDP head) and fine-tuning (DDP over the whole
     network) train and record the world size."""
@@ -403,7 +403,7 @@ def test_torchrun_two_processes_match_one(tmp_path, r18, imagefolder):
     for protocol, extra in runs:
         r = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-             "--master-port", "29731", "transfer/run_linear.py", "--protocol", protocol,
+             "--master-port", str(free_port), "transfer/run_linear.py", "--protocol", protocol,
              *common, "--output", str(tmp_path / "two"), *extra],
             cwd=REPO, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
@@ -428,7 +428,6 @@ def test_slurm_launcher_runs_the_seed_as_a_job(tmp_path, r18, imagefolder):
 
 
 def test_sigterm_keeps_a_resumable_state_and_the_rerun_finishes(tmp_path, r18, imagefolder):
-    import os
     import signal
     import time
 
@@ -459,7 +458,6 @@ def test_sigterm_keeps_a_resumable_state_and_the_rerun_finishes(tmp_path, r18, i
 
 
 def _global_bn_worker(rank: int, out: str, port: int) -> None:
-    import os
 
     import torch.distributed as dist
 
@@ -480,7 +478,7 @@ def _global_bn_worker(rank: int, out: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path):
+def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path, free_port):
     """Two CPU processes with 2 and 4 of 6 samples: GlobalBatchNorm2d gives the outputs,
     input gradients and running statistics of one BatchNorm2d over all 6 (OpenSelfSup's
     SyncBN benchmark setting); in one process it is BatchNorm2d."""
@@ -488,7 +486,7 @@ def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path):
 
     from transfer.classification.models import GlobalBatchNorm2d, synchronise_head_bn
 
-    mp.spawn(_global_bn_worker, args=(str(tmp_path), 29000 + os.getpid() % 500), nprocs=2)
+    mp.spawn(_global_bn_worker, args=(str(tmp_path), free_port), nprocs=2)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     torch.manual_seed(0)
     x = (torch.randn(6, 3, 4, 4) * 3 + 1).requires_grad_(True)
