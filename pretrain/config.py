@@ -41,6 +41,8 @@ RESUME_FREE_KEYS = {
     "logger",
     "online_probe",
     "probe_lr",
+    "probe_views",
+    "probe_schedule",
     "results",
 }
 
@@ -169,10 +171,26 @@ class PretrainConfig:
     online_probe: bool = opt(
         False,
         "online linear probe: a linear head trained on the detached pooled features of the "
-        "labelled training batches, evaluated (probe/top1) when the kNN probe is (ours, "
-        "as solo-learn / lightly); the pretrained weights are unchanged by it",
+        "labelled training batches, evaluated (probe/top1) when the kNN probe is (as "
+        "solo-learn's online classifier); the pretrained weights are unchanged by it",
     )
-    probe_lr: float = opt(0.1, "the online probe's SGD learning rate (momentum 0.9, no decay)")
+    probe_lr: float = opt(
+        0.1,
+        "the online probe's SGD lr per 256 images (x global batch / 256, as solo-learn's "
+        "classifier_lr; momentum 0.9, no weight decay)",
+    )
+    probe_views: str = opt(
+        "all",
+        "the views the probe trains on: every view the online backbone saw, the loss "
+        "averaged (solo-learn, lightly), or the first only",
+        choices=("all", "first"),
+    )
+    probe_schedule: str = opt(
+        "main",
+        "the probe's lr: scaled by the run's own lr schedule (warmup, cosine: solo-learn's "
+        "classifier is in the main optimiser) or constant",
+        choices=("main", "constant"),
+    )
     log_every: int = opt(10, "a metrics.jsonl line every N steps")
     logger: str = opt(
         "tensorboard",

@@ -1,13 +1,16 @@
 """Online linear probe (``--online-probe``, off by default, as in solo-learn and lightly).
 
 A linear classifier (C -> classes) trained at every step on the detached, average-pooled
-res5 features (N, C) of the training batch's first view, which the method's own forward
-computes (a forward hook on the online backbone: no extra forward, so BatchNorm statistics
-are untouched), with the batch's ImageFolder labels. It has its own SGD optimiser and its
-own random generator for its initialisation, so a run with the probe ends with
-bit-identical pretrained weights. Under DDP its gradients are averaged over ranks.
-Evaluation: the backbone in eval mode (running BatchNorm statistics) on the validation
-folder, top-1 logged as ``probe/top1``; the training batches' running top-1 as
+res5 features of the training batch's views, which the method's own forward computes (a
+forward hook on the online backbone: no extra forward, so BatchNorm statistics are
+untouched), with the batch's labels. As solo-learn's online classifier (and lightly's
+benchmarks'): the cross-entropy is averaged over every view the online backbone saw
+(``views="all"``; ``"first"``: the first view only), SGD with momentum 0.9 and no weight
+decay, its lr following the run's own schedule (the trainer passes it each step). It has
+its own optimiser and its own random generator for its initialisation, so a run with the
+probe ends with bit-identical pretrained weights. Under DDP its gradients are averaged over
+ranks. Evaluation: the backbone in eval mode (running BatchNorm statistics) on the
+validation images, top-1 logged as ``probe/top1``; the training batches' running top-1 as
 ``probe/train_top1``.
 """
 
@@ -26,12 +29,26 @@ from pretrain.data import LabelledImages
 PROBE = "probe/top1"  # the headline key in a run's records
 
 
+def probe_summary(history: list[dict]) -> dict[str, float]:
+    """The online probe of a run's epoch records: its last top-1 (``top1``, what
+    solo-learn reports), the best over the evaluated epochs (``best_top1``) and that epoch
+    (``best_epoch``; the earliest on ties); empty when the probe never ran."""
+    evaluated = [r for r in history if r.get("type") == "epoch" and PROBE in r]
+    if not evaluated:
+        return {}
+    best = max(evaluated, key=lambda r: r[PROBE])  # max keeps the first of equal values
+    return {"top1": evaluated[-1][PROBE], "best_top1": best[PROBE], "best_epoch": best["epoch"]}
+
+
 class OnlineProbe:
     """The probe of one run: ``attach(backbone)``, then ``step(labels)`` after each
     training step, ``evaluate(backbone, val_dir, ...)`` at the end of an epoch."""
 
     def __init__(self, n_features: int, n_classes: int, device: str, lr: float = 0.1,
-                 momentum: float = 0.9, seed: int = 0):  # fmt: skip
+                 momentum: float = 0.9, seed: int = 0, views: str = "all"):  # fmt: skip
+        if views not in ("all", "first"):
+            raise ValueError(f"views must be 'all' or 'first', not {views!r}")
+        self.views = views
         self.head = torch.nn.Linear(n_features, n_classes).to(device)
         g = torch.Generator().manual_seed(seed)  # never the global RNG the methods use
         with torch.no_grad():  # nn.Linear's default init, drawn from its own generator
@@ -41,27 +58,45 @@ class OnlineProbe:
             self.head.weight.copy_(w)
             self.head.bias.copy_(b)
         self.optimizer = torch.optim.SGD(self.head.parameters(), lr=lr, momentum=momentum)
-        self.features: torch.Tensor | None = None
+        self.features: list[torch.Tensor] = []
         self.correct, self.seen = 0.0, 0
 
     def attach(self, backbone: torch.nn.Module):
-        """Keep the pooled res5 of the first backbone call of each step (the first view)."""
+        """Keep the pooled res5 (N, C) of each training-mode backbone call of a step (of
+        the first one only with ``views="first"``)."""
 
         def hook(module, args, output):
-            if self.features is None and module.training:
-                self.features = output[-1].detach().float().mean(dim=(2, 3))
+            if module.training and (self.views == "all" or not self.features):
+                self.features.append(output[-1].detach().float().mean(dim=(2, 3)))
 
         return backbone.register_forward_hook(hook)
 
-    def step(self, labels: torch.Tensor) -> None:
-        """One SGD step of the head on the features the step's forward left."""
-        feats, self.features = self.features, None
-        if feats is None:
-            return
+    def batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's features (V*N, C) and their labels (V*N,): the N labels repeated for
+        each of the V views, in the order the views went through the backbone (one call per
+        view, or one call on the views concatenated); None when they do not line up."""
+        feats, self.features = self.features, []
+        if not feats:
+            return None
+        feats = torch.cat(feats)
         labels = labels.to(feats.device)
-        feats = feats[: labels.shape[0]]  # a forward of concatenated views: the first one
-        if feats.shape[0] != labels.shape[0]:
+        n = labels.shape[0]
+        if self.views == "first":
+            feats = feats[:n]  # a forward of concatenated views: the first one
+        if n == 0 or feats.shape[0] % n:
+            return None
+        return feats, labels.repeat(feats.shape[0] // n)
+
+    def step(self, labels: torch.Tensor, lr: float | None = None) -> None:
+        """One SGD step of the head (at ``lr`` when given) on the features the step's
+        forward left."""
+        pair = self.batch(labels)
+        if pair is None:
             return
+        feats, labels = pair
+        if lr is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
         with torch.enable_grad():
             logits = self.head(feats)
             loss = F.cross_entropy(logits, labels)

@@ -1,11 +1,14 @@
-"""A finished pretraining run's kNN monitor as a seed folder the tables read (``--results``).
+"""A finished pretraining run's kNN monitor (and online probe) as a seed folder the tables
+read (``--results``).
 
 Layout (the recognition families' per-dataset layout)::
 
     <results>/pretrain_knn/<method>_<arch>_e<epochs>_b<global batch>/<dataset>/seed<seed>/
         config.yaml     the run's settings, less the seed and what may change on resume
         metrics.json    written last: {"protocol": "pretrain_knn", "seed", "dataset",
-                        "knn": {top1_k200, best_top1_k200, best_epoch_k200, ...}, ...}
+                        "knn": {top1_k200, best_top1_k200, best_epoch_k200, ...},
+                        "probe": {top1, best_top1, best_epoch, lr, views, schedule}
+                        (with --online-probe), ...}
 
 Seeds of one setting share the run folder; a finished seed of other settings already at that
 place is kept, and the new one goes to ``<run>-<hash of its settings>``. ``dataset`` in the
@@ -67,10 +70,12 @@ def write_knn_seed(
     checkpoint: Path,
     global_batch: int,
     free_keys: set[str],
+    probe: dict[str, float] | None = None,
 ) -> Path | None:
-    """Write the seed folder of one finished run (``knn``: its ``knn_summary``); None when
-    the run had no kNN monitor."""
-    if not knn:
+    """Write the seed folder of one finished run (``knn``: its ``knn_summary``; ``probe``:
+    its online probe's ``probe_summary`` with the probe's settings); None when the run had
+    neither."""
+    if not knn and not probe:
         return None
     name, synthetic = data_identity(config.get("data"), config.get("dataset"))
     kept = {k: v for k, v in config.items() if k not in free_keys | {"seed", "data", "knn_data"}}
@@ -90,6 +95,7 @@ def write_knn_seed(
         "dataset": "synthetic" if synthetic else name,
         "arch": config["arch"],
         "knn": {k.removeprefix("knn/"): v for k, v in knn.items()},
+        **({"probe": probe} if probe else {}),
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)},
         "weights": {
             "meta": {

@@ -34,7 +34,7 @@ from pretrain.graphed import GraphedForwardBackward, graph_unsupported
 from pretrain.knn import knn_accuracy, knn_summary
 from pretrain.methods import build_method, method_class
 from pretrain.plotting import plot_curves
-from pretrain.probe import OnlineProbe
+from pretrain.probe import OnlineProbe, probe_summary
 from pretrain.results import write_knn_seed
 from pretrain.schedules import lr_at, momentum_at
 
@@ -89,7 +89,8 @@ class Trainer:
         self.probe = None
         if cfg.online_probe:
             self.probe = OnlineProbe(self.model.backbone.dim, len(self.dataset.classes),
-                                     self.device, cfg.probe_lr, seed=cfg.seed)  # fmt: skip
+                                     self.device, self.probe_lr(self.lr), seed=cfg.seed,
+                                     views=cfg.probe_views)  # fmt: skip
             self.probe.attach(self.model.backbone)
         self.graphed = self._build_graph()
         self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
@@ -250,6 +251,14 @@ class Trainer:
         self.history.append(record)
         if self.metrics is not None:
             self.metrics.write({"type": kind, **values}, self.global_step, self.epoch)
+
+    def probe_lr(self, lr: float) -> float:
+        """The online probe's lr at a step whose main lr is ``lr``: ``--probe-lr`` x global
+        batch / 256, times the main schedule's factor ``lr / base lr`` unless
+        ``--probe-schedule constant``."""
+        cfg = self.cfg
+        base = cfg.probe_lr * self.global_batch / 256
+        return base * lr / self.lr if cfg.probe_schedule == "main" and self.lr else base
 
     # -- one step ----------------------------------------------------------------------
     def schedule(self) -> tuple[float, float]:
@@ -418,7 +427,7 @@ class Trainer:
                     continue
                 stats = self.train_step(batch[0], *batch[3:])
                 if self.probe is not None:
-                    self.probe.step(batch[1])
+                    self.probe.step(batch[1], self.probe_lr(stats["lr"]))
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 ips = batch[0][0].shape[0] * self.world / (time.perf_counter() - t0)
@@ -521,10 +530,16 @@ class Trainer:
         print(f"wrote {out}")
         if self.cfg.results:
             summary = knn_summary(self.history)
+            probe = probe_summary(self.history) if self.probe is not None else {}
+            if probe:
+                c = self.cfg
+                probe.update(lr=c.probe_lr, views=c.probe_views, schedule=c.probe_schedule)
             seed_dir = write_knn_seed(self.cfg.results, self.cfg.to_json(), summary, out,
-                                      self.global_batch, RESUME_FREE_KEYS)  # fmt: skip
+                                      self.global_batch, RESUME_FREE_KEYS, probe)  # fmt: skip
             if seed_dir is not None:
                 best = {k: round(v, 2) for k, v in summary.items() if "best" in k}
+                if probe:
+                    best["probe/top1"] = round(probe["top1"], 2)
                 print(f"kNN monitor {best} -> {seed_dir}", flush=True)
         return out
 

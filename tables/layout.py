@@ -296,8 +296,9 @@ TABLES: dict[str, TableSpec] = {
     "cifar": TableSpec(
         "cifar",
         "CIFAR pretraining (ResNet-18 CIFAR variant): kNN monitor top-1 (k 200, T 0.1, train "
-        "set as the bank) at the best and the last epoch, and the best epoch; solo-learn's "
-        "rows are linear top-1 (1000 epochs)",
+        "set as the bank) at the best and the last epoch, and the best epoch; online linear "
+        "probe top-1 at the last epoch (--online-probe; solo-learn's rows: its online "
+        "classifier, 1000 epochs)",
         [
             Column(f"{pre}_{col}", label, block, "pretrain_knn", "knn", metric, ds)
             for pre, ds, block in (
@@ -311,8 +312,11 @@ TABLES: dict[str, TableSpec] = {
             )
         ]
         + [
-            Column("c10_linear", "CIFAR-10", "Linear", "cifar_linear", "cls", "top1", "cifar10"),
-            Column("c100_linear", "CIFAR-100", "Linear", "cifar_linear", "cls", "top1", "cifar100"),
+            Column(f"{pre}_linear", label, "Online linear", "pretrain_knn", "probe", "top1", ds)
+            for pre, ds, label in (
+                ("c10", "cifar10", "CIFAR-10"),
+                ("c100", "cifar100", "CIFAR-100"),
+            )
         ],
         "lightly_solo_cifar.csv",
         None,

@@ -223,7 +223,9 @@ def test_the_cifar_recipe_runs_two_epochs_and_its_checkpoint_serves_the_runner(t
     epoch, its seed folder for the tables (best / last epoch), the cifar table's row, and
     the classification runner's kNN protocol reading the checkpoint and the CIFAR folder."""
     from pretrain.trainer import Trainer
+    from tables.aggregate import collect
     from tables.frame import load_runs
+    from tables.layout import TABLES, our_rows
     from transfer.run_linear import cli as run_linear
 
     cfg = recipe_config("cifar-smoke", method="simsiam", output=str(tmp_path / "run"),
@@ -238,8 +240,19 @@ def test_the_cifar_recipe_runs_two_epochs_and_its_checkpoint_serves_the_runner(t
     best = max(h["knn/top1_k200"] for h in epochs if h["epoch"] >= 1)
     assert m["dataset"] == "synthetic" and m["knn"]["best_top1_k200"] == best
     assert m["knn"]["top1_k200"] == epochs[-1]["knn/top1_k200"]
+    # the recipe's online probe: evaluated each epoch, its last reading in the seed and in
+    # the cifar table's Online linear column
+    probed = [h["probe/top1"] for h in epochs if "probe/top1" in h]
+    assert len(probed) == 2 and m["probe"]["top1"] == probed[-1]
+    assert m["probe"]["best_top1"] == max(probed)
+    assert (m["probe"]["views"], m["probe"]["schedule"], m["probe"]["lr"]) == ("all", "main", 0.1)
     frame = load_runs(tmp_path / "results")
-    assert set(frame["metric"]) >= {"knn/best_top1_k200", "knn/top1_k200", "knn/best_epoch_k200"}
+    assert set(frame["metric"]) >= {"knn/best_top1_k200", "knn/top1_k200", "knn/best_epoch_k200",
+                                    "probe/top1"}  # fmt: skip
+    spec = TABLES["cifar"]
+    (ours,) = [r for r in our_rows(spec, collect([tmp_path / "results"]), {}) if r.kind == "ours"]
+    assert ours.synthetic and ours.mean("c10_linear") == pytest.approx(probed[-1])
+    assert ours.mean("c10_knn_last") == pytest.approx(epochs[-1]["knn/top1_k200"])
     twin = tmp_path / "run" / "synthetic_cifar"
     code = run_linear(["--weights", str(ckpt), "--protocol", "knn", "--data", str(twin),
                        "--seeds", "1", "--output", str(tmp_path / "results"), "--launcher",

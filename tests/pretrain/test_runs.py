@@ -105,6 +105,14 @@ def test_the_online_probe_leaves_the_pretrained_weights_bit_identical(tmp_path, 
     assert all(torch.equal(saved["probe"]["head"][k], head[k]) for k in head)
     fresh = Trainer(tiny(tmp_path / "x", folder, method=method, online_probe=True))
     assert not torch.equal(fresh.probe.head.weight, head["weight"])
+    # its lr followed the run's schedule: at the last step, 0.1 x 8 / 256 x lr / base lr
+    t = runs[True]
+    t.global_step -= 1
+    last_lr, _ = t.schedule()
+    t.global_step += 1
+    assert 0 < last_lr < t.lr
+    expected = 0.1 * t.global_batch / 256 * last_lr / t.lr
+    assert t.probe.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_run_resumed_after_a_crash_logs_each_step_once(tmp_path, folder):
