@@ -28,7 +28,7 @@ import json
 
 from common.cli import doc_parser, run_cli
 from tables import segfigure
-from tables.aggregate import MIN_SEEDS, TablesError, collect
+from tables.aggregate import MIN_SEEDS, TablesError, add_runs_arg, collect
 from tables.layout import TABLES, build_table, known_sources, table_for, table_groups
 from tables.plot import plot_datasets, plot_protocol
 from tables.render import to_csv, to_latex, to_markdown
@@ -36,13 +36,7 @@ from tables.render import to_csv, to_latex, to_markdown
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = doc_parser(__doc__)
-    p.add_argument(
-        "--runs",
-        nargs="+",
-        type=Path,
-        default=[Path("output")],
-        help="results roots written by transfer/run_*.py --output (default: output)",
-    )
+    add_runs_arg(p, "results roots written by transfer/run_*.py --output")
     p.add_argument(
         "--out", type=Path, default=None, help="where tables go (default: <first root>/tables)"
     )
@@ -143,14 +137,24 @@ def write_table(spec, groups, args: argparse.Namespace, out: Path, built: dict |
     return written
 
 
+def min_seeds(protocol: str) -> int:
+    """The number of seeds the table of ``protocol`` (or its ``_smoke`` variant) asks for
+    (1 for a deterministic protocol); MIN_SEEDS where no table knows it."""
+    try:
+        return table_for(protocol.removesuffix("_smoke")).min_seeds
+    except TablesError:
+        return MIN_SEEDS
+
+
 def summarise_groups(groups, out: Path) -> None:
     """``groups.json`` and one line per group: finished, unfinished and failed seeds."""
+    wanted = {g.protocol: min_seeds(g.protocol) for g in groups}
     summary = [
         {
             "protocol": g.protocol,
             "weights": g.weights,
             "finished": len(g.seeds),
-            "few_seeds": len(g.seeds) < MIN_SEEDS,
+            "few_seeds": len(g.seeds) < wanted[g.protocol],
             "unfinished": [str(p) for p in g.unfinished],
             "failed": [{"seed": str(p), "error": e} for p, e in g.failed],
         }
@@ -158,7 +162,8 @@ def summarise_groups(groups, out: Path) -> None:
     ]
     (out / "groups.json").write_text(json.dumps(summary, indent=1))
     for g in groups:
-        flag = f" (fewer than {MIN_SEEDS} seeds)" if len(g.seeds) < MIN_SEEDS else ""
+        n = wanted[g.protocol]
+        flag = f" (fewer than {n} seeds)" if len(g.seeds) < n else ""
         print(
             f"{g.protocol}/{g.weights}: {len(g.seeds)} finished{flag}"
             + (f", {len(g.unfinished)} unfinished" if g.unfinished else "")

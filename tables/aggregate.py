@@ -222,6 +222,13 @@ def _seed_folders(root: Path):
             yield protocol, seed_dir.parents[1].name, seed_dir.parent.name, seed_dir
 
 
+def add_runs_arg(parser, help: str) -> None:
+    """``--runs ROOT [ROOT ...]``: the results roots a command reads (default: output)."""
+    parser.add_argument(
+        "--runs", nargs="+", type=Path, default=[Path("output")], help=f"{help} (default: output)"
+    )
+
+
 def collect(roots: list[str | Path]) -> list[Group]:
     """Every seed folder ``<root>/<protocol>/<weights>/seed<k>/`` under the roots (and
     ``<protocol>/<weights>/<dataset>/seed<k>/`` of the per-dataset recognition protocols)."""

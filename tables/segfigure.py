@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from common.cli import doc_parser, run_cli
-from tables.aggregate import TablesError
+from tables.aggregate import TablesError, add_runs_arg
 
 PREDICTIONS = Path("inference") / "predictions"
 IGNORE = 255
@@ -136,13 +136,7 @@ def draw(
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = doc_parser(__doc__)
-    p.add_argument(
-        "--runs",
-        nargs="+",
-        type=Path,
-        default=[Path("output")],
-        help="results roots of transfer/run_segmentation.py (default: output)",
-    )
+    add_runs_arg(p, "results roots of transfer/run_segmentation.py")
     p.add_argument(
         "--out",
         type=Path,

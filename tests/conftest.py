@@ -107,3 +107,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A randomly initialised torchvision ResNet-50 state dict (seed 0): tv_r50.pth."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tv_r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path

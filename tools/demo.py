@@ -65,15 +65,21 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
 }
 
 
-_STAGE: list[float] = []
+_STAGE: list[tuple[str, float]] = []  # (title, start) of each stage so far
+
+
+def stage_done() -> None:
+    """Print how long the current stage took, naming it."""
+    if _STAGE:
+        title, start = _STAGE[-1]
+        print(f"    ({title.split(' ', 1)[0]} took {time.time() - start:.0f} s)", flush=True)
 
 
 def step(title: str) -> float:
-    """Print a stage's title, and how long the previous stage took."""
+    """Close the previous stage (its time) and print this stage's title."""
+    stage_done()
     now = time.time()
-    if _STAGE:
-        print(f"    (previous stage: {now - _STAGE[-1]:.0f} s)", flush=True)
-    _STAGE.append(now)
+    _STAGE.append((title, now))
     print(f"\n=== {title}", flush=True)
     return now
 
@@ -243,8 +249,7 @@ def tables_and_maps(
 
 
 def report(out: Path, written: dict[str, Path], seconds: float) -> None:
-    if _STAGE:
-        print(f"    (previous stage: {time.time() - _STAGE[-1]:.0f} s)")
+    stage_done()
     print(f"\n=== done in {seconds:.0f} s. Results:")
     for name in ("report.html", "table4.md", "table4.csv", "table4.tex", "classification.md",
                  "manyshot.md", "segmentation.md", "attention_maps.png", "tsne.png",

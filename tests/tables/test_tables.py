@@ -100,6 +100,27 @@ def test_collect_aggregates_and_reports_unfinished(tmp_path):
     assert g.failed[0][0].name == "seed4" and "NaN" in g.failed[0][1]
 
 
+def test_the_console_flags_too_few_seeds_by_each_tables_own_number(tmp_path, capsys):
+    """Detection asks for 5 seeds, segmentation for 3, the deterministic many-shot linear
+    protocol for 1, a protocol no table knows for 5."""
+    for k in (0, 1):
+        make_seed(tmp_path, "voc_c4_24k", "w", k, voc(55.0, 80.0, 60.0))
+        make_seed(tmp_path, "ade20k_upernet", "w", k, {"headline": {"mIoU": 30.0}})
+    make_seed(tmp_path, "manyshot_linear", "w/cifar10", 0, {"headline": {"cifar10": 90.0}})
+    make_seed(tmp_path, "no_table_knows", "w", 0, {"cls": {"top1": 1.0}})
+    cli.summarise_groups(collect([tmp_path]), tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert "voc_c4_24k/w: 2 finished (fewer than 5 seeds)" in lines
+    assert "ade20k_upernet/w: 2 finished (fewer than 3 seeds)" in lines
+    assert "manyshot_linear/w: 1 finished" in lines
+    assert "no_table_knows/w: 1 finished (fewer than 5 seeds)" in lines
+    flags = {g["protocol"]: g["few_seeds"] for g in
+             json.loads((tmp_path / "groups.json").read_text())}  # fmt: skip
+    assert flags == {"voc_c4_24k": True, "ade20k_upernet": True, "manyshot_linear": False,
+                     "no_table_knows": True}  # fmt: skip
+    assert cli.min_seeds("manyshot_linear") == 1 and cli.min_seeds("fewshot_smoke") == 1
+
+
 def test_differing_configs_are_refused_naming_the_key(tmp_path):
     make_seed(tmp_path, "voc_c4_24k", "w", 0, voc(1, 2, 3))
     other = json.loads(json.dumps(CONFIG))

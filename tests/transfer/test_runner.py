@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from transfer import run_coco, run_voc
 from transfer.runner import SEED_BASE
@@ -20,14 +19,6 @@ from transfer.runner import SEED_BASE
 REPO = Path(__file__).resolve().parents[2]
 # Small enough for CI: 2 iterations, 1 precise-BN batch.
 FAST = ["SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.NUM_ITER", "1"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tv_r50.pth"
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from transfer import run_segmentation
 from transfer.runner import SEED_BASE
@@ -21,14 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 PROTOCOL = "ade20k_upernet_smoke"
 # Small enough for CI: 2 iterations, 2 test scales on 3 validation images.
 FAST = ["SOLVER.MAX_ITER", "2", "INPUT.TEST_SHORT_SIDES", "(64, 96)"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tv_r50.pth"
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
