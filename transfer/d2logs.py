@@ -3,14 +3,16 @@
 What detectron2's ``default_setup`` does (the environment, the arguments and the full
 config logged, ``config.yaml`` written, the RNGs seeded, cuDNN benchmark set), but the
 ``detectron2`` and ``fvcore`` loggers write INFO and DEBUG to the seed folder's ``log.txt``
-only: the console keeps the progress bar and the runner's one line per seed. Handlers of
-an earlier seed in the same process (``--launcher inprocess``) are removed first, so no
-seed's log receives another's lines.
+only: the console keeps the progress bar and the runner's one line per seed. A seed's
+handlers are removed when it ends (``releases_seed_logging``) and any left are removed before
+the next seed's are added, so no seed's log receives another's lines, nor what a later run
+in the same process (``--launcher inprocess``, the demo) logs before its own seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -41,6 +43,29 @@ def _reset(logger: logging.Logger) -> None:
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
+
+
+def release_seed_logging() -> None:
+    """Detach and close a seed's handlers; the loggers propagate again, as detectron2 left
+    them before the seed."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        _reset(logger)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+def releases_seed_logging(fn):
+    """Decorates a seed's entry function: its logging is released however it ends."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_seed_logging()
+
+    return run
 
 
 def setup_seed_logging(output_dir: str, console_level: int = logging.WARNING) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -55,10 +56,17 @@ def test_two_smoke_seeds_then_skip(tmp_path, weights, twin, capsys):
         lines = (seed_dir / "train_metrics.jsonl").read_text().splitlines()
         assert {"total_loss", "pixel_acc", "lr"} <= set(json.loads(lines[0]))
     stamp = (tmp_path / PROTOCOL / "tv_r50/seed0/metrics.json").stat().st_mtime_ns
+    # each seed's log.txt is released when it ends: the next run in this process (its data
+    # checks log through detectron2's loader) adds nothing to a finished seed's log
+    logs = [tmp_path / PROTOCOL / f"tv_r50/seed{k}/log.txt" for k in (0, 1)]
+    sizes = [p.stat().st_size for p in logs]
+    assert not logging.getLogger("detectron2").handlers
+    assert "seed1" not in logs[0].read_text()
     assert run_segmentation.main(_args(tmp_path, weights, twin)) == 0
     printed = capsys.readouterr().out
     assert printed.count("finished, skipped") == 2 and "reusing" in printed
     assert (tmp_path / PROTOCOL / "tv_r50/seed0/metrics.json").stat().st_mtime_ns == stamp
+    assert [p.stat().st_size for p in logs] == sizes
 
     # the table beside ssl-transfer's rows, its plot, and GSG's Figure 2 layout
     from PIL import Image

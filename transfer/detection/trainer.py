@@ -24,6 +24,7 @@ from transfer.d2engine import (
     verify_backbone_loaded,
     write_seed_results,
 )
+from transfer.d2logs import releases_seed_logging
 from transfer.detection.evaluation import SuiteCOCOEvaluator, VOCEvaluator
 from transfer.spec import SeedSpec
 
@@ -53,6 +54,7 @@ class SuiteTrainer(SeedTrainer):
         return build_detection_train_loader(cfg, mapper=mapper)
 
 
+@releases_seed_logging
 def train_seed(spec: SeedSpec) -> dict | None:
     """Train and evaluate one seed (inside a detectron2 ``launch`` worker).
 

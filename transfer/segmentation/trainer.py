@@ -26,6 +26,7 @@ from transfer.d2engine import (
     train_recording_session,
     write_seed_results,
 )
+from transfer.d2logs import releases_seed_logging
 from transfer.segmentation.evaluation import ToolkitSemSegEvaluator
 from transfer.spec import SeedSpec
 
@@ -82,6 +83,7 @@ class SegTrainer(SeedTrainer):
         self.data_loader.dataset.sampler.start_batch = self.start_iter
 
 
+@releases_seed_logging
 def train_seed(spec: SeedSpec) -> dict | None:
     """Train and evaluate one seed (inside a detectron2 ``launch`` worker); the main process
     writes ``environment.json`` and, last, ``metrics.json``."""
