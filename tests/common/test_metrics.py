@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 
 import pytest
 
@@ -86,6 +87,32 @@ def _wandb_records(path):
     return out
 
 
+def _finished_wandb_records(path, pb, timeout=60.0):
+    """The parsed records of a W&B transaction log once its ``exit`` record is there.
+
+    ``wandb.finish()`` can return before W&B's service process has flushed the file (seen on
+    a loaded 2-core machine), so the log is read again until it holds the run's end, for at
+    most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    from google.protobuf.message import DecodeError
+
+    while True:
+        records = []
+        try:
+            for raw in _wandb_records(path):
+                r = pb.Record()
+                r.ParseFromString(raw)
+                records.append(r)
+        except (AssertionError, DecodeError):  # a file still being written
+            if time.monotonic() > deadline:
+                raise
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            assert "exit" in kinds and "run" in kinds, f"{path}: records {kinds}"
+            return records
+        time.sleep(0.5)
+
+
 def test_wandb_offline_records_the_same_keys_group_and_name(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     from wandb.proto import wandb_internal_pb2 as pb
@@ -99,10 +126,9 @@ def test_wandb_offline_records_the_same_keys_group_and_name(tmp_path, monkeypatc
             m.write({"train/loss": 1.0 / i, "lr": 0.1, "eval": {"top1": 50.0 + i}}, i, epoch=i)
     assert wandb.run is None  # finished
     (log,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    records = _finished_wandb_records(log, pb)
     history, run = [], None
-    for raw in _wandb_records(log):
-        r = pb.Record()
-        r.ParseFromString(raw)
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "history":
             history.append(
