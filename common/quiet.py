@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 KNOWN = (
@@ -22,7 +23,15 @@ KNOWN = (
 )
 
 
+# loggers whose warnings are machine facts, not the run's: torch's extension builder warns
+# "No CUDA runtime is found, using CUDA_HOME=..." at import wherever an nvcc is on the PATH
+# of a machine without a GPU (detectron2 imports it; the suite builds no extension)
+QUIET_LOGGERS = ("torch.utils.cpp_extension",)
+
+
 def silence_known_warnings() -> None:
-    """Install filters for ``KNOWN``; idempotent."""
+    """Install filters for ``KNOWN`` and raise ``QUIET_LOGGERS`` to errors; idempotent."""
     for action, message, category, module in KNOWN:
         warnings.filterwarnings(action, message=message, category=category, module=module)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

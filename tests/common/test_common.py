@@ -192,3 +192,17 @@ def test_a_lock_is_exclusive_across_processes_and_released_when_its_holder_dies(
                 break
         assert time.time() < deadline, "the dead holder's lock was never released"
         time.sleep(0.1)
+
+
+def test_detectron2s_environment_report_keeps_torchs_cuda_home_warning_off_the_console():
+    """detectron2's collect_env imports torch's extension builder, which logs "No CUDA runtime
+    is found, using CUDA_HOME=..." on a machine with an nvcc and no GPU: silenced by level,
+    while the logger's errors still pass."""
+    import logging
+
+    from common.quiet import QUIET_LOGGERS, silence_known_warnings
+
+    silence_known_warnings()
+    log = logging.getLogger("torch.utils.cpp_extension")
+    assert "torch.utils.cpp_extension" in QUIET_LOGGERS
+    assert not log.isEnabledFor(logging.WARNING) and log.isEnabledFor(logging.ERROR)
