@@ -45,17 +45,21 @@ class SeedSpec:
             "name": f"{self.protocol_name}{task}/seed{self.seed_index}",
         }
 
-    def metrics_log(self, resume: int | None, folder: str | None = None):
+    def metrics_log(self, resume: int | None, folder: str | None = None, part: str = ""):
         """This seed's ``train_metrics.jsonl`` + TensorBoard (+ W&B) writer, truncated to
-        ``resume`` (the iteration it continues from; None: a fresh start)."""
+        ``resume`` (the iteration it continues from; None: a fresh start). ``part``: a
+        sub-run of the seed (a fine-tuning grid run), appended to the W&B run name."""
         from common.metrics import MetricsLog
 
+        names = self.wandb_names()
+        if part:
+            names["name"] = f"{names['name']}/{part}"
         return MetricsLog(
             folder or self.seed_dir,
             resume=resume,
             logger=self.logger,
             config=self.to_json(),
-            **self.wandb_names(),
+            **names,
         )
 
     def to_json(self) -> dict:

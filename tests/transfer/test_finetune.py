@@ -11,6 +11,7 @@ import torch
 
 from common.archs import get_arch
 from common.cli import Interrupted
+from common.metrics import read_jsonl
 from synthetic.recognition import write_recognition
 from transfer.backbone import FeatureResNet
 from transfer.recognition import datasets as D
@@ -90,6 +91,46 @@ def test_an_interrupted_run_resumes_to_the_same_weights(twins, tmp_path):
     assert not torch.equal(ref.backbone.body.bn1.running_mean, fresh)
 
 
+def test_a_run_logs_its_steps_and_a_resumed_run_logs_each_step_once(twins, tmp_path):
+    """Every step's loss and the lr that step used (CosineAnnealingLR(T_max=5) from 0.05, by
+    hand: 0.05 (1 + cos(pi k / 5)) / 2 before step k + 1); a run stopped after step 2 and
+    resumed from its checkpoint logs steps 1..5 once, with the uninterrupted run's losses."""
+    from common.metrics import MetricsLog, read_events
+
+    samples = D.read_split("cifar10", twins, "train")
+    p = resolve("manyshot_finetune", True, ["steps", "5", "checkpoint_every", "0",
+                                             "image_size", "32", "log_every", "1"])  # fmt: skip
+    never, cpu = StopAt(10**9), torch.device("cpu")
+
+    def log(name):
+        return lambda resume: MetricsLog(tmp_path / name, resume=resume)
+
+    FT.train_run(_net(), samples, p, 0.05, 1e-4, 7, tmp_path / "a.pt", never, cpu, "ref",
+                 False, metrics=log("ref"))  # fmt: skip
+    ref = read_jsonl(tmp_path / "ref" / "train_metrics.jsonl")
+    assert [r["iteration"] for r in ref] == [1, 2, 3, 4, 5]
+    assert [r["lr"] for r in ref] == pytest.approx(
+        [0.05, 0.0452254, 0.0327254, 0.0172746, 0.0047746], rel=1e-5)  # fmt: skip
+    with pytest.raises(Interrupted):
+        FT.train_run(_net(), samples, p, 0.05, 1e-4, 7, tmp_path / "b.pt", StopAt(2), cpu, "b",
+                     False, metrics=log("cut"))  # fmt: skip
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "cut" / "train_metrics.jsonl")] == [1, 2]
+    FT.train_run(_net(seed=5), samples, p, 0.05, 1e-4, 7, tmp_path / "b.pt", never, cpu, "b",
+                 False, metrics=log("cut"))  # fmt: skip
+    cut = read_jsonl(tmp_path / "cut" / "train_metrics.jsonl")
+    assert [r["iteration"] for r in cut] == [1, 2, 3, 4, 5]
+    assert [r["train/loss"] for r in cut] == pytest.approx([r["train/loss"] for r in ref], abs=1e-5)
+    events = read_events(tmp_path / "cut")["train/loss"]
+    assert [k for k, _ in events] == [1, 2, 3, 4, 5]
+    # log_every 2: steps 2 and 4, and the last one
+    p2 = resolve("manyshot_finetune", True, ["steps", "5", "checkpoint_every", "0",
+                                              "image_size", "32", "log_every", "2"])  # fmt: skip
+    FT.train_run(_net(), samples, p2, 0.05, 1e-4, 7, tmp_path / "c.pt", never, cpu, "c",
+                 False, metrics=log("every2"))  # fmt: skip
+    every2 = read_jsonl(tmp_path / "every2" / "train_metrics.jsonl")
+    assert [r["iteration"] for r in every2] == [2, 4, 5]
+
+
 def test_augmentation_depends_on_the_item_seed_only(twins):
     samples = D.read_split("dtd", twins, "train")
     ds = FT.AugmentedImages(samples, FT.train_transform(32, True, True))
@@ -139,6 +180,11 @@ def test_an_interrupted_grid_resumes_to_the_same_numbers(twins, tmp_path, monkey
     out = rec_run.run_recognition_seed(spec)
     assert out["runs"] == ref["runs"] and out["test"] == ref["test"]
     assert not (folder / "run1.pt").exists() and not (folder / "final.pt").exists()
+    # each training's own curve (the smoke's 3 steps, logged at the last step)
+    runs = folder / "train_runs"
+    assert sorted(d.name for d in runs.iterdir()) == ["final", "run0", "run1"]
+    for d in runs.iterdir():
+        assert [r["iteration"] for r in read_jsonl(d / "train_metrics.jsonl")] == [3], d
     sessions = json.loads((folder / "sessions.json").read_text())["sessions"]
     assert [s["status"] for s in sessions] == ["interrupted", "finished"]
 

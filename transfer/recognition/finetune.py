@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from torchvision import transforms as T
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.badimages import open_rgb
 from common.cli import BadInput, Interrupted
+from common.metrics import MetricsLog
 from common.signals import StopFlag
 from transfer.backbone import load_backbone, stage_channels
 from transfer.recognition import datasets as D
@@ -136,9 +139,12 @@ def evaluate(net: FinetuneNet, samples: D.Samples, p: RecProtocol, metric: str,
 
 def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, wd: float,
               seed: int, ckpt: Path, stop: StopFlag, device: torch.device, desc: str,
-              multilabel: bool) -> None:  # fmt: skip
+              multilabel: bool, metrics: Callable[[int | None], MetricsLog] | None = None,
+              ) -> None:  # fmt: skip
     """``p.steps`` SGD steps of ``net`` on ``samples``, resuming from ``ckpt`` when it is
-    there; a stop request checkpoints and raises Interrupted."""
+    there; a stop request checkpoints and raises Interrupted. ``metrics(resume)`` opens the
+    run's own metrics log (truncated to the resumed step), which gets ``train/loss``, ``lr``
+    (the step's) and ``train/img_per_s`` every ``p.log_every`` steps and at the last."""
     from tqdm import tqdm
 
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=p.momentum, nesterov=True,
@@ -163,9 +169,10 @@ def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, w
     criterion = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
     net.train()
     t0, step = time.perf_counter(), start
-    with tqdm(
-        total=p.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, leave=False
-    ) as bar:
+    mlog = metrics(start or None) if metrics is not None else nullcontext()
+    bar = tqdm(total=p.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
+               leave=False)  # fmt: skip
+    with mlog, bar:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             opt.zero_grad()
@@ -175,13 +182,17 @@ def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, w
                 raise BadInput(f"{desc}: the loss is {loss.item()} at step {step + 1} (lr {lr:g}, "
                                f"weight decay {wd:g}); a smaller lr is needed")  # fmt: skip
             loss.backward()
+            step_lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
             step += 1
             bar.update(1)
             rate = (step - start) * p.batch_size / (time.perf_counter() - t0)
-            bar.set_postfix_str(f"loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.2g} "
+            value = loss.item()
+            bar.set_postfix_str(f"loss {value:.3f} lr {opt.param_groups[0]['lr']:.2g} "
                                 f"{rate:.1f} img/s")  # fmt: skip
+            if metrics is not None and (step % max(p.log_every, 1) == 0 or step == p.steps):
+                mlog.write({"train/loss": value, "lr": step_lr, "train/img_per_s": rate}, step)
             if stop.requested and step < p.steps:
                 save(step)
                 raise Interrupted(f"{desc}: stopped at step {step} of {p.steps}; re-run the "
@@ -197,6 +208,12 @@ def _fresh_net(spec, classes: int, seed: int, device: torch.device) -> FinetuneN
                                 spec.allow_pickle)  # fmt: skip
     torch.manual_seed(seed)  # the head's initialisation
     return FinetuneNet(backbone, classes).to(device)
+
+
+def run_metrics(spec, folder: Path, part: str) -> Callable[[int | None], MetricsLog]:
+    """The metrics log of one training of the seed (grid run ``run<k>`` or ``final``):
+    ``train_runs/<part>/`` in the seed folder, one TensorBoard run each."""
+    return lambda resume: spec.metrics_log(resume, str(folder / "train_runs" / part), part)
 
 
 def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
@@ -227,7 +244,8 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
                 net = _fresh_net(spec, classes, mix(spec.seed, k, 0), device)
                 ckpt = folder / f"run{k}.pt"
                 train_run(net, sets["train"], p, lr, wd, mix(spec.seed, k, 1), ckpt, stop, device,
-                          f"{spec.task} run {k + 1}/{len(grid)}", multilabel)  # fmt: skip
+                          f"{spec.task} run {k + 1}/{len(grid)}", multilabel,
+                          metrics=run_metrics(spec, folder, f"run{k}"))  # fmt: skip
                 val = evaluate(net, sets["val"], p, info.metric, device)
                 done.append({"run": k, "lr": lr, "wd": wd, "val": val})
                 atomic_write_json(state_path, {"runs": done})
@@ -244,7 +262,8 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
         net = _fresh_net(spec, classes, mix(spec.seed, len(grid), 0), device)
         ckpt = folder / "final.pt"
         train_run(net, sets["trainval"], p, lr, wd, mix(spec.seed, len(grid), 1), ckpt, stop,
-                  device, f"{spec.task} trainval", multilabel)  # fmt: skip
+                  device, f"{spec.task} trainval", multilabel,
+                  metrics=run_metrics(spec, folder, "final"))  # fmt: skip
     test = evaluate(net, sets["test"], p, info.metric, device)
     ckpt.unlink(missing_ok=True)
     log(f"{spec.task} test {METRIC_NAMES[info.metric]} {test:.2f} (lr {lr:.4g}, wd {wd:.4g})")

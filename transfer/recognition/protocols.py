@@ -50,6 +50,7 @@ class RecProtocol:
     momentum: float = 0.9  # Nesterov
     augment: bool = True  # RandomResizedCrop(bicubic) + flip for training (--no-da: false)
     checkpoint_every: int = 500  # steps between resumable checkpoints of a run
+    log_every: int = 20  # steps between a run's training points (train_runs/<run>/; ours)
     # few-shot
     n_way: int = 5
     shots: tuple[int, ...] = (5, 20, 50)
