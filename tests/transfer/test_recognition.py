@@ -191,6 +191,42 @@ def test_the_torch_solver_selects_the_same_c_and_test_metric_as_sklearn(sep):
     assert out["torch"][1] == pytest.approx(out["sklearn"][1], abs=1.0)
 
 
+def test_the_fit_runs_in_float64_as_scikit_learn_0_24s_lbfgs():
+    """scikit-learn 0.24 (ssl-transfer's) validated X with ``dtype=np.float64`` for lbfgs:
+    float32 features were fit in float64. Transcribed: today's LogisticRegression on the
+    features cast to float64 is our default, to the last bit; ``features_dtype float32``
+    fits the float32 features as they are (today's scikit-learn), which ends elsewhere."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _clusters(300, 2.0, seed=5)  # nearly separable: large C stops at 100 iterations
+    assert X.dtype == np.float32
+    C = 1e4
+    official = LogisticRegression(solver="lbfgs", max_iter=100, tol=1e-4 / len(y), C=C)
+    official.fit(X.astype(np.float64), y)  # what 0.24's check_X_y(dtype=float64) handed on
+    ours = make_solver("sklearn", 100, 1e-4, True)
+    ours.fit(X, y, C)
+    assert ours.clf.coef_.dtype == np.float64
+    assert np.array_equal(ours.clf.coef_, official.coef_)
+    assert np.array_equal(ours.decision(X), official.decision_function(X.astype(np.float64)))
+    f32 = make_solver("sklearn", 100, 1e-4, True, dtype="float32")
+    f32.fit(X, y, C)
+    assert f32.clf.coef_.dtype == np.float32
+    assert not np.array_equal(f32.clf.coef_, official.coef_)
+    torch_solver = make_solver("torch", 100, 1e-4, True, dtype="float32")
+    torch_solver.fit(X, y, C)
+    assert str(torch_solver.W.dtype) == "torch.float32"
+    assert str(make_solver("torch", 100, 1e-4, True, device="cuda").dtype) == "torch.float64"
+
+
+def test_features_dtype_is_a_protocol_setting_with_float64_by_default():
+    assert resolve("manyshot_linear", False).features_dtype == "float64"
+    assert resolve("manyshot_linear", False, ["features_dtype", "float32"]).features_dtype == (
+        "float32"
+    )
+    with pytest.raises(ConfigError, match="features_dtype"):
+        resolve("manyshot_linear", False, ["features_dtype", "float16"])
+
+
 def test_legacy_binary_fit_is_the_old_two_way_softmax():
     """ssl-transfer's sklearn fit a binary problem as a 2-way softmax (both rows penalised,
     coef_ = row 1). Minimising that objective directly (scipy) gives row 1 = half of our

@@ -18,6 +18,11 @@ Solvers (``solver``):
   rule |grad|_inf <= tol is today's tol / n (/ 2n for the 2-way softmax's two rows).
 - ``torch``: the same objective minimised by PyTorch's L-BFGS (strong-Wolfe line search,
   history 10, as scipy's L-BFGS-B), on CPU or GPU, warm-started the same way.
+
+Both fit in ``dtype`` (default float64): scikit-learn 0.24, which ssl-transfer ran, cast the
+features to float64 for its L-BFGS solver; today's keeps float32 features in float32, and on
+nearly separable features the two select different C values. ``features_dtype float32``
+fits the float32 features as they are (both solvers).
 """
 
 from __future__ import annotations
@@ -41,11 +46,24 @@ def wd_grid(n: int = 45, lo: float = -6.0, hi: float = 5.0) -> list[float]:
 class SklearnSolver:
     """scikit-learn's L-BFGS logistic regression with a warm start across fits."""
 
-    def __init__(self, max_iter: int = 100, tol: float = 1e-4, legacy: bool = True):
+    def __init__(
+        self, max_iter: int = 100, tol: float = 1e-4, legacy: bool = True, dtype: str = "float64"
+    ):
         from sklearn.linear_model import LogisticRegression
 
         self.max_iter, self.tol, self.legacy = max_iter, tol, legacy
+        self.dtype = np.dtype(dtype)
         self.clf = LogisticRegression(solver="lbfgs", warm_start=True, max_iter=max_iter, tol=tol)
+        self._cache: dict = {}
+
+    def _cast(self, X: np.ndarray) -> np.ndarray:
+        """X in the solver's dtype, cast once per array (a sweep fits the same X 45 times)."""
+        if X.dtype == self.dtype:
+            return X
+        key = (id(X), X.shape)
+        if key not in self._cache:
+            self._cache = {key: X.astype(self.dtype)}
+        return self._cache[key]
 
     def fit(self, X: np.ndarray, y: np.ndarray, C: float) -> None:
         """X (N, D) float, y (N,) ints."""
@@ -59,13 +77,13 @@ class SklearnSolver:
         self.clf.set_params(C=C_fit, tol=tol)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # as ssl-transfer: 100 its
-            self.clf.fit(X, y)
+            self.clf.fit(self._cast(X), y)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.clf.predict(X)
+        return self.clf.predict(self._cast(X))
 
     def decision(self, X: np.ndarray) -> np.ndarray:
-        return self.clf.decision_function(X)
+        return self.clf.decision_function(self._cast(X))
 
     def state(self) -> dict:
         if not hasattr(self.clf, "coef_"):
@@ -85,12 +103,17 @@ class TorchSolver:
     ``torch.optim.LBFGS``; binary problems as one logit at 2C (``legacy``), like sklearn's."""
 
     def __init__(
-        self, max_iter: int = 100, tol: float = 1e-4, legacy: bool = True, device: str = "cpu"
+        self,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        legacy: bool = True,
+        device: str = "cpu",
+        dtype: str = "float64",
     ):
         import torch
 
         self.max_iter, self.tol, self.legacy, self.device = max_iter, tol, legacy, device
-        self.dtype = torch.float64 if device == "cpu" else torch.float32
+        self.dtype = getattr(torch, dtype)
         self.W = None  # (K, D + 1): weights and intercept; K = 1 for a binary problem
         self.classes = None
         self._cache: dict = {}
@@ -160,11 +183,14 @@ class TorchSolver:
             self.classes = np.asarray(state["classes"])
 
 
-def make_solver(name: str, max_iter: int, tol: float, legacy: bool, device: str = "cpu"):
+def make_solver(
+    name: str, max_iter: int, tol: float, legacy: bool, device: str = "cpu", dtype="float64"
+):
+    """The solver ``name`` (sklearn | torch) fitting in ``dtype`` (float64 | float32)."""
     if name == "sklearn":
-        return SklearnSolver(max_iter, tol, legacy)
+        return SklearnSolver(max_iter, tol, legacy, dtype)
     if name == "torch":
-        return TorchSolver(max_iter, tol, legacy, device)
+        return TorchSolver(max_iter, tol, legacy, device, dtype)
     raise ValueError(f"unknown solver {name!r}")
 
 

@@ -15,6 +15,7 @@ from common.cli import ConfigError
 from transfer.overrides import apply_overrides
 
 SOLVERS = ("sklearn", "torch")
+FEATURE_DTYPES = ("float64", "float32")
 CALTECH_SPLITS = ("dedup", "with_duplicates")
 
 
@@ -37,6 +38,9 @@ class RecProtocol:
     tol: float = 1e-4
     solver: str = "sklearn"  # sklearn (the reference) | torch (PyTorch L-BFGS, CPU or GPU)
     legacy_sklearn: bool = True  # reproduce the multinomial scikit-learn ssl-transfer ran
+    # the dtype the classifier is fit in: float64 as scikit-learn 0.24's L-BFGS (ssl-transfer);
+    # float32: the features as extracted (today's scikit-learn keeps them), both solvers
+    features_dtype: str = "float64"
     absent_class_nan: bool = True  # mean per-class accuracy NaN when a class has no sample
     caltech101_split: str = "dedup"  # ssl-transfer's train.txt at HEAD | with_duplicates
     # many-shot fine-tuning: lr in logspace(lr_lo, lr_hi, grid_size) (largest first) x
@@ -94,7 +98,11 @@ _SMOKE = {
     "fewshot": dict(n_way=4, shots=(1, 5), n_query=5),
 }
 _FIXED = {"name", "kind", "source", "smoke"}
-_CHOICES = {"solver": SOLVERS, "caltech101_split": CALTECH_SPLITS}
+_CHOICES = {
+    "solver": SOLVERS,
+    "caltech101_split": CALTECH_SPLITS,
+    "features_dtype": FEATURE_DTYPES,
+}
 
 
 def resolve(name: str, smoke: bool, overrides: list[str] | None = None) -> RecProtocol:

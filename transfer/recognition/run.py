@@ -102,7 +102,7 @@ def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> d
     parts = D.fit_splits(spec.task, split_features(spec, p, log))
     grid = wd_grid(p.wd_n, p.wd_lo, p.wd_hi)
     device = "cuda" if spec.device == "cuda" else "cpu"
-    solver = make_solver(p.solver, p.max_iter, p.tol, p.legacy_sklearn, device)
+    solver = make_solver(p.solver, p.max_iter, p.tol, p.legacy_sklearn, device, p.features_dtype)
     state_path = folder / "sweep.pkl"
     state = _load_state(state_path)
     if state.scores:
