@@ -22,6 +22,22 @@ def symmetric_byol_loss(
     return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
 
 
+def symmetric_regression(
+    p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, form: str = "byol"
+) -> torch.Tensor:
+    """Each view's prediction regresses the other view's target, in one of two forms. Scalar.
+
+    ``form="byol"``: BYOL's / CARE's ``mean(4 - 2 (cos(p1, z2) + cos(p2, z1)))``
+    (``symmetric_byol_loss``); ``form="lightly"``: lightly's CIFAR benchmark,
+    ``0.5 (mean(-cos(p1, z2)) + mean(-cos(p2, z1)))``, whose gradient is a quarter of it.
+    """
+    if form == "byol":
+        return symmetric_byol_loss(p1, p2, z1, z2)
+    if form == "lightly":
+        return 0.5 * (negative_cosine(p1, z2).mean() + negative_cosine(p2, z1).mean())
+    raise ValueError(f"unknown regression-loss form {form!r} (byol, lightly)")
+
+
 def attention_loss(q: torch.Tensor, t: torch.Tensor, form: str = "code") -> torch.Tensor:
     """CARE's L_att for one view: pulls the C-stream output towards the T-stream's.
 

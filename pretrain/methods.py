@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from common.cli import ConfigError
 from common.flags import opt
 from pretrain.base import HeadSizes, Method, pool
-from pretrain.losses import attention_loss, negative_cosine, symmetric_byol_loss
+from pretrain.losses import attention_loss, negative_cosine, symmetric_regression
 from pretrain.maskco import MaskCo, MaskCoOptions
 from pretrain.models import MLP, TStream
 
@@ -26,6 +26,7 @@ __all__ = [
     "BYOL",
     "BYOLGSG",
     "BYOLGSGPaper",
+    "BYOLOptions",
     "CARE",
     "CAREOptions",
     "GSGOptions",
@@ -44,11 +45,25 @@ __all__ = [
 ]
 
 
+@dataclass
+class BYOLOptions(HeadSizes):
+    """BYOL's (and CARE's) loss form."""
+
+    byol_loss: str = opt(
+        "byol",
+        "the regression loss: byol (BYOL's / CARE's 2 - 2 cos summed over both directions) or "
+        "lightly (lightly's CIFAR benchmark: 0.5 (-cos - cos), a quarter of the gradient; the "
+        "CIFAR recipes' default)",
+        choices=("byol", "lightly"),
+    )
+
+
 class BYOL(Method):
     """BYOL: the C-stream alone (CARE's baseline, lambda = 0)."""
 
     name = "byol"
     momentum_modules = ("backbone", "projector")
+    Options = BYOLOptions
 
     def build_heads(self) -> None:
         c = self.cfg
@@ -74,12 +89,13 @@ class BYOL(Method):
 
     def compute_loss(self, views):
         preds, _, targets = self.c_stream(views)
-        loss_c = symmetric_byol_loss(preds[0], preds[1], targets[0][1], targets[1][1])
+        form = self.cfg.byol_loss
+        loss_c = symmetric_regression(preds[0], preds[1], targets[0][1], targets[1][1], form)
         return {"loss": loss_c, "loss_c": loss_c.detach()}
 
 
 @dataclass
-class CAREOptions(HeadSizes):
+class CAREOptions(BYOLOptions):
     """CARE's T-stream and loss options (official code's values)."""
 
     n_blocks: int = opt(5, "transformer blocks n")
@@ -152,9 +168,10 @@ class CARE(BYOL):
             t_targets = [
                 self.target["t_projector"](pool(self.target["tstream"](t4))) for t4, _ in targets
             ]
+        form = c.byol_loss
         return {
-            "loss_c": symmetric_byol_loss(preds[0], preds[1], targets[0][1], targets[1][1]),
-            "loss_t": symmetric_byol_loss(t_preds[0], t_preds[1], t_targets[0], t_targets[1]),
+            "loss_c": symmetric_regression(preds[0], preds[1], targets[0][1], targets[1][1], form),
+            "loss_t": symmetric_regression(t_preds[0], t_preds[1], t_targets[0], t_targets[1], form),
             "loss_att": sum(attention_loss(p, t, c.att_loss) for p, t in zip(preds, t_preds)),
         }
 

@@ -74,6 +74,9 @@ CIFAR = {
         "proj_layers": 2,
         "proj_last_affine": True,
         "zero_init": False,
+        # lightly's BYOL loss, 0.5 (-cos - cos); the SimSiam family and both BYOL-GSG
+        # variants already take this form
+        "byol_loss": "lightly",
     },
     # lightly's SimSiam: "no lr-scaling, results in better training stability"
     "per_method": {m: {"lr_batch_ref": 0} for m in ("simsiam", "simsiam_gsg")},

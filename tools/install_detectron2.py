@@ -10,7 +10,10 @@ build, usually with compiled CUDA ops), it is kept untouched. Otherwise this scr
    a stand-in ``detectron2._C`` whose functions raise a clear error when called,
    ``np.bool``/``np.int``/``np.float``/``np.str`` aliases (numpy >= 1.24),
    ``Image.LINEAR`` (Pillow >= 10), ``pkg_resources`` (setuptools >= 81), the COCO
-   evaluator's compiled fast path;
+   evaluator's compiled fast path; and, as later detectron2 releases did, ``hooks.LRScheduler``
+   checkpointing any torch >= 2 scheduler, ``detectron2.export`` (hence
+   ``detectron2.utils.analysis``) importable without caffe2, and the ``detectron2.projects``
+   packages (PointRend, DeepLab, Panoptic-DeepLab) installed as upstream's setup.py does;
 3. builds a pure-Python wheel ``detectron2-0.6+pb1.purepy`` into ``--cache``
    (``.cache/wheels`` by default, where a GPU machine without a package index can take it) and
    installs it with pip, together with its runtime dependencies.
@@ -39,7 +42,7 @@ SDIST_VERSION = "0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 WHEEL_VERSION = "0.6+pb1.purepy"
 # Bump when the patches below change, so an older rebuild is replaced by `make install`.
-PATCH_LEVEL = 3
+PATCH_LEVEL = 4
 
 RUNTIME_REQUIREMENTS = [
     "Pillow>=7.1",
@@ -130,6 +133,23 @@ TEXT_PATCHES: list[tuple[str, str, str]] = [
         "    if getattr(_C, 'IS_STAND_IN', False):\n"
         "        return _C.nms_rotated(boxes, scores, iou_threshold)\n"
         "    return torch.ops.detectron2.nms_rotated(boxes, scores, iou_threshold)",
+    ),
+    (  # torch >= 2 schedulers derive from LRScheduler, no longer from _LRScheduler: their
+        # state was left out of checkpoints (a resumed StepLR restarted at step 0)
+        "detectron2/engine/hooks.py",
+        "isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
+        "isinstance(self.scheduler, getattr(torch.optim.lr_scheduler, 'LRScheduler', "
+        "torch.optim.lr_scheduler._LRScheduler))",
+    ),
+    (  # caffe2 is gone from torch: only its exporter needs it (TorchScript, tracing do not)
+        "detectron2/export/__init__.py",
+        "from .api import *\n",
+        "try:\n"
+        "    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401\n"
+        "except ImportError:  # caffe2 is optional\n"
+        "    pass\n"
+        "else:\n"
+        "    from .api import *\n",
     ),
     (  # Python 3.11 refuses random.sample of a set: a skipped (unreadable) image crashed
         "detectron2/data/common.py",
@@ -224,8 +244,17 @@ def patch_tree(root: Path) -> list[str]:
     return applied
 
 
+# upstream setup.py installs these small projects under detectron2.projects
+PROJECTS = {
+    "detectron2.projects.point_rend": "projects/PointRend/point_rend",
+    "detectron2.projects.deeplab": "projects/DeepLab/deeplab",
+    "detectron2.projects.panoptic_deeplab": "projects/Panoptic-DeepLab/panoptic_deeplab",
+}
+
+
 def write_setup(root: Path, marker: dict) -> None:
-    """Replace the sdist's setup.py (which builds C++ from absent sources) by a pure one."""
+    """Replace the sdist's setup.py (which builds C++ from absent sources) by a pure one
+    that installs the same packages (detectron2 and its ``detectron2.projects``)."""
     (root / "detectron2" / "_suite_build.json").write_text(json.dumps(marker, indent=1))
     setup_py = f'''from setuptools import find_packages, setup
 
@@ -235,7 +264,8 @@ setup(
     description="Detectron2 v0.6 Python files (from PyPI pb1-detectron2), rebuilt pure-Python",
     url="https://github.com/facebookresearch/detectron2",
     license="Apache-2.0",
-    packages=find_packages(include=["detectron2", "detectron2.*"]),
+    packages=find_packages(include=["detectron2", "detectron2.*"]) + {list(PROJECTS)!r},
+    package_dir={PROJECTS!r},
     package_data={{
         "detectron2": ["_suite_build.json"],
         "detectron2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"],

@@ -218,6 +218,59 @@ def test_the_cifar_recipes_scale_lr_as_lightly():
     assert (sims.options.proj_hidden, sims.options.pred_hidden) == (2048, 512)
 
 
+def _lightly_byol_loss(model, x0, x1):
+    """lightly's cifar10_benchmark BYOL step, transcribed: p = prediction_head(projection_head(
+    backbone(x))), z = the momentum backbone + projection head, NegativeCosineSimilarity (the
+    batch mean of -cos), loss = 0.5 (criterion(p0, z1) + criterion(p1, z0))."""
+    import torch.nn.functional as F
+
+    from pretrain.base import pool
+
+    def online(x):
+        return model.predictor(model.projector(pool(model.backbone(x)[1])))
+
+    def momentum(x):
+        with torch.no_grad():
+            return model.target["projector"](pool(model.target["backbone"](x)[1]))
+
+    def criterion(a, b):
+        return -F.cosine_similarity(a, b, dim=1).mean()
+
+    p0, z0, p1, z1 = online(x0), momentum(x0), online(x1), momentum(x1)
+    return 0.5 * (criterion(p0, z1) + criterion(p1, z0))
+
+
+@pytest.mark.parametrize("method", ["byol", "care"])
+def test_the_cifar_recipes_take_lightlys_byol_loss_and_imagenet_keeps_byols(method):
+    """The CIFAR recipe's BYOL update is lightly's (0.5 (-cos - cos)); the ImageNet recipe
+    keeps BYOL's / CARE's 2 - 2 cos over both directions, 4x the gradient (float64)."""
+    from pretrain.methods import build_method
+
+    cifar = recipe_config("cifar10", method=method, output="x")
+    assert cifar.options.byol_loss == "lightly"
+    assert recipe_config("imagenet", method=method, output="x").options.byol_loss == "byol"
+    opts = {**cifar.options.__dict__, "proj_hidden": 64, "proj_dim": 16, "pred_hidden": 32}
+    if method == "care":
+        opts.update(mid_dim=32, n_blocks=1, nominal_res4=8)
+    torch.manual_seed(0)
+    model = build_method(method, "resnet18_cifar", opts).double()
+    x0, x1 = torch.randn(2, 6, 3, 32, 32, dtype=torch.float64)
+    terms = model.compute_loss([x0, x1])
+    key = "loss" if method == "byol" else "loss_c"
+    expected = _lightly_byol_loss(model, x0, x1)
+    assert terms[key].item() == pytest.approx(expected.item(), rel=1e-12, abs=1e-12)
+    if method == "care":  # the T-stream's regression takes the same form
+        assert terms["loss_t"].item() < 0
+        return
+    grads = {}
+    for form in ("lightly", "byol"):
+        model.cfg = type(model.cfg)(**{**model.cfg.__dict__, "byol_loss": form})
+        model.zero_grad()
+        model.compute_loss([x0, x1])["loss"].backward()
+        grads[form] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(grads["byol"], 4 * grads["lightly"], rtol=1e-9, atol=1e-14)
+
+
 def test_the_cifar_recipe_runs_two_epochs_and_its_checkpoint_serves_the_runner(tmp_path):
     """cifar-smoke (the CIFAR recipe, 2 epochs) on the synthetic twin: the kNN monitor every
     epoch, its seed folder for the tables (best / last epoch), the cifar table's row, and
