@@ -171,7 +171,9 @@ class CARE(BYOL):
         form = c.byol_loss
         return {
             "loss_c": symmetric_regression(preds[0], preds[1], targets[0][1], targets[1][1], form),
-            "loss_t": symmetric_regression(t_preds[0], t_preds[1], t_targets[0], t_targets[1], form),
+            "loss_t": symmetric_regression(
+                t_preds[0], t_preds[1], t_targets[0], t_targets[1], form
+            ),
             "loss_att": sum(attention_loss(p, t, c.att_loss) for p, t in zip(preds, t_preds)),
         }
 

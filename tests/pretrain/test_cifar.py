@@ -267,7 +267,9 @@ def test_the_cifar_recipes_take_lightlys_byol_loss_and_imagenet_keeps_byols(meth
         model.cfg = type(model.cfg)(**{**model.cfg.__dict__, "byol_loss": form})
         model.zero_grad()
         model.compute_loss([x0, x1])["loss"].backward()
-        grads[form] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        grads[form] = torch.cat(
+            [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        )
     assert torch.allclose(grads["byol"], 4 * grads["lightly"], rtol=1e-9, atol=1e-14)
 
 
