@@ -41,6 +41,7 @@ SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 WHEEL_VERSION = "0.6+pb1.purepy"
+OPENCV = "opencv-python-headless<5"  # when no cv2 imports (install_opencv)
 # Bump when the patches below change, so an older rebuild is replaced by `make install`.
 PATCH_LEVEL = 4
 
@@ -326,6 +327,17 @@ def build_wheel(cache: Path) -> Path:
     return wheel
 
 
+def install_opencv() -> None:
+    """detectron2 leaves OpenCV to the user (PointRend, the visualizer, some transforms need
+    it): the headless 4.x wheel, unless some ``cv2`` already imports (a second OpenCV
+    package beside the user's would overwrite it)."""
+    probe = subprocess.run([sys.executable, "-c", "import cv2"], capture_output=True)
+    if probe.returncode == 0:
+        return
+    log(f"installing {OPENCV} (no importable cv2)")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", OPENCV], check=True)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -354,6 +366,7 @@ def main(args: argparse.Namespace) -> None:
             return
         if marker.get("patch_level") == PATCH_LEVEL:
             log(f"detectron2 {current['version']} (PyPI rebuild) is installed and current")
+            install_opencv()
             return
         log("an older rebuild of detectron2 is installed: replacing it")
     try:
@@ -380,6 +393,7 @@ def main(args: argparse.Namespace) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", *RUNTIME_REQUIREMENTS], check=True
     )
+    install_opencv()
     info = existing_detectron2()
     if not info:
         raise SystemExit("detectron2 was installed but does not import; see the errors above")
