@@ -145,28 +145,45 @@ def test_a_label_of_another_size_is_refused(tmp_path):
         loader.train_sample(d, 10, False, 1000, 4)
 
 
-def test_batches_have_one_orientation_and_one_short_side():
+def test_groups_have_one_orientation_and_one_short_side():
     sizes = [(100, 200), (200, 100), (150, 150), (300, 100), (90, 120), (120, 90)] * 5
-    s = loader.OrientationBatchSampler(sizes, 2, (300, 375, 450), True, seed=3)
+    s = loader.OrientationBatchSampler(sizes, 2, (300, 375, 450), True, seed=3, groups=2)
     it = iter(s)
-    batches = [next(it) for _ in range(40)]
-    sides, flips = set(), set()
-    for b in batches:
-        assert len(b) == 2 and len({loader.portrait(*sizes[i]) for i, _, _ in b}) == 1
-        assert len({short for _, short, _ in b}) == 1
-        sides.add(b[0][1])
-        flips |= {f for _, _, f in b}
-    assert sides == {300, 375, 450} and flips == {False, True}
+    steps = [next(it) for _ in range(40)]
+    sides, flips, mixed = set(), set(), 0
+    for step in steps:
+        assert len(step) == 2  # two groups (the toolkit's two GPUs) per iteration
+        for g in step:
+            assert len(g) == 2 and len({loader.portrait(*sizes[i]) for i, _, _ in g}) == 1
+            assert len({short for _, short, _ in g}) == 1
+            sides.add(g[0][1])
+            flips |= {f for _, _, f in g}
+        mixed += step[0][0][1] != step[1][0][1]  # each group draws its own short side
+    assert sides == {300, 375, 450} and flips == {False, True} and mixed > 0
     # square images go with the landscape ones (h <= w), as in the toolkit
     assert not loader.portrait(150, 150) and loader.portrait(151, 150)
     # ranks take disjoint images from the same permutation
     r0 = next(iter(loader.OrientationBatchSampler(sizes[:4], 1, (300,), False, 3, 0, 2)))
     r1 = next(iter(loader.OrientationBatchSampler(sizes[:4], 1, (300,), False, 3, 1, 2)))
-    assert r0[0][0] != r1[0][0]
+    assert r0[0][0][0] != r1[0][0][0]
     # a resumed stream continues where it stopped
     s.start_batch = 7
     resumed = iter(s)
-    assert [next(resumed) for _ in range(5)] == batches[7:12]
+    assert [next(resumed) for _ in range(5)] == steps[7:12]
+
+
+@pytest.mark.parametrize("world,groups", [(1, 2), (2, 1), (4, None)])
+def test_an_iterations_groups_are_shared_by_the_processes(cfg, world, groups):
+    """4 images = 2 groups of 2 (the toolkit's 2 GPUs x 2): one process makes both, two make
+    one each, four cannot share them (a one-line error naming the settings)."""
+    from common.cli import BadInput
+
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.IMS_PER_GROUP) == (4, 2)
+    if groups is None:
+        with pytest.raises(BadInput, match="4 images are 2 groups of 2 .* 4 processes"):
+            loader.groups_per_process(cfg, world)
+    else:
+        assert loader.groups_per_process(cfg, world) == groups
 
 
 def test_poly_lr_by_hand():
@@ -471,9 +488,10 @@ def test_upernet_head_equals_the_toolkits_decoder(train):
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
 
 
-def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4):
+def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4, dtype=torch.float32):
     """The toolkit's TrainDataset.__getitem__ for one batch, transcribed (its short side and
-    flips given): normalised images and labels (-1 unlabelled) in zero-filled batch arrays."""
+    flips given): normalised images and labels (-1 unlabelled) in zero-filled batch arrays
+    (``dtype``: the toolkit's float32, or float64 to compare formulas)."""
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     n = len(records)
     ws, hs = np.zeros(n, np.int32), np.zeros(n, np.int32)
@@ -481,7 +499,7 @@ def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4):
         scale = min(short / min(r["height"], r["width"]), max_size / max(r["height"], r["width"]))
         ws[i], hs[i] = r["width"] * scale, r["height"] * scale
     bw, bh = loader.round_up(int(ws.max()), pad), loader.round_up(int(hs.max()), pad)
-    images = torch.zeros(n, 3, bh, bw)
+    images = torch.zeros(n, 3, bh, bw, dtype=dtype)
     labels = torch.zeros(n, bh // stride, bw // stride, dtype=torch.long)
     for i, r in enumerate(records):
         img = Image.open(r["file_name"]).convert("RGB")
@@ -494,7 +512,8 @@ def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4):
                                   loader.round_up(seg.size[1], stride)), 0)  # fmt: skip
         rounded.paste(seg, (0, 0))
         seg = rounded.resize((rounded.size[0] // stride, rounded.size[1] // stride), Image.NEAREST)
-        x = (np.float32(np.array(img)) / 255.0 - mean) / std
+        pixels = np.array(img, np.float64 if dtype == torch.float64 else np.float32)
+        x = (pixels / 255.0 - mean) / std
         images[i, :, : x.shape[0], : x.shape[1]] = torch.from_numpy(x.transpose(2, 0, 1))
         s = torch.from_numpy(np.array(seg)).long() - 1
         labels[i, : s.shape[0], : s.shape[1]] = s
@@ -522,6 +541,43 @@ def test_a_training_batch_equals_the_toolkits(tmp_path, model):
     assert torch.allclose(images, ref_images, atol=1e-5)
     assert torch.equal(torch.where(labels == 255, -1, labels), ref_labels)
     assert (ref_labels == -1).any() and (labels == 0).any()
+
+
+def test_the_training_loss_is_the_mean_of_the_toolkits_per_gpu_losses(tmp_path, cfg, model):
+    """Two groups (the toolkit's two GPUs), each with its own short side and padded size:
+    our loss is the mean of the toolkit's per-GPU NLL means (train.py's ``loss.mean()``
+    over its data-parallel losses), each group through the network on its own (float64)."""
+    import copy
+
+    from synthetic.ade20k import write_ade20k
+    from transfer.segmentation import data
+
+    root = write_ade20k(tmp_path / "ade", seed=7, train=4, val=1, size=120)
+    data.prepare(root)
+    data.register(root, synthetic=True)
+    dicts, _ = data.dataset_dicts("synthetic_ade20k_sem_seg_train")
+    for d in dicts:
+        d["raw_label"] = d["sem_seg_file_name"].replace("annotations_detectron2", "annotations")
+    net = copy.deepcopy(model).double().train()
+    groups = [(dicts[:2], 64, (False, True)), (dicts[2:4], 96, (True, False))]
+    inputs = [{**loader.train_sample(d, short, f, 1000, 4), "group": g}
+              for g, (ds, short, flips) in enumerate(groups)
+              for d, f in zip(ds, flips)]  # fmt: skip
+    # the config's mean / std in float64 (the model's buffers hold them in float32)
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1)
+                 for v in (cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD))  # fmt: skip
+    net.normalize = lambda im: (im.double() - mean) / std
+    with torch.no_grad():
+        ours = net(inputs)["loss_sem_seg"]
+        per_gpu = []
+        for ds, short, flips in groups:
+            images, labels = _toolkit_batch(ds, short, flips, dtype=torch.float64)
+            logp = torch.log_softmax(net.logits(images), dim=1)
+            per_gpu.append(torch.nn.functional.nll_loss(logp, labels, ignore_index=-1))
+        one_group = net([{**x, "group": 0} for x in inputs[:2]])["loss_sem_seg"]
+    assert ours.item() == pytest.approx(torch.stack(per_gpu).mean().item(), rel=1e-9)
+    assert one_group.item() == pytest.approx(per_gpu[0].item(), rel=1e-9)
+    assert abs(per_gpu[0].item() - per_gpu[1].item()) > 1e-6  # the mean is not trivial
 
 
 def test_the_multiscale_test_equals_the_toolkits(tmp_path, model):

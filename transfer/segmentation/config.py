@@ -39,6 +39,9 @@ def add_upernet_config(cfg) -> None:
     cfg.INPUT.LABEL_DOWNSAMPLE = 4  # segm_downsampling_rate
     cfg.INPUT.TEST_SHORT_SIDES = TOOLKIT_SHORT_SIDES  # the 5 scales of the test
     cfg.INPUT.FLIP = True  # random_flip
+    # batch_size_per_gpu: the toolkit's 4 images are 2 GPUs x 2; a group shares a short side,
+    # an orientation, a padded size and a loss mean (loader.OrientationBatchSampler)
+    cfg.INPUT.IMS_PER_GROUP = 2
     cfg.SOLVER.POLY_LR_POWER = 0.9  # lr_pow
 
 
@@ -64,8 +67,13 @@ def build_config(
     files = [config_path(protocol)] + ([SMOKE_OVERLAY] if smoke else [])
     cfg = protocol_config(files, SYNTHETIC_PREFIX if smoke else None, weights, opts, device,
                           extend=add_upernet_config)  # fmt: skip
-    if cfg.SOLVER.IMS_PER_BATCH < 1:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}: must be >= 1")
+    if cfg.SOLVER.IMS_PER_BATCH < 1 or cfg.INPUT.IMS_PER_GROUP < 1:
+        raise ConfigError("SOLVER.IMS_PER_BATCH and INPUT.IMS_PER_GROUP must be >= 1")
+    if cfg.SOLVER.IMS_PER_BATCH % cfg.INPUT.IMS_PER_GROUP:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not a multiple of "
+            f"INPUT.IMS_PER_GROUP {cfg.INPUT.IMS_PER_GROUP} (the images of one group)"
+        )
     if cfg.MODEL.UPERNET.SIZE_DIVISIBILITY % cfg.INPUT.LABEL_DOWNSAMPLE:
         raise ConfigError(
             "MODEL.UPERNET.SIZE_DIVISIBILITY must be a multiple of INPUT.LABEL_DOWNSAMPLE "

@@ -1,18 +1,22 @@
 """The toolkit's data pipeline as a detectron2 mapper and batch sampler.
 
-Training (``TrainBatches`` + ``OrientationBatchSampler``): each GPU's batch holds images of
-one orientation (h > w, or h <= w, the toolkit's two groups); the batch draws one short side
-from ``INPUT.MIN_SIZE_TRAIN``; every image is scaled by min(short / min(h, w),
+Training (``TrainBatches`` + ``OrientationBatchSampler``): an iteration's
+``SOLVER.IMS_PER_BATCH`` images form groups of ``INPUT.IMS_PER_GROUP``, the toolkit's per-GPU
+batches (2 GPUs x 2 images): whatever the process count, each process gets its share of the
+groups (one process: both; two: one each). A group holds images of one orientation (h > w,
+or h <= w, the toolkit's two buckets) and draws one short side from
+``INPUT.MIN_SIZE_TRAIN``; every image is scaled by min(short / min(h, w),
 max / max(h, w)) (sizes truncated to integers), flipped with probability 0.5, resized
 (PIL bilinear; the label nearest), and its label padded (unlabelled) to a multiple of 4 and
-downsampled x4 (nearest). No crop. The model pads the batch to a multiple of 32
-(``UPerNetSegmentor.batch``). Testing (``TestMapper``): the image at each of
+downsampled x4 (nearest). No crop. The model pads each group to a multiple of 32 and averages
+the groups' losses, as the toolkit's data-parallel loss mean (``UPerNetSegmentor``). Testing (``TestMapper``): the image at each of
 ``INPUT.TEST_SHORT_SIDES``, each size rounded up to a multiple of 32 (a resize, not a pad),
 the label left at full resolution for the evaluator.
 
-The sampler yields one per-GPU batch at a time (a tuple of (index, short side, flip)), so
-detectron2's ``ToIterableDataset`` shards whole batches across loader workers; its stream is
-a function of the seed only, and ``start_batch`` skips what a resumed run already used.
+The sampler yields one process's iteration at a time (a tuple of groups, each a tuple of
+(index, short side, flip)), so detectron2's ``ToIterableDataset`` shards whole iterations
+across loader workers; its stream is a function of the seed only, and ``start_batch`` skips
+the iterations a resumed run already used.
 """
 
 from __future__ import annotations
@@ -99,45 +103,54 @@ def train_sample(
 
 
 class OrientationBatchSampler(torchdata.Sampler):
-    """Infinite stream of one rank's batches: tuples of (index, short side, flip), all of
-    one orientation. Indices come from one seeded permutation per epoch shared by the ranks
-    (rank r takes every world-th); short sides and flips from a generator of (seed, rank)."""
+    """Infinite stream of one rank's iterations: each a tuple of ``groups`` groups, a group a
+    tuple of ``group_size`` (index, short side, flip), all of one orientation and one short
+    side. Indices come from one seeded permutation per epoch shared by the ranks (rank r
+    takes every world-th); short sides and flips from a generator of (seed, rank)."""
 
     def __init__(
         self,
         sizes: list[tuple[int, int]],
-        batch_per_gpu: int,
+        group_size: int,
         short_sides: tuple[int, ...],
         flip: bool,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        groups: int = 1,
     ):
         self.portrait = np.array([portrait(h, w) for h, w in sizes])
-        self.batch = batch_per_gpu
+        self.group_size, self.groups = group_size, groups
         self.short_sides = tuple(int(s) for s in short_sides)
         self.flip = flip
         self.seed, self.rank, self.world = seed, rank, world_size
-        self.start_batch = 0  # batches a resumed run skips
+        self.start_batch = 0  # iterations a resumed run skips
 
-    def __iter__(self) -> Iterator[tuple]:
+    def _groups(self) -> Iterator[tuple]:
+        """The rank's endless stream of groups, in the toolkit's bucket order."""
         order = np.random.default_rng([self.seed, 0])
         draws = np.random.default_rng([self.seed, 1, self.rank])
         buckets: dict[bool, list[int]] = {False: [], True: []}
-        made = 0
+        n = self.group_size
         while True:
             for idx in order.permutation(len(self.portrait))[self.rank :: self.world]:
                 bucket = buckets[bool(self.portrait[idx])]
                 bucket.append(int(idx))
-                if len(bucket) < self.batch:
+                if len(bucket) < n:
                     continue
                 short = self.short_sides[int(draws.integers(len(self.short_sides)))]
-                flips = draws.integers(0, 2, self.batch) if self.flip else [0] * self.batch
-                batch = tuple((i, short, bool(f)) for i, f in zip(bucket, flips))
+                flips = draws.integers(0, 2, n) if self.flip else [0] * n
+                yield tuple((i, short, bool(f)) for i, f in zip(bucket, flips))
                 bucket.clear()
-                made += 1
-                if made > self.start_batch:
-                    yield batch
+
+    def __iter__(self) -> Iterator[tuple]:
+        groups = self._groups()
+        made = 0
+        while True:
+            step = tuple(next(groups) for _ in range(self.groups))
+            made += 1
+            if made > self.start_batch:
+                yield step
 
 
 class TrainBatches(torchdata.Dataset):
@@ -171,30 +184,45 @@ class TrainBatches(torchdata.Dataset):
         raise TooManyBadImages("no readable training image of this orientation is left")
 
     def __getitem__(self, key: tuple) -> list[dict]:
-        return [self._sample(i, short, flip) for i, short, flip in key]
+        """An iteration's groups -> their samples, each with its "group" (0, 1, ...)."""
+        return [
+            {**self._sample(i, short, flip), "group": g}
+            for g, group in enumerate(key)
+            for i, short, flip in group
+        ]
+
+
+def groups_per_process(cfg, world: int) -> int:
+    """How many of an iteration's groups (``IMS_PER_BATCH / IMS_PER_GROUP``) each of
+    ``world`` processes makes; ``BadInput`` when they cannot be shared evenly."""
+    groups = cfg.SOLVER.IMS_PER_BATCH // cfg.INPUT.IMS_PER_GROUP
+    if groups % world:
+        raise BadInput(
+            f"an iteration's {cfg.SOLVER.IMS_PER_BATCH} images are {groups} groups of "
+            f"{cfg.INPUT.IMS_PER_GROUP} (the toolkit's per-GPU batches), which {world} "
+            f"processes cannot share; run on a divisor of {groups} processes, or change "
+            "SOLVER.IMS_PER_BATCH / INPUT.IMS_PER_GROUP (no longer the toolkit's protocol)"
+        )
+    return groups // world
 
 
 def build_train_loader(cfg, dicts: list[dict], log_dir: str):
-    """detectron2's iterable loader over ``OrientationBatchSampler`` batches (one per-GPU
-    batch, a list of dicts, per step)."""
+    """detectron2's iterable loader over ``OrientationBatchSampler`` iterations (this
+    process's groups, one list of dicts, per step)."""
     from detectron2.data.build import worker_init_reset_seed
     from detectron2.data.common import ToIterableDataset
     from detectron2.utils import comm
 
     world = comm.get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise BadInput(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
-            f"{world} processes; use a multiple of {world}"
-        )
     sampler = OrientationBatchSampler(
         [(d["height"], d["width"]) for d in dicts],
-        cfg.SOLVER.IMS_PER_BATCH // world,
+        cfg.INPUT.IMS_PER_GROUP,
         cfg.INPUT.MIN_SIZE_TRAIN,
         cfg.INPUT.FLIP,
         cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
         comm.get_rank(),
         world,
+        groups_per_process(cfg, world),
     )
     dataset = ToIterableDataset(TrainBatches(dicts, cfg, log_dir), sampler)
     return torchdata.DataLoader(

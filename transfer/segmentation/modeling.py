@@ -12,10 +12,12 @@ the toolkit's ``weights_init``.
 ``UPerNetSegmentor`` (detectron2's ``META_ARCH_REGISTRY``): detectron2's ResNet backbone
 (its ``BasicStem`` is torchvision's stem, so converted self-supervised weights load tensor by
 tensor) + the head. Every BatchNorm (backbone and head) uses ``MODEL.UPERNET.BN_MOMENTUM``
-(the toolkit's synchronised BN: 0.001). Training: the batch padded to a multiple of 32 with
-zeros after normalisation, the stride-4 labels padded with ``MODEL.UPERNET.BATCH_PAD_LABEL``
-(the toolkit labels batch padding class 0; 255 ignores it), cross-entropy (= NLL of
-log-softmax) ignoring 255. Inference: the softmax of each of the input's scales, upsampled
+(the toolkit's synchronised BN: 0.001). Training: each group of the inputs (their "group",
+the toolkit's per-GPU batch) padded to a multiple of 32 with zeros after normalisation, its
+stride-4 labels padded with ``MODEL.UPERNET.BATCH_PAD_LABEL`` (the toolkit labels batch
+padding class 0; 255 ignores it), cross-entropy (= NLL of log-softmax) ignoring 255 averaged
+over the group's pixels; the loss is the mean over the groups, as the toolkit's
+``loss.mean()`` over its GPUs' losses. Inference: the softmax of each of the input's scales, upsampled
 to the image's full size, averaged (``multiscale_probabilities``).
 """
 
@@ -126,19 +128,32 @@ def multiscale_probabilities(
     return probs / len(logits_per_scale)
 
 
-def log_pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore: int) -> None:
-    """The toolkit's training "Accuracy" (stride-4 pixels not ignored, batch padding
-    included as it labels it) x100, to detectron2's event storage when training."""
+def pixel_counts(logits: torch.Tensor, labels: torch.Tensor, ignore: int) -> tuple[int, int]:
+    """(correct, labelled) stride-4 pixels of (N, C, h, w) logits against (N, h, w) labels
+    (batch padding counts as it is labelled), for the toolkit's training "Accuracy"."""
+    with torch.no_grad():
+        valid = labels != ignore
+        correct = (logits.argmax(1) == labels) & valid
+        return int(correct.sum()), int(valid.sum())
+
+
+def log_pixel_accuracy(correct: int, labelled: int) -> None:
+    """The training pixel accuracy x100, to detectron2's event storage when training."""
     from detectron2.utils.events import get_event_storage
 
     try:
         storage = get_event_storage()
     except AssertionError:  # not inside a trainer
         return
-    with torch.no_grad():
-        valid = labels != ignore
-        correct = (logits.argmax(1) == labels) & valid
-        storage.put_scalar("pixel_acc", 100 * correct.sum().item() / max(valid.sum().item(), 1))
+    storage.put_scalar("pixel_acc", 100 * correct / max(labelled, 1))
+
+
+def split_groups(batched_inputs: list[dict]) -> list[list[dict]]:
+    """The inputs by their "group" key in order of appearance (no key: one group)."""
+    groups: dict = {}
+    for x in batched_inputs:
+        groups.setdefault(x.get("group", 0), []).append(x)
+    return list(groups.values())
 
 
 @META_ARCH_REGISTRY.register()
@@ -190,11 +205,15 @@ class UPerNetSegmentor(nn.Module):
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return [self.predict(x) for x in batched_inputs]
-        images, labels = self.batch(batched_inputs)
-        logits = self.logits(images)
-        loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_value)
-        log_pixel_accuracy(logits, labels, self.ignore_value)
-        return {"loss_sem_seg": loss}
+        losses, correct, labelled = [], 0, 0
+        for group in split_groups(batched_inputs):
+            images, labels = self.batch(group)
+            logits = self.logits(images)
+            losses.append(F.cross_entropy(logits, labels, ignore_index=self.ignore_value))
+            c, n = pixel_counts(logits, labels, self.ignore_value)
+            correct, labelled = correct + c, labelled + n
+        log_pixel_accuracy(correct, labelled)
+        return {"loss_sem_seg": torch.stack(losses).mean()}
 
     def predict(self, x: dict) -> dict:
         size = (int(x["height"]), int(x["width"]))
