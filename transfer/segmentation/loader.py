@@ -9,9 +9,10 @@ or h <= w, the toolkit's two buckets) and draws one short side from
 max / max(h, w)) (sizes truncated to integers), flipped with probability 0.5, resized
 (PIL bilinear; the label nearest), and its label padded (unlabelled) to a multiple of 4 and
 downsampled x4 (nearest). No crop. The model pads each group to a multiple of 32 and averages
-the groups' losses, as the toolkit's data-parallel loss mean (``UPerNetSegmentor``). Testing (``TestMapper``): the image at each of
-``INPUT.TEST_SHORT_SIDES``, each size rounded up to a multiple of 32 (a resize, not a pad),
-the label left at full resolution for the evaluator.
+the groups' losses, as the toolkit's data-parallel loss mean (``UPerNetSegmentor``).
+Testing (``TestMapper``): the image at each of ``INPUT.TEST_SHORT_SIDES``, each size rounded
+up to a multiple of 32 (a resize, not a pad), the label left at full resolution for the
+evaluator.
 
 The sampler yields one process's iteration at a time (a tuple of groups, each a tuple of
 (index, short side, flip)), so detectron2's ``ToIterableDataset`` shards whole iterations

@@ -17,8 +17,8 @@ the toolkit's per-GPU batch) padded to a multiple of 32 with zeros after normali
 stride-4 labels padded with ``MODEL.UPERNET.BATCH_PAD_LABEL`` (the toolkit labels batch
 padding class 0; 255 ignores it), cross-entropy (= NLL of log-softmax) ignoring 255 averaged
 over the group's pixels; the loss is the mean over the groups, as the toolkit's
-``loss.mean()`` over its GPUs' losses. Inference: the softmax of each of the input's scales, upsampled
-to the image's full size, averaged (``multiscale_probabilities``).
+``loss.mean()`` over its GPUs' losses. Inference: the softmax of each of the input's
+scales, upsampled to the image's full size, averaged (``multiscale_probabilities``).
 """
 
 from __future__ import annotations
