@@ -67,7 +67,9 @@ class OnlineProbe:
 
         def hook(module, args, output):
             if module.training and (self.views == "all" or not self.features):
-                self.features.append(output[-1].detach().float().mean(dim=(2, 3)))
+                self.features.append(
+                    output[-1].detach().to(self.head.weight.dtype).mean(dim=(2, 3))
+                )
 
         return backbone.register_forward_hook(hook)
 

@@ -34,6 +34,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def float64():
+    """torch's default dtype float64 for one test: an equivalence of two computations is
+    checked on its formulas, not on the CPU's float32 kernels (which differ between CPUs)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory):
     from synthetic import ShapesSpec, generate

@@ -49,7 +49,7 @@ def features(trunk, x):
 
 
 @pytest.mark.parametrize("concatenated", [False, True])
-def test_the_probe_averages_its_loss_over_every_view_as_solo_learn(concatenated):
+def test_the_probe_averages_its_loss_over_every_view_as_solo_learn(concatenated, float64):
     """Two views through the backbone (two calls, or one call on both concatenated), and an
     eval-mode call that must not count: two SGD steps equal solo-learn's on the same views,
     at the lrs the trainer hands over."""
@@ -79,12 +79,12 @@ def test_the_probe_averages_its_loss_over_every_view_as_solo_learn(concatenated)
         loss.backward()
         ref_opt.step()
     for a, b in zip(probe.head.parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert probe.optimizer.param_groups[0]["lr"] == 0.25
     assert probe.seen == 16 and probe.features == []
 
 
-def test_the_first_view_probe_trains_on_the_first_view_only():
+def test_the_first_view_probe_trains_on_the_first_view_only(float64):
     torch.manual_seed(0)
     trunk = Trunk()
     probe = OnlineProbe(8, 3, "cpu", lr=0.5, seed=3, views="first")
@@ -97,7 +97,7 @@ def test_the_first_view_probe_trains_on_the_first_view_only():
     probe.step(labels)
     solo_learn_step(ref, [features(trunk, v1)], labels, 0.5)
     for a, b in zip(probe.head.parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="views"):
         OnlineProbe(8, 3, "cpu", views="second")
 

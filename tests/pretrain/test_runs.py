@@ -295,6 +295,7 @@ def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     from pretrain.methods import BYOL
 
+    torch.set_default_dtype(torch.float64)  # as the test: formulas, not float32 kernels
     torch.manual_seed(0)
     model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -312,7 +313,7 @@ def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_port):
+def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_port, float64):
     """DDP on 2 CPU processes == one process averaging the two half-batch losses.
 
     Not equal to one process on the whole batch of 8: on CPU there is no SyncBatchNorm
@@ -324,7 +325,7 @@ def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_
     from pretrain.methods import BYOL
 
     g = torch.Generator().manual_seed(1)
-    views = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
+    views = [torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2)]
     mp.spawn(_ddp_worker, args=(free_port, views, str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "ddp.pth", weights_only=True)
 
@@ -335,7 +336,8 @@ def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_
     loss = sum(losses) / 2
     loss.backward()
     opt.step()
-    assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert got["loss"] == pytest.approx(loss.item(), rel=1e-12)
     for k, v in model.backbone.state_dict().items():
         if v.is_floating_point() and "running" not in k:
-            torch.testing.assert_close(got["params"][k], v, rtol=1e-4, atol=1e-6)
+            assert got["params"][k].dtype == torch.float64
+            torch.testing.assert_close(got["params"][k], v, rtol=1e-10, atol=1e-12)

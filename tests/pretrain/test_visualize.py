@@ -25,7 +25,7 @@ def test_gradcam_same_from_torchvision_and_detectron2_files(tmp_path):
     torch.testing.assert_close(ma, mb)
 
 
-def test_gradcam_weights_are_the_pooled_feature():
+def test_gradcam_weights_are_the_pooled_feature(float64):
     """With s = ||GAP(A)||^2 / 2 the map is ReLU(sum_k GAP(A)_k A_k / HW), upsampled."""
     torch.manual_seed(0)
     trunk = visualize.ResNetTrunk("resnet18").eval()
@@ -37,7 +37,8 @@ def test_gradcam_weights_are_the_pooled_feature():
         ref = torch.nn.functional.interpolate(
             ref, size=(64, 64), mode="bilinear", align_corners=False
         )[:, 0]
-    torch.testing.assert_close(visualize.gradcam(trunk, x), ref)
+    assert ref.dtype == torch.float64
+    torch.testing.assert_close(visualize.gradcam(trunk, x), ref, rtol=1e-10, atol=1e-12)
 
 
 def test_cli_draws_a_png(tmp_path):

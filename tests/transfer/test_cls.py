@@ -122,9 +122,10 @@ def test_knn_over_bank_shards_equals_the_whole_bank(k):
     """What each process of ``sharded_knn_scores`` does, without processes: the k nearest of
     each shard (one shard empty, one smaller than k), merged, vote as the whole bank."""
     g = torch.Generator().manual_seed(0)
-    bank = torch.nn.functional.normalize(torch.randn(30, 8, generator=g), dim=1)
+    # float64: shards and the whole bank may take other matmul kernels
+    bank = torch.nn.functional.normalize(torch.randn(30, 8, generator=g).double(), dim=1)
     labels = torch.randint(0, 4, (30,), generator=g)
-    query = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    query = torch.nn.functional.normalize(torch.randn(7, 8, generator=g).double(), dim=1)
     whole = knn_scores(query, bank, labels, 4, k=k, temperature=0.2)
     shards = [slice(0, 0), slice(0, 3), slice(3, 17), slice(17, 30)]
     k_eff = min(k, 30)
@@ -133,7 +134,7 @@ def test_knn_over_bank_shards_equals_the_whole_bank(k):
     merged = knn_mod.vote(
         torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1), 4, k_eff, 0.2
     )
-    assert torch.allclose(merged, whole, rtol=1e-6, atol=0)
+    assert torch.allclose(merged, whole, rtol=1e-12, atol=0)
     assert whole.sum(1).gt(0).all()  # every query got votes
 
 
@@ -466,11 +467,11 @@ def _global_bn_worker(rank: int, out: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
-    x = torch.randn(6, 3, 4, 4) * 3 + 1
-    w = torch.randn(6, 3, 4, 4)
+    x = (torch.randn(6, 3, 4, 4) * 3 + 1).double()  # float64: the formula, not the rounding
+    w = torch.randn(6, 3, 4, 4).double()
     half = slice(0, 2) if rank == 0 else slice(2, 6)  # unequal shares of the global batch
     xi = x[half].clone().requires_grad_(True)
-    bn = GlobalBatchNorm2d(3, affine=False, momentum=0.1)
+    bn = GlobalBatchNorm2d(3, affine=False, momentum=0.1).double()
     y = bn(xi)
     (y * w[half]).sum().backward()
     torch.save({"y": y.detach(), "grad": xi.grad, "mean": bn.running_mean,
@@ -489,16 +490,17 @@ def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path, free_port)
     mp.spawn(_global_bn_worker, args=(str(tmp_path), free_port), nprocs=2)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     torch.manual_seed(0)
-    x = (torch.randn(6, 3, 4, 4) * 3 + 1).requires_grad_(True)
-    w = torch.randn(6, 3, 4, 4)
-    bn = torch.nn.BatchNorm2d(3, affine=False, momentum=0.1)
+    x = (torch.randn(6, 3, 4, 4) * 3 + 1).double().requires_grad_(True)
+    w = torch.randn(6, 3, 4, 4).double()
+    bn = torch.nn.BatchNorm2d(3, affine=False, momentum=0.1).double()
     y = bn(x)
     (y * w).sum().backward()
-    assert torch.allclose(torch.cat([p["y"] for p in parts]), y.detach(), atol=1e-5)
-    assert torch.allclose(torch.cat([p["grad"] for p in parts]), x.grad, atol=1e-5)
+    close = dict(rtol=1e-12, atol=1e-12)  # float64 sums in another order
+    assert torch.allclose(torch.cat([p["y"] for p in parts]), y.detach(), **close)
+    assert torch.allclose(torch.cat([p["grad"] for p in parts]), x.grad, **close)
     for p in parts:
-        assert torch.allclose(p["mean"], bn.running_mean, atol=1e-6)
-        assert torch.allclose(p["var"], bn.running_var, atol=1e-5)
+        assert torch.allclose(p["mean"], bn.running_mean, **close)
+        assert torch.allclose(p["var"], bn.running_var, **close)
     head = MultiHead(ARCHS["resnet18"], ("res2",), 4, "adaptive", 64)
     synchronise_head_bn(head, cuda=False)
     assert type(head.norms["res2"]) is GlobalBatchNorm2d and not head.norms["res2"].affine

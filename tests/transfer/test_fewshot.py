@@ -79,9 +79,10 @@ def _official_loss(encoder, xs: torch.Tensor, xq: torch.Tensor) -> tuple[float, 
 
 
 @torch.no_grad()
-def test_features_once_equal_a_forward_pass_per_episode():
+def test_features_once_equal_a_forward_pass_per_episode(float64):
     """The backbone in eval mode on a deterministic transform: ProtoNet on the cached
-    features gives each episode the accuracy the official per-episode forward pass gives."""
+    features gives each episode the accuracy the official per-episode forward pass gives
+    (float64: a batch of 48 and one of 20 may take float32 kernels that round apart)."""
     from common.archs import get_arch
     from transfer.backbone import FeatureResNet
 
@@ -102,7 +103,7 @@ def test_features_once_equal_a_forward_pass_per_episode():
                                   torch.from_numpy(feats)[ep.query]))  # fmt: skip
         official.append(_official_loss(encoder, images[ep.support], images[ep.query]))
     assert [a for _, a in cached] == [a for _, a in official]
-    assert np.allclose([v for v, _ in cached], [v for v, _ in official], rtol=1e-4, atol=1e-4)
+    assert np.allclose([v for v, _ in cached], [v for v, _ in official], rtol=1e-9, atol=0)
     res = FS.evaluate(feats, labels, 3, 3, 5, 20, seed=0)
     assert res.accuracies.shape == (20,) and res.mean == FS.evaluate(
         feats, labels, 3, 3, 5, 20, seed=0).mean  # fmt: skip

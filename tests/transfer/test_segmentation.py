@@ -90,7 +90,8 @@ def test_inference_averages_scales_at_full_resolution(model):
     with torch.no_grad():
         out = model([x])[0]["sem_seg"]
     assert out.shape == (150, 61, 87)
-    assert torch.allclose(out.sum(0), torch.ones(61, 87), atol=1e-5)
+    # a float32 sum of 150 probabilities: at most 150 roundings of eps each
+    assert torch.allclose(out.sum(0), torch.ones(61, 87), atol=150 * torch.finfo().eps)
 
 
 def test_multiscale_average_by_hand():
@@ -478,14 +479,14 @@ def test_upernet_head_equals_the_toolkits_decoder(train):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     _copy_head_into_toolkit(head, ref)
-    head.train(train)
-    ref.train(train)
+    head.double().train(train)  # float64: the formulas, not the CPU's float32 kernels
+    ref.double().train(train)
     sizes = {"res2": (25, 19), "res3": (13, 10), "res4": (7, 5), "res5": (4, 3)}
-    feats = {k: torch.randn(2, channels[k], *s) for k, s in sizes.items()}
+    feats = {k: torch.randn(2, channels[k], *s, dtype=torch.float64) for k, s in sizes.items()}
     ours = torch.log_softmax(head(feats), dim=1)
     theirs = ref([feats[k] for k in ("res2", "res3", "res4", "res5")])
     assert ours.shape == theirs.shape == (2, 5, 25, 19)
-    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-10), (ours - theirs).abs().max()
 
 
 def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4, dtype=torch.float32):
@@ -538,17 +539,28 @@ def test_a_training_batch_equals_the_toolkits(tmp_path, model):
     images, labels = model.batch(ours)
     ref_images, ref_labels = _toolkit_batch(dicts, short, flips)
     assert images.shape == ref_images.shape and labels.shape == ref_labels.shape
-    assert torch.allclose(images, ref_images, atol=1e-5)
+    # element-wise float32 arithmetic by two formulas (values |x| < 2.7): a few ulps apart
+    assert torch.allclose(images, ref_images, rtol=0, atol=16 * 2.7 * torch.finfo().eps)
     assert torch.equal(torch.where(labels == 255, -1, labels), ref_labels)
     assert (ref_labels == -1).any() and (labels == 0).any()
+
+
+def _float64_model(model, cfg):
+    """A float64 copy of ``model`` whose mean / std are the config's in float64 (its own
+    buffers hold them rounded to float32)."""
+    import copy
+
+    net = copy.deepcopy(model).double()
+    with torch.no_grad():
+        net.pixel_mean.copy_(torch.tensor(cfg.MODEL.PIXEL_MEAN, dtype=torch.float64).view(3, 1, 1))
+        net.pixel_std.copy_(torch.tensor(cfg.MODEL.PIXEL_STD, dtype=torch.float64).view(3, 1, 1))
+    return net
 
 
 def test_the_training_loss_is_the_mean_of_the_toolkits_per_gpu_losses(tmp_path, cfg, model):
     """Two groups (the toolkit's two GPUs), each with its own short side and padded size:
     our loss is the mean of the toolkit's per-GPU NLL means (train.py's ``loss.mean()``
     over its data-parallel losses), each group through the network on its own (float64)."""
-    import copy
-
     from synthetic.ade20k import write_ade20k
     from transfer.segmentation import data
 
@@ -558,15 +570,11 @@ def test_the_training_loss_is_the_mean_of_the_toolkits_per_gpu_losses(tmp_path, 
     dicts, _ = data.dataset_dicts("synthetic_ade20k_sem_seg_train")
     for d in dicts:
         d["raw_label"] = d["sem_seg_file_name"].replace("annotations_detectron2", "annotations")
-    net = copy.deepcopy(model).double().train()
+    net = _float64_model(model, cfg).train()
     groups = [(dicts[:2], 64, (False, True)), (dicts[2:4], 96, (True, False))]
     inputs = [{**loader.train_sample(d, short, f, 1000, 4), "group": g}
               for g, (ds, short, flips) in enumerate(groups)
               for d, f in zip(ds, flips)]  # fmt: skip
-    # the config's mean / std in float64 (the model's buffers hold them in float32)
-    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1)
-                 for v in (cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD))  # fmt: skip
-    net.normalize = lambda im: (im.double() - mean) / std
     with torch.no_grad():
         ours = net(inputs)["loss_sem_seg"]
         per_gpu = []
@@ -591,20 +599,21 @@ def test_the_multiscale_test_equals_the_toolkits(tmp_path, model):
     data.prepare(root)
     data.register(root, synthetic=True)
     d = data.dataset_dicts("synthetic_ade20k_sem_seg_val")[0][0]
+    net = _float64_model(model, cfg)  # the formulas, not the CPU's float32 kernels
     with torch.no_grad():
-        ours = model.predict(loader.TestMapper(cfg)(d))["sem_seg"]
+        ours = net.predict(loader.TestMapper(cfg)(d))["sem_seg"]
         img = Image.open(d["file_name"]).convert("RGB")
         w, h = img.size
-        scores = torch.zeros(1, 150, h, w)
+        scores = torch.zeros(1, 150, h, w, dtype=torch.float64)
         mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
         for short in (64, 96):
             scale = min(short / float(min(h, w)), 1000 / float(max(h, w)))
             th, tw = loader.round_up(int(h * scale), 32), loader.round_up(int(w * scale), 32)
-            x = (np.float32(np.array(img.resize((tw, th), Image.BILINEAR))) / 255.0 - mean) / std
-            logits = model.logits(torch.from_numpy(x.transpose(2, 0, 1)).float()[None])
+            x = (np.float64(np.array(img.resize((tw, th), Image.BILINEAR))) / 255.0 - mean) / std
+            logits = net.logits(torch.from_numpy(x.transpose(2, 0, 1))[None])
             up = torch.nn.functional.interpolate(
                 logits, (h, w), mode="bilinear", align_corners=False
             )
             scores = scores + torch.softmax(up, dim=1) / 2
     assert ours.shape == (150, h, w)
-    assert torch.allclose(ours, scores[0], atol=1e-5)
+    assert torch.allclose(ours, scores[0], rtol=0, atol=1e-12)

@@ -183,7 +183,7 @@ class UPerNetSegmentor(nn.Module):
         return self.pixel_mean.device
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
+        return (image.to(self.device, self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised, H and W multiples of 32 -> (N, C, H/4, W/4)."""
