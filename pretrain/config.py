@@ -30,6 +30,7 @@ RESUME_FREE_KEYS = {
     "cuda_graph",
     "knn_every",
     "save_every",
+    "keep_checkpoints",
     "log_every",
     "out",
     "output",
@@ -154,6 +155,13 @@ class PretrainConfig:
     workers: int = opt(8, "data loader workers per process")
     seed: int = opt(0, "random seed")
     save_every: int = opt(10, "resumable checkpoint every N epochs")
+    keep_checkpoints: str = opt(
+        "final",
+        "what a finished run keeps in <output>/checkpoint.pth: the whole resumable state "
+        "(all: model, targets, optimiser) or the exported backbone and the run's history "
+        "(final; a re-run still finds the run finished); the --out weights either way",
+        choices=("all", "final"),
+    )
     knn_every: int = opt(10, "kNN probe every N epochs, 0 = never")
     knn_k: tuple[int, ...] = opt((20, 200), "k of the kNN probe")
     knn_temperature: float = opt(0.07, "kNN vote temperature")

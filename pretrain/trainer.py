@@ -219,8 +219,24 @@ class Trainer:
         checkpoint.save(path, {**self.exported(), "state": self.state_dict()})
         return path
 
+    def finished_state(self) -> dict:
+        """What ``--keep-checkpoints final`` keeps of a finished run: no weights (the
+        exported backbone is beside it), the counters, history and config."""
+        return {
+            "finished": True,
+            "history": self.history,
+            "config": self.cfg.to_json(),
+            **{k: getattr(self, k) for k in self.COUNTERS},
+        }
+
     def load(self, path: str | Path) -> None:
         st = checkpoint.load_state(path, self.cfg.to_json())
+        if st.get("finished"):  # a finished run's slim checkpoint: re-export, no training
+            self.model.backbone.load_state_dict(checkpoint.load_any(path)["backbone"])
+            for k in self.COUNTERS:
+                setattr(self, k, st.get(k, 0))
+            self.history = st["history"]
+            return
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.amp.scaler.load_state_dict(st["scaler"])
@@ -523,6 +539,9 @@ class Trainer:
             return None
         out = Path(self.cfg.out or self.out / f"{self.cfg.method}_{self.cfg.arch}.pth")
         checkpoint.save(out, self.exported())
+        if self.cfg.keep_checkpoints == "final":  # the optimiser and targets are not needed
+            checkpoint.save(self.out / "checkpoint.pth",
+                            {**self.exported(), "state": self.finished_state()})  # fmt: skip
         try:
             plot_curves(self.history, self.out / "curves.png")
         except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run

@@ -207,3 +207,102 @@ def test_one_copy_of_the_shared_helpers():
                 if needle in text:
                     hits.append(f"{path.relative_to(REPO)}: {needle}")
     assert hits == []
+
+
+# --- carry-on rules: no import circle, short functions, a short README ---------------------
+
+CODE_DIRS = (*PACKAGES, "tools", "benchmarks")
+MAX_FUNCTION_LINES = 60
+MAX_README_LINES = 160
+
+
+def module_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """Each suite module -> the suite modules it imports anywhere (function-level too)."""
+    files = {}
+    for pkg in PACKAGES:
+        for path in (root / pkg).rglob("*.py"):
+            name = ".".join(path.relative_to(root).with_suffix("").parts)
+            files[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                cands = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                cands = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            deps |= {c for c in cands if c in files and c != name}
+        graph[name] = deps
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+                on.discard(group[-1])
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_import_circles():
+    assert import_circles(module_graph()) == []
+
+
+def test_the_circle_check_catches_a_circle(tmp_path):
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "transfer" / "launch.py").write_text(
+        "def f():\n    from transfer.runner import seed_lock_path\n"
+    )
+    (tmp_path / "transfer" / "runner.py").write_text("import transfer.launch\n")
+    (tmp_path / "transfer" / "spec.py").write_text("import transfer.runner\n")
+    assert import_circles(module_graph(tmp_path)) == [["transfer.launch", "transfer.runner"]]
+
+
+def long_functions(root: Path = REPO, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Functions over ``limit`` lines, argument parsers (``*parser*``, ``add_*args``) aside."""
+    found = []
+    for folder in CODE_DIRS:
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                parser = "parser" in node.name or (
+                    node.name.startswith("add_") and node.name.endswith("args")
+                )
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit and not parser:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines})")
+    return found
+
+
+def test_no_function_is_over_60_lines():
+    assert long_functions() == []
+    assert long_functions(limit=10)  # the check itself finds long functions
+
+
+def test_the_readme_is_short():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines"

@@ -172,19 +172,43 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
         b.dropped,
         b.meta,
     )
+    model, mapping = renamed_numpy(body, pre)
+    check_against_arch(model, arch, pre)
+    conv = Conversion(model, arch, f"{label} ({where})", pre, mapping, dropped, meta)
+    if arch.stem != "imagenet":  # no Detectron2 model to compare: an exact round trip
+        back = {d2_to_torchvision_name(n): v for n, v in model.items()}
+        wrong = [k for k, v in body.items() if not np.array_equal(back.get(k), v.cpu().numpy())]
+        if wrong:
+            raise ConversionError(f"round trip of the {arch.name} tensors failed: {wrong[:5]}")
+        return conv
+    if verify:
+        conv.max_rel_diff = compare_features(body, model, arch)
+        if not conv.max_rel_diff <= TOLERANCE:
+            raise ConversionError(
+                f"numerical check failed: Detectron2 features differ from torchvision's by "
+                f"{conv.max_rel_diff:.3g} (relative) > {TOLERANCE}"
+            )
+    return conv
+
+
+def renamed_numpy(body: Mapping, pre: str) -> tuple[dict, list]:
+    """torchvision-named tensors -> (Detectron2 name -> numpy array (float32 for floats),
+    [(source name, Detectron2 name)]); two sources mapping to one name is an error."""
     model, mapping, seen = {}, [], {}
     for k in sorted(body):
         name = torchvision_to_d2_name(k)
         if name in seen:
             raise ConversionError(f"{pre}{k} and {pre}{seen[name]} both map to {name}")
         seen[name] = k
-        model[name] = (
-            body[k].detach().float().cpu().numpy()
-            if body[k].is_floating_point()
-            else body[k].cpu().numpy()
-        )
+        t = body[k].detach().cpu()
+        model[name] = (t.float() if t.is_floating_point() else t).numpy()
         mapping.append((pre + k, name))
+    return model, mapping
 
+
+def check_against_arch(model: dict, arch, pre: str) -> None:
+    """``model`` (Detectron2 names) has exactly ``arch``'s tensors and shapes; the optional
+    BN step counters are filled in. ``ConversionError`` names what is missing or odd."""
     if arch.stem != "imagenet":  # the torchvision ResNet's own tensors, under D2's names
         reference = build_resnet(arch).state_dict()
         expected = {torchvision_to_d2_name(k): tuple(v.shape) for k, v in reference.items()
@@ -213,22 +237,6 @@ def convert_state(obj: Mapping, prefix: str | None = None, verify: bool = True) 
     for k in expected:  # fill optional counters so the state dict is complete
         if k.endswith("num_batches_tracked") and k not in model:
             model[k] = np.zeros((), dtype=np.int64)
-
-    conv = Conversion(model, arch, f"{label} ({where})", pre, mapping, dropped, meta)
-    if arch.stem != "imagenet":  # no Detectron2 model to compare: an exact round trip
-        back = {d2_to_torchvision_name(n): v for n, v in model.items()}
-        wrong = [k for k, v in body.items() if not np.array_equal(back.get(k), v.cpu().numpy())]
-        if wrong:
-            raise ConversionError(f"round trip of the {arch.name} tensors failed: {wrong[:5]}")
-        return conv
-    if verify:
-        conv.max_rel_diff = compare_features(body, model, arch)
-        if not conv.max_rel_diff <= TOLERANCE:
-            raise ConversionError(
-                f"numerical check failed: Detectron2 features differ from torchvision's by "
-                f"{conv.max_rel_diff:.3g} (relative) > {TOLERANCE}"
-            )
-    return conv
 
 
 def convert_file(

@@ -45,6 +45,7 @@ from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
 from common.metrics import remove_events, truncate_jsonl, wandb_run
 from common.signals import StopFlag
+from transfer.keep import prune_seed_checkpoints
 from transfer.spec import SeedSpec
 
 
@@ -409,6 +410,7 @@ def write_seed_results(spec: SeedSpec, metrics: dict) -> dict:
     out = Path(spec.seed_dir)
     atomic_write_json(out / "environment.json", environment_record())
     atomic_write_json(out / "metrics.json", metrics)
+    prune_seed_checkpoints(out, spec.keep_checkpoints)
     return metrics
 
 

@@ -26,7 +26,7 @@ from common.atomic import atomic_write_json
 from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Interrupted
 from common.locks import held_or_none
 from common.slurm import make_executor
-from transfer.spec import SeedSpec
+from transfer.spec import SeedSpec, seed_lock_path
 
 
 def seed_function(spec: SeedSpec):
@@ -101,8 +101,6 @@ class SlurmSeedJob:
             spec = spec.replace(dist_url=f"tcp://{host}:{port}")
         if spec.num_machines > 1:  # every node must join: Slurm runs the job once
             return run_seed_process(spec)
-        from transfer.runner import seed_lock_path
-
         with held_or_none(seed_lock_path(spec.seed_dir)) as lock:  # a second launcher's job
             if lock is None or (Path(spec.seed_dir) / "metrics.json").exists():
                 print(f"seed {spec.seed_index}: held or finished elsewhere, skipped")

@@ -33,7 +33,8 @@ from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, Inpu
 from common.locks import held_or_none, waiting_lock
 from common.metrics import LOGGERS
 from common.slurm import add_slurm_args
-from transfer.spec import SeedSpec
+from transfer.keep import KEEP_CHOICES
+from transfer.spec import SeedSpec, seed_lock_path
 
 SEED_BASE = 1000
 RANDOM_INIT = ("none", "random")
@@ -45,7 +46,22 @@ def seed_value(k: int) -> int:
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags shared by run_voc.py and run_coco.py (docs/protocols.md defaults)."""
+    """Flags shared by every runner (docs/protocols.md defaults): what to run, where it
+    runs, what is kept and logged, then the trailing config overrides."""
+    add_run_args(p)
+    add_placement_args(p)
+    add_output_args(p)
+    p.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="trailing KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 100",
+    )
+    return p
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """What to run: the weights, the seeds, the data."""
     p.add_argument(
         "--weights",
         required=True,
@@ -66,14 +82,20 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "protocol's smoke config (small images, few iterations, CPU-friendly)",
     )
     p.add_argument(
-        "--output", type=Path, default=Path("output"), help="results root (default: %(default)s)"
-    )
-    p.add_argument(
         "--shapes-root",
         type=Path,
         default=None,
         help="where the synthetic data is written (default: <output>/datasets/shapes)",
     )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow weights files holding Python objects (trusted files only)",
+    )
+
+
+def add_placement_args(p: argparse.ArgumentParser) -> None:
+    """Where it runs: GPUs, machines, precision, a second launcher, Slurm."""
     p.add_argument(
         "--num-gpus",
         type=int,
@@ -93,16 +115,33 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="mixed precision (off by default: the protocol is fp32; CUDA only)",
     )
     p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow weights files holding Python objects (trusted files only)",
-    )
-    p.add_argument(
         "--if-locked",
         choices=["skip", "wait"],
         default="skip",
         help="a seed another launcher is running (its seed<k>.lock is held): skip it, or "
         "wait for it and then skip it if finished / resume it if not (default: %(default)s)",
+    )
+    add_slurm_args(
+        p,
+        {
+            "inprocess": "each seed in this process, one after another (no child process "
+            "per seed: saves the imports on small runs, such as the demo's; a seed that "
+            "crashes the interpreter takes the run down)"
+        },
+    )
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """What is written: the results root, the checkpoints kept, the loggers."""
+    p.add_argument(
+        "--output", type=Path, default=Path("output"), help="results root (default: %(default)s)"
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        choices=KEEP_CHOICES,
+        default="final",
+        help="what a finished seed keeps: every resumable checkpoint (all), the final weights "
+        "without the optimiser's state (final), or no checkpoint (none); default: %(default)s",
     )
     p.add_argument(
         "--logger",
@@ -113,21 +152,6 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "protocol and seed (wandb: pip install -e '.[wandb]'), or nothing else (none); "
         "default: %(default)s",
     )
-    add_slurm_args(
-        p,
-        {
-            "inprocess": "each seed in this process, one after another (no child process "
-            "per seed: saves the imports on small runs, such as the demo's; a seed that "
-            "crashes the interpreter takes the run down)"
-        },
-    )
-    p.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        default=[],
-        help="trailing KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 100",
-    )
-    return p
 
 
 def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> dict:
@@ -251,6 +275,7 @@ def seed_template(
         amp=args.amp,
         device=device,
         logger=getattr(args, "logger", "tensorboard"),
+        keep_checkpoints=getattr(args, "keep_checkpoints", "final"),
         **extra,
     )
 
@@ -268,13 +293,6 @@ def add_seeds(run: RunPlan, n: int, template: SeedSpec) -> None:
         if status == "failed":
             (seed_dir / "failed.json").unlink()  # a re-run retries a failed seed
         run.specs.append(template.replace(seed_index=k, seed=seed_value(k), seed_dir=str(seed_dir)))
-
-
-def seed_lock_path(seed_dir: str | Path) -> Path:
-    """The lock a launcher holds while seed ``seed_dir`` runs (beside the folder, so a
-    seed folder's content stays the seed's)."""
-    seed_dir = Path(seed_dir)
-    return seed_dir.with_name(f"{seed_dir.name}.lock")
 
 
 def still_to_run(spec: SeedSpec, statuses: dict[int, str]) -> bool:

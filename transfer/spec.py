@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class SeedSpec:
     task: str | None = None  # recognition: the downstream dataset (aircraft, ..., voc2007)
     cache_dir: str | None = None  # recognition: where extracted features are cached
     logger: str = "tensorboard"  # tensorboard | wandb | none, beside train_metrics.jsonl
+    keep_checkpoints: str = "final"  # what a finished seed keeps (transfer.keep)
 
     def wandb_names(self) -> dict:
         """W&B's group (the weights file) and run name (protocol[/task]/seed) of this seed."""
@@ -71,3 +73,10 @@ class SeedSpec:
 
     def replace(self, **changes) -> SeedSpec:
         return dataclasses.replace(self, **changes)
+
+
+def seed_lock_path(seed_dir: str | Path) -> Path:
+    """The lock a launcher holds while seed ``seed_dir`` runs (beside the folder, so a
+    seed folder's content stays the seed's)."""
+    seed_dir = Path(seed_dir)
+    return seed_dir.with_name(f"{seed_dir.name}.lock")

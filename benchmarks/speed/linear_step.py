@@ -57,7 +57,7 @@ def rate(fn, steps: int, batch: int, warmup: int = 2) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--arch", default="resnet50")
@@ -72,21 +72,20 @@ def main(argv: list[str] | None = None) -> dict:
         help="train pipeline: the linear protocols' or the multi-layer one's",
     )
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
+    return p
 
+
+def probe_step(arch_name: str, device: torch.device, amp: bool):
+    """The linear probe's step on a frozen ResNet (channels_last): ``step(x, y)``."""
     from common.archs import get_arch
-    from common.badimages import SkipBad
-    from transfer.classification import data as D
     from transfer.classification.models import FeatureResNet, LinearHead
 
-    device = torch.device(args.device)
-    arch = get_arch(args.arch)
+    arch = get_arch(arch_name)
     model = FeatureResNet(arch).to(device).eval().to(memory_format=torch.channels_last)
     for prm in model.parameters():
         prm.requires_grad_(False)
     head = LinearHead(arch.feature_dim, 1000, bn=True).to(device)
     opt = torch.optim.SGD(head.parameters(), lr=0.2, momentum=0.9)
-    amp = args.amp and device.type == "cuda"
 
     def step(x, y):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -99,19 +98,21 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         opt.step()
 
-    out = {"device": str(device), "arch": arch.name, "batch": args.batch, "amp": amp,
-           "workers": args.workers, "aug": args.aug}  # fmt: skip
-    x = torch.randn(args.batch, 3, 224, 224)
-    y = torch.randint(0, 1000, (args.batch,))
-    out["model_img_per_s"] = rate(lambda: step(x, y), args.steps, args.batch)
+    return step
 
+
+def loader_rates(args, device: torch.device, step) -> dict:
+    """Images/s of the protocol's loader alone and of the loop (loader + step) on JPEGs."""
+    from common.badimages import SkipBad
+    from transfer.classification import data as D
+
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # the loader is timed after its workers' prefetched batches are drained
         warm = 2 * max(args.workers, 1) + 1
         loader_steps = max(args.steps, 4 * max(args.workers, 1))
-        n = args.batch * (warm + loader_steps)
-        write_images(root, n)
+        write_images(root, args.batch * (warm + loader_steps))
         _, samples = D.scan_split(root, "train")
         ds = D.Images(samples, D.train_transform(args.aug, 224))
         loader = torch.utils.data.DataLoader(
@@ -129,6 +130,22 @@ def main(argv: list[str] | None = None) -> dict:
         it2 = iter(loader)
         steps = min(args.steps, len(loader) - 2)
         out["loop_img_per_s"] = rate(loop_step, steps, args.batch)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    device = torch.device(args.device)
+    amp = args.amp and device.type == "cuda"
+    step = probe_step(args.arch, device, amp)
+    from common.archs import get_arch
+
+    out = {"device": str(device), "arch": get_arch(args.arch).name, "batch": args.batch, "amp": amp,
+           "workers": args.workers, "aug": args.aug}  # fmt: skip
+    x = torch.randn(args.batch, 3, 224, 224)
+    y = torch.randint(0, 1000, (args.batch,))
+    out["model_img_per_s"] = rate(lambda: step(x, y), args.steps, args.batch)
+    out.update(loader_rates(args, device, step))
     bound = min(out["model_img_per_s"], out["loader_img_per_s"])
     out["loop_vs_bound"] = out["loop_img_per_s"] / bound
     for k, v in out.items():

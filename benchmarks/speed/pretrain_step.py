@@ -71,6 +71,28 @@ def training_step(method: str, arch: str, device: str, amp: str, graph: bool = F
     return step, mf, sync, model
 
 
+def bound_module(net, tgt):
+    """The bound's step as a module with the GraphedForwardBackward interface (views ->
+    {"loss"}): online forward of 2 views (the loss), a no-grad forward of the others, the
+    target's forward of 2 views when ``tgt`` is given."""
+    import torch
+
+    class Bound(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.tgt = net, tgt
+
+        def forward(self, vs):
+            with torch.no_grad():
+                for v in vs[2:]:
+                    self.net(v)
+                for v in vs[:2] if self.tgt is not None else ():
+                    self.tgt(v)
+            return {"loss": sum(self.net(v).float().mean() for v in vs[:2])}
+
+    return Bound()
+
+
 def bound_speed(
     arch: str,
     views: int, target: bool, size: int, batch: int, device: str, amp: str, steps: int,
@@ -98,20 +120,7 @@ def bound_speed(
     xs = [torch.randn(batch, 3, size, size, device=device).to(memory_format=mf)
           for _ in range(views)]  # fmt: skip
 
-    class Pair(torch.nn.Module):  # the GraphedForwardBackward interface: views -> losses
-        def __init__(self):
-            super().__init__()
-            self.net, self.tgt = net, tgt
-
-        def forward(self, vs):
-            with torch.no_grad():
-                for v in vs[2:]:
-                    self.net(v)
-                for v in vs[:2] if self.tgt is not None else ():
-                    self.tgt(v)
-            return {"loss": sum(self.net(v).float().mean() for v in vs[:2])}
-
-    pair = Pair()
+    pair = bound_module(net, tgt)
     if graph:
         from pretrain.graphed import GraphedForwardBackward
 
@@ -127,6 +136,12 @@ def bound_speed(
             amp_step.step(loss)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    return images_per_s(step, steps, warmup, batch, sync)
+
+
+def images_per_s(step, steps: int, warmup: int, batch: int, sync) -> float:
+    """Images/s of ``step()`` over ``steps`` calls after ``warmup`` untimed ones, with the
+    device synchronised (``sync``) at both ends."""
     for i in range(warmup + steps):
         if i == warmup:
             sync()
@@ -153,13 +168,7 @@ def model_speed(
         from pretrain.maskco import random_boxes
 
         extra = [random_boxes(batch, 2, size, (0.3, 0.6), device)]
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        step(views, *extra)
-    sync()
-    return steps * batch / (time.perf_counter() - t0)
+    return images_per_s(lambda: step(views, *extra), steps, warmup, batch, sync)
 
 
 def _write_jpeg(args: tuple[Path, int, int]) -> None:
@@ -367,20 +376,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> dict:
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
-    print(f"device {name}, {args.arch}, {args.size} px, batch {args.batch}, amp {args.amp}")
+def model_section(args, device: str, modes: list[bool], res: dict) -> None:
+    """The ResNet bounds and each method's model-alone speed, into ``res``."""
     from pretrain.methods import METHODS, method_options
 
-    res = {"device": name, "bound": {}, "model": {}, "model_modes": {}, "data": {},
-           "end_to_end": {}}  # fmt: skip
-    cuda = device.startswith("cuda")
-    pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
-    graph = args.graph or ("both" if cuda else "off")
-    modes = {"off": [False], "on": [True], "both": [False, True]}[graph]
     bounds: dict[tuple, float] = {}
     for m in args.methods:
         cls = METHODS[m]
@@ -408,24 +407,21 @@ def main(args: argparse.Namespace) -> dict:
             )
             print(f"model alone  {m:<11} {'graph' if g else 'eager':<5} {ips:9.1f} images/s"
                   f"{share}", flush=True)  # fmt: skip
-    folder = write_jpegs(args.data_images, args.data_src_size)
-    for pipe in pipelines:
-        for w in args.workers:
-            ips = data_speed(folder, args.size, args.batch, w, pipe, device)
-            res["data"][f"{pipe}/{w}"] = ips
-            print(f"data {pipe:<6} {w:2d} workers {ips:9.1f} images/s (two views)", flush=True)
-    e2e_pipe = "device" if "device" in pipelines else pipelines[0]
-    e2e_modes = ["off", "auto"] if args.e2e_graph == "both" else [args.e2e_graph]
+
+
+def end_to_end_section(args, folder: Path, pipe: str, device: str, res: dict) -> None:
+    """The ``--end-to-end`` methods trained from JPEG files, into ``res``."""
+    modes = ["off", "auto"] if args.e2e_graph == "both" else [args.e2e_graph]
+    w = max(args.workers)
     for m in args.end_to_end:
-        for mode in e2e_modes:
-            w = max(args.workers)
+        for mode in modes:
             ips = end_to_end_speed(
-                m, args.arch, folder, args.size, args.batch, w, e2e_pipe, device, args.amp, mode
+                m, args.arch, folder, args.size, args.batch, w, pipe, device, args.amp, mode
             )
             share = ips / res["model"][m] if m in res["model"] else None
             res["end_to_end"][f"{m}/graph-{mode}"] = {
                 "images_per_s": ips,
-                "pipeline": e2e_pipe,
+                "pipeline": pipe,
                 "workers": w,
                 "of_model_alone": share,
             }
@@ -435,10 +431,32 @@ def main(args: argparse.Namespace) -> dict:
                 else "model alone not timed: add it to --methods"
             )
             print(
-                f"end to end   {m:<11} {ips:9.1f} images/s ({e2e_pipe}, {w} workers, "
+                f"end to end   {m:<11} {ips:9.1f} images/s ({pipe}, {w} workers, "
                 f"--cuda-graph {mode}; {alone})",
                 flush=True,
             )
+
+
+def main(args: argparse.Namespace) -> dict:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    print(f"device {name}, {args.arch}, {args.size} px, batch {args.batch}, amp {args.amp}")
+    res = {"device": name, "bound": {}, "model": {}, "model_modes": {}, "data": {},
+           "end_to_end": {}}  # fmt: skip
+    cuda = device.startswith("cuda")
+    pipelines = args.pipelines or (["pil", "device"] if cuda else ["pil"])
+    graph = args.graph or ("both" if cuda else "off")
+    model_section(args, device, {"off": [False], "on": [True], "both": [False, True]}[graph], res)
+    folder = write_jpegs(args.data_images, args.data_src_size)
+    for pipe in pipelines:
+        for w in args.workers:
+            ips = data_speed(folder, args.size, args.batch, w, pipe, device)
+            res["data"][f"{pipe}/{w}"] = ips
+            print(f"data {pipe:<6} {w:2d} workers {ips:9.1f} images/s (two views)", flush=True)
+    end_to_end_section(args, folder, "device" if "device" in pipelines else pipelines[0], device,
+                       res)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return res

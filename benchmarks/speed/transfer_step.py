@@ -237,14 +237,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def prepare_inputs(args, work: Path) -> tuple[str, str | None, Path]:
+    """The synthetic shapes, the ADE20K twin (when segmentation is timed) and random
+    torchvision ResNet-50 weights, under ``work``."""
     import torch
     import torchvision
 
     from synthetic import ShapesSpec, generate
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    work = Path(tempfile.mkdtemp(prefix="transfer_speed_"))
     shapes = str(generate(work / "shapes", ShapesSpec(size=256)))
     ade = None
     if SEGMENTATION in args.protocols:
@@ -255,55 +255,46 @@ def main(args: argparse.Namespace) -> list[dict]:
         prepare(ade)
     weights = work / "tv_r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
+    return shapes, ade, weights
+
+
+def time_protocol(args, protocol: str, device: str, data: str, weights: Path) -> dict:
+    """One protocol's row: the bare step (fp32, and AMP on CUDA when asked), the runner, and
+    for the full segmentation protocol the hours of one seed (an estimate from them)."""
+    row = {"protocol": protocol, "smoke": args.smoke}
+    # each bare measurement in its own process: the full protocols' steps hold ~60 GB,
+    # which must be free for the next one and for the runner job
+    common = (protocol, args.smoke, device)
+    rest = (args.iters, args.warmup, args.ims_per_batch, data)
+    row["bare_fp32"] = in_child(bare_step, *common, False, *rest)
+    if device == "cuda" and args.amp:
+        row["bare_amp"] = in_child(bare_step, *common, True, *rest)
+    if args.runner_iters:
+        row["runner_fp32"], steady = runner_job(
+            protocol, args.smoke, args.runner_iters, args.ims_per_batch, str(weights), data,
+            False, 1 if device == "cuda" else 0,
+        )  # fmt: skip
+        row["runner_vs_bare"] = row["runner_fp32"] / row["bare_fp32"]
+        if steady is not None:  # the last 20 iterations' median step
+            row["runner_steady_fp32"] = steady
+            row["steady_vs_bare"] = steady / row["bare_fp32"]
+    if protocol == SEGMENTATION and not args.smoke:  # one seed: 150k iterations x 4
+        speed = row.get("runner_steady_fp32") or row.get("runner_fp32") or row["bare_fp32"]
+        row["seed_hours_estimate"] = 150000 * 4 / speed / 3600
+    return row
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shapes, ade, weights = prepare_inputs(args, Path(tempfile.mkdtemp(prefix="transfer_speed_")))
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
     print(f"device: {gpu}; configs: {'smoke' if args.smoke else 'full protocol'}")
     rows = []
     for protocol in args.protocols:
-        row = {"protocol": protocol, "device": gpu, "smoke": args.smoke}
         data = str(ade) if protocol == SEGMENTATION else shapes
-        # each bare measurement in its own process: the full protocols' steps hold ~60 GB,
-        # which must be free for the next one and for the runner job
-        row["bare_fp32"] = in_child(
-            bare_step,
-            protocol,
-            args.smoke,
-            device,
-            False,
-            args.iters,
-            args.warmup,
-            args.ims_per_batch,
-            data,
-        )
-        if device == "cuda" and args.amp:
-            row["bare_amp"] = in_child(
-                bare_step,
-                protocol,
-                args.smoke,
-                device,
-                True,
-                args.iters,
-                args.warmup,
-                args.ims_per_batch,
-                data,
-            )
-        if args.runner_iters:
-            row["runner_fp32"], steady = runner_job(
-                protocol,
-                args.smoke,
-                args.runner_iters,
-                args.ims_per_batch,
-                str(weights),
-                data,
-                False,
-                1 if device == "cuda" else 0,
-            )
-            row["runner_vs_bare"] = row["runner_fp32"] / row["bare_fp32"]
-            if steady is not None:  # the last 20 iterations' median step
-                row["runner_steady_fp32"] = steady
-                row["steady_vs_bare"] = steady / row["bare_fp32"]
-        if protocol == SEGMENTATION and not args.smoke:  # one seed: 150k iterations x 4
-            speed = row.get("runner_steady_fp32") or row.get("runner_fp32") or row["bare_fp32"]
-            row["seed_hours_estimate"] = 150000 * 4 / speed / 3600
+        row = {"device": gpu, **time_protocol(args, protocol, device, data, weights)}
         rows.append(row)
         cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float))
         print(f"{protocol:<12} images/s: {cells}", flush=True)

@@ -171,6 +171,26 @@ def test_final_checkpoint_converts_for_transfer(tmp_path, folder, method):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("keep", ["final", "all"])
+def test_a_finished_run_keeps_its_weights_and_is_found_finished(tmp_path, folder, keep):
+    """keep final (default): checkpoint.pth holds the exported backbone and the history, no
+    model / optimiser state (CARE R50's is 1 GB otherwise); a re-run trains nothing and
+    exports the same weights. keep all: the resumable state stays."""
+    cfg = tiny(tmp_path, folder, method="care", epochs=1, keep_checkpoints=keep,
+               out=str(tmp_path / "care_r18.pth"))  # fmt: skip
+    assert recipe_config("test", method="care", output="x").keep_checkpoints == "final"
+    out = run(cfg)
+    first = torch.load(out, weights_only=True)["backbone"]
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=False)["state"]
+    assert ("model" in state and "optimizer" in state) == (keep == "all")
+    assert state.get("finished", False) == (keep == "final")
+    steps = (tmp_path / "metrics.jsonl").read_text()
+    again = run(cfg)
+    assert (tmp_path / "metrics.jsonl").read_text() == steps  # no step trained twice
+    second = torch.load(again, weights_only=True)["backbone"]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_bad_images_are_skipped_then_refused(tmp_path, folder):
     data = tmp_path / "data"
     shutil.copytree(folder, data)

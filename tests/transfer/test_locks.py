@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transfer.runner import RunPlan, launch_local, seed_lock_path
-from transfer.spec import SeedSpec
+from transfer.runner import RunPlan, launch_local
+from transfer.spec import SeedSpec, seed_lock_path
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -55,6 +55,10 @@ def test_two_smoke_seeds_then_skip(tmp_path, weights, twin, capsys):
         assert [p.stem for p in preds] == [f"ADE_val_{i:08d}" for i in (1, 2, 3)]
         lines = (seed_dir / "train_metrics.jsonl").read_text().splitlines()
         assert {"total_loss", "pixel_acc", "lr"} <= set(json.loads(lines[0]))
+        # --keep-checkpoints final (default): the final weights only, no optimiser state
+        assert [p.name for p in seed_dir.glob("*.pth")] == ["model_final.pth"]
+        final = torch.load(seed_dir / "model_final.pth", map_location="cpu", weights_only=False)
+        assert final.keys() == {"model", "iteration"}
     stamp = (tmp_path / PROTOCOL / "tv_r50/seed0/metrics.json").stat().st_mtime_ns
     # each seed's log.txt is released when it ends: the next run in this process (its data
     # checks log through detectron2's loader) adds nothing to a finished seed's log

@@ -30,12 +30,11 @@ from transfer.runner import (
     launch_and_summarise,
     report_held,
     resolve_weights,
-    seed_lock_path,
     seed_template,
     still_to_run,
     summarise_run,
 )
-from transfer.spec import SeedSpec
+from transfer.spec import SeedSpec, seed_lock_path
 
 ENTRY = "transfer.classification.train:train_cls_seed"  # the per-process function of a seed
 

@@ -43,6 +43,7 @@ from transfer.classification.models import (
 )
 from transfer.classification.protocols import ClsProtocol, resolve
 from transfer.environment import environment_record
+from transfer.keep import prune_seed_checkpoints
 from transfer.spec import SeedSpec
 
 PAPER_STAGE = {"conv1": "conv1", "res2": "conv2", "res3": "conv3", "res4": "conv4", "res5": "conv5"}
@@ -293,6 +294,25 @@ def _distributed(run: Run, probe: Probe) -> nn.Module:
     return nn.parallel.DistributedDataParallel(probe, device_ids=ids)
 
 
+def _train_step(run: Run, net: nn.Module, optimizer, x, y, lr: float, where: str):
+    """One SGD step at ``lr`` on the batch (x, y); returns (loss, logits per head).
+    ``NonFiniteLoss`` (naming ``where`` and the lr) on every rank when any rank's is."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    with run.autocast():
+        logits = net(x)
+        loss = sum(F.cross_entropy(v.float(), y) for v in logits.values())
+    if any_rank(not bool(torch.isfinite(loss)), run.device):
+        raise NonFiniteLoss(
+            f"loss is {loss.item()} at {where} (lr {lr:.4g}); the seed failed: check the "
+            "weights, or lower lr_per_256"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag) -> dict:
     """One epoch; returns its training record (loss, top-1 of the first head, lr, img/s)."""
     from tqdm import tqdm
@@ -323,20 +343,10 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
             bar.update(1)
             continue
         lr = lr_at(p, epoch * steps + i, epoch, steps)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
         x, y = run.to_device(batch)
-        with run.autocast():
-            logits = net(x)
-            loss = sum(F.cross_entropy(v.float(), y) for v in logits.values())
-        if any_rank(not bool(torch.isfinite(loss)), run.device):
-            raise NonFiniteLoss(
-                f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} (lr {lr:.4g}); "
-                "the seed failed: check the weights, or lower lr_per_256"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = _train_step(
+            run, net, optimizer, x, y, lr, f"epoch {epoch + 1}, step {i + 1}"
+        )
         first = logits[p.stages[-1]]
         correct += float((first.argmax(1) == y).sum())
         loss_sum += float(loss.detach()) * y.shape[0]
@@ -360,7 +370,11 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
     bar.close()
     bad.check_end()
     tot = _reduce_sum([loss_sum, correct, seen], run.device)
-    secs = time.perf_counter() - t0
+    return _epoch_record(epoch, steps, tot, lr, time.perf_counter() - t0, bad.bad)
+
+
+def _epoch_record(epoch: int, steps: int, tot: list, lr: float, secs: float, bad: int) -> dict:
+    """An epoch's training record from the ranks' summed (loss x n, correct, n)."""
     return {
         "epoch": epoch + 1,
         "iteration": (epoch + 1) * steps,
@@ -370,7 +384,7 @@ def train_epoch(run: Run, net: nn.Module, optimizer, epoch: int, stop: StopFlag)
         "images": int(tot[2]),
         "img_per_s": tot[2] / max(secs, 1e-9),
         "seconds": round(secs, 2),
-        "bad_images": bad.bad,
+        "bad_images": bad,
     }
 
 
@@ -525,4 +539,5 @@ def train_cls_seed(spec: SeedSpec) -> dict | None:
     }
     atomic_write_json(run.dir / "environment.json", environment_record())
     atomic_write_json(run.dir / "metrics.json", metrics)
+    prune_seed_checkpoints(run.dir, run.spec.keep_checkpoints)
     return metrics

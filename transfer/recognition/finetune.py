@@ -137,6 +137,21 @@ def evaluate(net: FinetuneNet, samples: D.Samples, p: RecProtocol, metric: str,
     return _score(logits, samples.labels, metric, p.absent_class_nan)
 
 
+def _optimiser(net: FinetuneNet, p: RecProtocol, lr: float, wd: float, ckpt: Path):
+    """ssl-transfer's SGD (Nesterov) and per-step cosine over ``p.steps``; restored from
+    ``ckpt`` (weights too) when it exists. Returns (optimiser, scheduler, first step)."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=p.momentum, nesterov=True,
+                          weight_decay=wd)  # fmt: skip
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.steps)
+    if not ckpt.is_file():
+        return opt, sched, 0
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return opt, sched, state["step"]
+
+
 def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, wd: float,
               seed: int, ckpt: Path, stop: StopFlag, device: torch.device, desc: str,
               multilabel: bool, metrics: Callable[[int | None], MetricsLog] | None = None,
@@ -147,16 +162,7 @@ def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, w
     (the step's) and ``train/img_per_s`` every ``p.log_every`` steps and at the last."""
     from tqdm import tqdm
 
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=p.momentum, nesterov=True,
-                          weight_decay=wd)  # fmt: skip
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.steps)
-    start = 0
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["step"]
+    opt, sched, start = _optimiser(net, p, lr, wd, ckpt)
 
     def save(step: int) -> None:
         atomic_torch_save(ckpt, {"model": net.state_dict(), "optimizer": opt.state_dict(),
@@ -216,20 +222,27 @@ def run_metrics(spec, folder: Path, part: str) -> Callable[[int | None], Metrics
     return lambda resume: spec.metrics_log(resume, str(folder / "train_runs" / part), part)
 
 
+def _fit_sets(spec, p: RecProtocol) -> tuple[dict, bool, int]:
+    """The train / val / trainval / test samples, whether the task is multi-label, and the
+    head's class count: the dataset's (ssl-transfer's table), or in the smoke variant the
+    synthetic twin's (fewer classes)."""
+    info = D.INFO[spec.task]
+    parts = {s: D.read_split(spec.task, spec.data, s, caltech101_split=p.caltech101_split)
+             for s in D.source_splits(spec.task)}  # fmt: skip
+    sets = D.fit_samples(spec.task, parts)
+    multilabel = info.metric == "map11"
+    classes = info.classes
+    if p.smoke and not multilabel:
+        classes = int(sets["trainval"].labels.max()) + 1
+    return sets, multilabel, classes
+
+
 def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
     """The grid on train -> val (its scores saved after each run: a rerun skips finished
     runs and resumes the one in progress), then the best (lr, wd) on trainval -> test."""
     info = D.INFO[spec.task]
     device = torch.device("cuda" if spec.device == "cuda" else "cpu")
-    parts = {s: D.read_split(spec.task, spec.data, s, caltech101_split=p.caltech101_split)
-             for s in D.source_splits(spec.task)}  # fmt: skip
-    sets = D.fit_samples(spec.task, parts)
-    multilabel = info.metric == "map11"
-    # the head has the dataset's class count (ssl-transfer's table); the synthetic twins
-    # have fewer classes, and their smoke head is sized to them
-    classes = info.classes
-    if p.smoke and not multilabel:
-        classes = int(sets["trainval"].labels.max()) + 1
+    sets, multilabel, classes = _fit_sets(spec, p)
     grid = finetune_grid(p)
     state_path = folder / "finetune_state.json"
     done = json.loads(state_path.read_text())["runs"] if state_path.is_file() else []
