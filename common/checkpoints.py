@@ -27,6 +27,7 @@ import torch
 
 from common.archs import Arch, arch_from_layout
 from common.cli import InputNotFound, UserError
+from common.filekinds import pickled_type, short, sniff
 
 SUITE_FORMAT = "care-suite/pretrain"  # the pretraining checkpoint's ``format`` value
 AUTHOR = "care-transfer-suite"  # ``__author__`` of the Detectron2 pickles we write
@@ -81,11 +82,51 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 
 def _not_readable(path: Path, e: Exception) -> CheckpointError:
-    detail = (str(e).splitlines() or [""])[0][:120]
     return CheckpointError(
         f"{path} is not a readable checkpoint (corrupt or truncated? "
-        f"{type(e).__name__}: {detail}); copy or download it again"
+        f"{type(e).__name__}: {short(e)}); copy or download it again"
     )
+
+
+_DICTS = ("dict", "collections.OrderedDict")
+
+
+def _check_kind(path: Path) -> None:
+    """A file that is plainly something else (an image, text, an archive) is named so."""
+    kind = sniff(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}, not a checkpoint: pass the pretrained weights (a .pth / .pt / "
+            ".tar checkpoint or a Detectron2 .pkl)"
+        )
+
+
+def _not_a_dict(path: Path, kind: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} holds a Python object of type {kind}, not a checkpoint dict: save the "
+        "weights as a dict, e.g. torch.save(model.state_dict(), path), and pass that file"
+    )
+
+
+def _torch_load(path: Path, allow_pickle: bool):
+    """torch.load with weights_only; what it refuses is named (its type, the fix)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        kind = pickled_type(path)
+        if kind is not None and kind not in _DICTS:
+            raise _not_a_dict(path, kind) from None
+        if not _looks_like_torch_file(path):
+            raise _not_readable(path, e) from None
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors, which safe (weights_only) "
+                f"loading refuses ({short(e, 80)}); if you trust the file, pass "
+                "--allow-pickle"
+            ) from None
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise _not_readable(path, e) from None
 
 
 def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
@@ -98,29 +139,19 @@ def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"checkpoint not found: {path}")
+    _check_kind(path)
     if path.suffix == ".pkl":
         with open(path, "rb") as f:
             try:
                 obj = pickle.load(f, encoding="latin1")
             except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-                raise _not_readable(path, e) from e
+                raise _not_readable(path, e) from None
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if not _looks_like_torch_file(path):
-                raise _not_readable(path, e) from e
-            if not allow_pickle:
-                raise CheckpointError(
-                    f"{path} holds Python objects that safe (weights_only) loading refuses: "
-                    f"{(str(e).splitlines() or [''])[0][:120]}. If you trust the file, pass "
-                    "--allow-pickle"
-                ) from e
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise _not_readable(path, e) from e
+        obj = _torch_load(path, allow_pickle)
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict-like checkpoint, got {type(obj)}")
+        kind = type(obj).__qualname__
+        module = type(obj).__module__
+        raise _not_a_dict(path, kind if module == "builtins" else f"{module}.{kind}")
     return dict(obj)
 
 

@@ -224,6 +224,40 @@ def test_corrupt_checkpoint_is_named_as_such(r50_state, tmp_path, damage):
     assert "--allow-pickle" not in str(e.value)
 
 
+def _what(tmp_path, name, write):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(cv.ConversionError) as e:
+        cv.load_any(path)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "\x1b" not in msg and "--allow-pickle" not in msg
+    return msg
+
+
+def test_a_file_of_another_kind_is_named_with_what_to_pass(tmp_path):
+    """An image, a text file, a pickled list, a whole pickled model: one clean line each
+    saying what the file is and what to pass instead."""
+    import torchvision
+    from PIL import Image
+
+    msg = _what(tmp_path, "r50.pth", lambda p: Image.new("RGB", (8, 8)).save(p, "JPEG"))
+    assert msg.endswith(
+        "r50.pth is a JPEG image, not a checkpoint: pass the pretrained weights (a .pth / .pt "
+        "/ .tar checkpoint or a Detectron2 .pkl)"
+    )
+    assert "is a PNG image" in _what(
+        tmp_path, "w.pkl", lambda p: Image.new("L", (4, 4)).save(p, "PNG")
+    )
+    assert "is a text file" in _what(tmp_path, "w.pt", lambda p: p.write_text("epoch: 3\n"))
+    msg = _what(tmp_path, "l.pth", lambda p: pickle.dump([1, 2], p.open("wb")))
+    assert "holds a Python object of type list, not a checkpoint dict" in msg
+    msg = _what(tmp_path, "m.pth", lambda p: torch.save(torchvision.models.resnet18(), p))
+    assert "type torchvision.models.resnet.ResNet, not a checkpoint dict" in msg
+    assert "torch.save(model.state_dict(), path)" in msg
+    msg = _what(tmp_path, "t.pth", lambda p: torch.save((torch.zeros(1),), p))
+    assert "of type tuple" in msg
+
+
 def test_convert_runs_from_its_file_path(r50_state, tmp_path):
     """``python transfer/convert.py IN OUT`` works like ``python -m transfer.convert``."""
     src = tmp_path / "r50.pth"

@@ -356,6 +356,22 @@ def test_prepare_writes_detectron2_labels_and_names_a_bad_layout(tmp_path):
     assert len(MetadataCatalog.get(names[1]).stuff_classes) == 150
 
 
+def test_a_truncated_label_is_named_with_the_fix_and_the_rerun_finishes(tmp_path):
+    from common.cli import BadInput
+    from synthetic.ade20k import write_ade20k
+    from transfer.segmentation import data
+
+    root = write_ade20k(tmp_path / "twin", train=3, val=2, size=64)
+    label = root / "ADEChallengeData2016/annotations/training/ADE_train_00000002.png"
+    good = label.read_bytes()
+    label.write_bytes(good[: len(good) // 2])
+    with pytest.raises(BadInput, match=r"ADE_train_00000002.png: this ADE20K label cannot be "
+                                       r"read .*restore it from the release"):  # fmt: skip
+        data.prepare(root, workers=1)
+    label.write_bytes(good)
+    assert [p.name for p in data.prepare(root)] == ["training", "validation"]
+
+
 def test_the_backbone_is_loaded_and_verified(tmp_path):
     """The converted torchvision ResNet-50 arrives tensor by tensor; a changed tensor is
     caught."""

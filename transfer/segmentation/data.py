@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.badimages import UNREADABLE
 from common.cli import BadInput, InputNotFound
 from common.locks import waiting_lock
 
@@ -62,8 +63,15 @@ def convert_label(raw: np.ndarray) -> np.ndarray:
 
 
 def _convert_one(src: Path, dst: Path) -> None:
-    with Image.open(src) as im:
-        raw = np.asarray(im)
+    try:
+        with Image.open(src) as im:
+            raw = np.asarray(im)
+    except UNREADABLE as e:
+        raise BadInput(
+            f"{src}: this ADE20K label cannot be read ({type(e).__name__}: {e}); restore it "
+            "from the release (ADEChallengeData2016.zip) and re-run (the labels already "
+            "written are kept)"
+        ) from None
     if raw.ndim != 2:
         raise BadInput(f"{src}: an ADE20K label must be a single-channel PNG, got {raw.shape}")
     Image.fromarray(convert_label(raw)).save(dst)
