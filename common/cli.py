@@ -68,4 +68,21 @@ def run_cli(
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        print(f"error: {path_problem(e)}", file=sys.stderr)
+        return EXIT_USAGE
     return code if isinstance(code, int) else EXIT_OK
+
+
+def path_problem(e: OSError) -> str:
+    """One line naming the path an output could not be written to, and the fix."""
+    path = e.filename or "a path"
+    if isinstance(e, NotADirectoryError):
+        return (f"{path}: a file stands where a folder is needed (it or a folder above it); "
+                "pass another output folder, or move the file")  # fmt: skip
+    if isinstance(e, FileExistsError):
+        return f"{path} exists and is not a folder; pass another output folder, or move it"
+    if isinstance(e, IsADirectoryError):
+        return f"{path} is a folder where a file is needed; pass a file path"
+    return (f"{path}: permission denied ({e.strerror}); pass a folder you can write (is it "
+            "read-only or immutable?)")  # fmt: skip

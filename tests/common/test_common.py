@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from common.cli import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError, run
 from common.distributed import any_rank, every_rank
 from common.flags import add_flags, given, opt
 from common.signals import StopFlag
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_arch_table_matches_torchvision():
@@ -206,3 +209,71 @@ def test_detectron2s_environment_report_keeps_torchs_cuda_home_warning_off_the_c
     log = logging.getLogger("torch.utils.cpp_extension")
     assert "torch.utils.cpp_extension" in QUIET_LOGGERS
     assert not log.isEnabledFor(logging.WARNING) and log.isEnabledFor(logging.ERROR)
+
+
+def test_an_unwritable_output_is_one_line_naming_the_path(capsys):
+    """A file where a folder is needed, or a folder that cannot be written (read-only,
+    immutable), ends in one line naming the path and the fix, exit code 2."""
+    import errno
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--what")
+    errors = {
+        "file": NotADirectoryError(errno.ENOTDIR, "Not a directory", "/r/out/x"),
+        "exists": FileExistsError(errno.EEXIST, "File exists", "/r/out"),
+        "denied": PermissionError(errno.EPERM, "Operation not permitted", "/r/locked"),
+    }
+
+    def main(args):
+        raise errors[args.what]
+
+    expected = {
+        "file": "error: /r/out/x: a file stands where a folder is needed (it or a folder above "
+        "it); pass another output folder, or move the file\n",
+        "exists": "error: /r/out exists and is not a folder; pass another output folder, or move "
+        "it\n",
+        "denied": "error: /r/locked: permission denied (Operation not permitted); pass a folder "
+        "you can write (is it read-only or immutable?)\n",
+    }
+    for what, line in expected.items():
+        assert run_cli(main, p, ["--what", what]) == EXIT_USAGE
+        assert capsys.readouterr().err == line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["transfer/convert.py", "{w}", "{f}/x.pkl"],
+        ["transfer/run_voc.py", "--weights", "{w}", "--dataset", "synthetic", "--output", "{f}"],
+        [
+            "transfer/run_linear.py",
+            "--weights",
+            "{w}",
+            "--protocol",
+            "knn",
+            "--dataset",
+            "synthetic",
+            "--output",
+            "{f}",
+        ],  # fmt: skip
+        ["-m", "pretrain", "--recipe", "test", "--output", "{f}"],
+    ],
+    ids=["convert", "run_voc", "run_linear", "pretrain"],
+)
+def test_every_entry_point_names_an_output_that_is_a_file(tmp_path, argv):
+    import subprocess
+    import sys
+
+    import torch
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = [a.format(w=weights, f=afile) for a in argv]
+    res = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {afile}") and "Traceback" not in res.stderr, res.stderr
