@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from pathlib import Path
@@ -51,6 +52,16 @@ from transfer.spec import SeedSpec
 
 class TrainingInterrupted(Interrupted):
     """Raised after a signal once the resumable checkpoint has been written."""
+
+
+def _not_an_intended_stop(record: logging.LogRecord) -> bool:
+    """detectron2's trainer logs every exception leaving ``train()`` with its traceback
+    ("Exception during training:"); an intended stop (a signal, then a checkpoint) is none."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, TrainingInterrupted)
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_not_an_intended_stop)
 
 
 class ProgressHook(HookBase):

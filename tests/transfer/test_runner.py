@@ -162,6 +162,9 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
     output = log.read_text()
     assert proc.returncode == 130, output[-3000:]
     assert "re-run the same command to resume" in output
+    # an intended stop is not an error: no traceback in the console or the seed's log
+    for text in (output, (seed_dir / "log.txt").read_text()):
+        assert "Exception during training" not in text and "Traceback" not in text
     last = (seed_dir / "last_checkpoint").read_text().strip()
     stopped_at = int(last.split("_")[1].split(".")[0])
     assert 0 <= stopped_at < 13 and not (seed_dir / "metrics.json").exists()
