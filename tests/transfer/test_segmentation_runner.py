@@ -41,6 +41,9 @@ def test_two_smoke_seeds_then_skip(tmp_path, weights, twin, capsys):
     assert run_segmentation.main(_args(tmp_path, weights, twin)) == 0
     printed = capsys.readouterr().out
     assert printed.count("backbone loaded and verified: 265 tensors") == 2
+    # the header gives the run's real schedule, not the full protocol's
+    assert "2 iterations at batch 4 (2 groups), 5-scale test (smoke" in printed
+    assert "150k" not in printed
     for k in (0, 1):
         seed_dir = tmp_path / PROTOCOL / "tv_r50" / f"seed{k}"
         m = json.loads((seed_dir / "metrics.json").read_text())

@@ -23,7 +23,7 @@ from transfer.runner import (
     resolve_weights,
     seed_template,
 )
-from transfer.segmentation.config import PROTOCOLS, build_config
+from transfer.segmentation.config import build_config
 
 ENTRY = "transfer.segmentation.trainer:train_seed"  # the per-process function of a seed
 
@@ -77,6 +77,17 @@ def prepare_data(args: argparse.Namespace, output: Path) -> str:
     return str(Path(root).resolve())
 
 
+def schedule_line(cfg) -> str:
+    """The run's real schedule, from its config (smoke overlay and overrides included)."""
+    iters = cfg.SOLVER.MAX_ITER
+    n = f"{iters // 1000}k" if iters >= 1000 and iters % 1000 == 0 else str(iters)
+    return (
+        f"ADE20K UPerNet R50 (CSAIL toolkit), {n} iterations at batch "
+        f"{cfg.SOLVER.IMS_PER_BATCH} ({cfg.SOLVER.IMS_PER_BATCH // cfg.INPUT.IMS_PER_GROUP} "
+        f"groups), {len(cfg.INPUT.TEST_SHORT_SIDES)}-scale test"
+    )
+
+
 def plan(args: argparse.Namespace, protocol: str = "ade20k_upernet") -> RunPlan:
     """Check the inputs, convert the weights, and list the seeds that still need running."""
     smoke = args.dataset == "synthetic"
@@ -94,7 +105,7 @@ def plan(args: argparse.Namespace, protocol: str = "ade20k_upernet") -> RunPlan:
     protocol_name = f"{variant}_smoke" if smoke else variant
     result = RunPlan(output / protocol_name / weights["stem"])
     print(
-        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
+        f"{schedule_line(cfg)}{' (smoke, synthetic data)' if smoke else ''}: "
         f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
     )
     template = seed_template(
