@@ -8,8 +8,8 @@
   ``build_writers`` / ``build_hooks``;
 - ``verify_backbone_loaded``: every backbone tensor of the model equals the converted file's;
 - ``arch_opts``: the config overrides that build detectron2's ResNet as the weights' one;
-- ``train_recording_session`` / ``read_sessions``: each session appended to
-  ``sessions.json``;
+- ``train_recording_session``: each session recorded in ``sessions.json``
+  (``common.sessions``: a killed one too);
 - ``OptimizerStateMixin``: the optimiser (momentum buffers, current lr) and AMP's grad
   scaler in the checkpoint, which detectron2 0.6's ``DefaultTrainer`` leaves out (a resumed
   run would restart SGD's momentum at zero and run its first iteration at the base lr);
@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import time
@@ -45,6 +44,7 @@ from common.atomic import atomic_write_json
 from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
 from common.metrics import remove_events, truncate_jsonl, wandb_run
+from common.sessions import recorded_session, session_totals
 from common.signals import StopFlag
 from transfer.keep import prune_seed_checkpoints
 from transfer.spec import SeedSpec
@@ -239,31 +239,15 @@ def verify_backbone_loaded(model: torch.nn.Module, weights: str) -> int:
     return len(expected)
 
 
-def read_sessions(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["sessions"] if path.exists() else []
-
-
 def train_recording_session(trainer, sessions_path: Path) -> None:
-    """``trainer.train()``; every session (finished, interrupted, failed) is appended to
-    ``sessions.json`` by the main process."""
-    t0, start_iter, status = time.time(), trainer.start_iter, "failed"
-    try:
-        trainer.train()
-        status = "finished"
-    except (TrainingInterrupted, KeyboardInterrupt):
-        status = "interrupted"
-        raise
-    finally:
-        if comm.is_main_process():
-            sessions = read_sessions(sessions_path) + [
-                {
-                    "start_iter": start_iter,
-                    "end_iter": min(trainer.iter, trainer.max_iter),
-                    "status": status,
-                    "wall_time_s": round(time.time() - t0, 2),
-                }
-            ]
-            atomic_write_json(sessions_path, {"sessions": sessions})
+    """``trainer.train()`` as one session of ``sessions.json`` (``common.sessions``: written
+    at its start by the main process, closed at its end; a killed one closed by the next)."""
+    with recorded_session(sessions_path.parent, comm.is_main_process(),
+                          start_iter=trainer.start_iter) as entry:  # fmt: skip
+        try:
+            trainer.train()
+        finally:
+            entry["end_iter"] = min(trainer.iter, trainer.max_iter)
 
 
 def suite_writers(trainer) -> list[EventWriter]:
@@ -385,7 +369,6 @@ def seed_metrics(spec: SeedSpec, trainer: SeedTrainer) -> dict:
     from common.badimages import SKIPPED_FILE, skipped_images
 
     out = Path(spec.seed_dir)
-    sessions = read_sessions(out / "sessions.json")
     cfg = trainer.cfg
     metrics = {
         "protocol": spec.protocol_name,
@@ -399,8 +382,7 @@ def seed_metrics(spec: SeedSpec, trainer: SeedTrainer) -> dict:
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "world_size": comm.get_world_size(),
         "amp": bool(spec.amp),
-        "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
-        "sessions": len(sessions),
+        **session_totals(out),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     skipped = skipped_images(out)

@@ -13,7 +13,6 @@ and keep the last epoch's checkpoint; a NaN / inf loss fails the seed.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -32,6 +31,7 @@ from common.badimages import SkipBad
 from common.checkpoints import load_any
 from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
+from common.sessions import recorded_session, session_totals
 from common.signals import StopFlag
 from transfer.classification import data as D
 from transfer.classification.knn import gather_rows, normalise, sharded_knn_scores, topk_correct
@@ -501,25 +501,10 @@ def train_cls_seed(spec: SeedSpec) -> dict | None:
     """Run one seed in this process (one of ``world`` when distributed)."""
     run = Run(spec)
     run.write_config()
-    t0 = time.time()
-    sessions_path = run.dir / "sessions.json"
-    status = "failed"
-    try:
+    with recorded_session(run.dir, run.main):
         res = run_knn(run) if run.p.kind == "knn" else fit(run)
-        status = "finished"
-    except Interrupted:
-        status = "interrupted"
-        raise
-    finally:
-        if run.main:
-            old = (
-                json.loads(sessions_path.read_text())["sessions"] if sessions_path.exists() else []
-            )
-            old.append({"status": status, "wall_time_s": round(time.time() - t0, 2)})
-            atomic_write_json(sessions_path, {"sessions": old})
     if not run.main:
         return None
-    sessions = json.loads(sessions_path.read_text())["sessions"]
     metrics = {
         "protocol": spec.protocol_name,
         "base_protocol": spec.protocol,
@@ -532,8 +517,7 @@ def train_cls_seed(spec: SeedSpec) -> dict | None:
         "seed": spec.seed,
         "world_size": run.world,
         "amp": run.amp,
-        "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
-        "sessions": len(sessions),
+        **session_totals(run.dir),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **res,
     }

@@ -14,7 +14,6 @@ warm start included), the refit on trainval with the best C, the test metric. Wr
 
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from dataclasses import asdict
@@ -27,6 +26,7 @@ import yaml
 from common.archs import get_arch
 from common.atomic import atomic_pickle, atomic_write_json, atomic_write_text
 from common.cli import BadInput, Interrupted
+from common.sessions import recorded_session, session_totals
 from common.signals import StopFlag
 from transfer.backbone import load_backbone
 from transfer.environment import environment_record
@@ -219,22 +219,10 @@ def run_recognition_seed(spec: SeedSpec) -> dict:
               "weights": spec.weights_info, "seed": spec.seed}  # fmt: skip
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(record, sort_keys=False))
     torch.manual_seed(spec.seed)
-    t0 = time.time()
-    sessions_path = folder / "sessions.json"
-    status = "failed"
-    try:
-        drivers = {"manyshot_linear": manyshot_linear, "fewshot": fewshot,
-                   "manyshot_finetune": manyshot_finetune}  # fmt: skip
+    drivers = {"manyshot_linear": manyshot_linear, "fewshot": fewshot,
+               "manyshot_finetune": manyshot_finetune}  # fmt: skip
+    with recorded_session(folder):
         res = drivers[p.kind](spec, p, folder, log)
-        status = "finished"
-    except Interrupted:
-        status = "interrupted"
-        raise
-    finally:
-        old = json.loads(sessions_path.read_text())["sessions"] if sessions_path.exists() else []
-        old.append({"status": status, "wall_time_s": round(time.time() - t0, 2)})
-        atomic_write_json(sessions_path, {"sessions": old})
-    sessions = json.loads(sessions_path.read_text())["sessions"]
     metrics = {
         "protocol": spec.protocol_name,
         "base_protocol": spec.protocol,
@@ -246,8 +234,7 @@ def run_recognition_seed(spec: SeedSpec) -> dict:
         "seed_index": spec.seed_index,
         "seed": spec.seed,
         **({"solver": p.solver} if p.kind == "manyshot_linear" else {}),
-        "wall_time_s": round(sum(s["wall_time_s"] for s in sessions), 2),
-        "sessions": len(sessions),
+        **session_totals(folder),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **res,
     }
