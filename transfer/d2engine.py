@@ -54,14 +54,28 @@ class TrainingInterrupted(Interrupted):
     """Raised after a signal once the resumable checkpoint has been written."""
 
 
-def _not_an_intended_stop(record: logging.LogRecord) -> bool:
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: the seed failed (named with its lr, no evaluation)."""
+
+
+def _not_reported_by_the_suite(record: logging.LogRecord) -> bool:
     """detectron2's trainer logs every exception leaving ``train()`` with its traceback
-    ("Exception during training:"); an intended stop (a signal, then a checkpoint) is none."""
+    ("Exception during training:"); an intended stop (a signal, then a checkpoint) is no
+    error, and a divergence is reported in one line by the seed (``Diverged``)."""
     exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, TrainingInterrupted)
+    return not isinstance(exc, TrainingInterrupted | FloatingPointError)
 
 
-logging.getLogger("detectron2.engine.train_loop").addFilter(_not_an_intended_stop)
+logging.getLogger("detectron2.engine.train_loop").addFilter(_not_reported_by_the_suite)
+
+
+class FinishedEvalHook(hooks.EvalHook):
+    """detectron2's EvalHook, whose final evaluation runs only after a training that
+    finished: v0.6's also ran when the last iteration raised (a diverged model scored)."""
+
+    def after_train(self):
+        if self.trainer.iter >= self.trainer.max_iter:  # train() ends the loop with iter += 1
+            super().after_train()
 
 
 class ProgressHook(HookBase):
@@ -265,9 +279,11 @@ def suite_writers(trainer) -> list[EventWriter]:
 def suite_hooks(trainer, default_hooks: list) -> list:
     """detectron2's default hooks (at most two periodic checkpoints kept, besides
     model_final), then the progress bar and the signal handler."""
-    for h in default_hooks:
+    for i, h in enumerate(default_hooks):
         if isinstance(h, hooks.PeriodicCheckpointer):
             h.max_to_keep = 2  # bounded disk use
+        if type(h) is hooks.EvalHook:
+            default_hooks[i] = FinishedEvalHook(h._period, h._func)
     return default_hooks + [ProgressHook(trainer.cfg.SOLVER.IMS_PER_BATCH), InterruptHook()]
 
 
@@ -325,6 +341,17 @@ class SeedTrainer(OptimizerStateMixin, DefaultTrainer):
 
     def build_hooks(self):
         return suite_hooks(self, super().build_hooks())
+
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError:
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise Diverged(
+                f"the loss became NaN or infinite at iteration {self.iter + 1} of {self.max_iter} "
+                f"(lr {lr:.4g}, SOLVER.BASE_LR {self.cfg.SOLVER.BASE_LR:g}); the model was not "
+                "evaluated: lower SOLVER.BASE_LR, or check the weights"
+            ) from None
 
 
 def start_seed(spec: SeedSpec, build_config, trainer_cls: type[SeedTrainer]) -> SeedTrainer:

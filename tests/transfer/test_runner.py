@@ -207,11 +207,34 @@ def test_nan_loss_fails_the_seed_and_others_go_on(out, weights, tmp_path, capsys
     )
     assert run_voc.main(args) == 1
     for k in (0, 1):
-        failed = json.loads(
-            (tmp_path / "voc_c4_24k_smoke/tv_r50" / f"seed{k}" / "failed.json").read_text()
-        )
-        assert "FloatingPointError" in failed["error"]
-    assert "FAILED seeds: [0, 1]" in capsys.readouterr().err
+        seed_dir = tmp_path / "voc_c4_24k_smoke/tv_r50" / f"seed{k}"
+        failed = json.loads((seed_dir / "failed.json").read_text())
+        assert failed["error"].startswith("Diverged: the loss became NaN or infinite at "
+                                          "iteration 1 of 2 (lr ")  # fmt: skip
+        assert "lower SOLVER.BASE_LR" in failed["error"]
+        assert not (seed_dir / "inference").exists()  # no diverged model evaluated
+        assert "Exception during training" not in (seed_dir / "log.txt").read_text()
+    captured = capsys.readouterr()
+    assert "FAILED seeds: [0, 1]" in captured.err
+    printed = captured.out + captured.err
+    assert "Traceback" not in printed and printed.count("Diverged: the loss became") == 2
+
+
+def test_a_diverged_last_iteration_is_not_evaluated():
+    """detectron2 0.6's EvalHook evaluated after train() raised at the last iteration (iter
+    + 1 >= max_iter); ours evaluates only when the loop finished (iter == max_iter)."""
+    from types import SimpleNamespace
+
+    from transfer.d2engine import FinishedEvalHook
+
+    calls = []
+    hook = FinishedEvalHook(0, lambda: calls.append(1) or {})
+    for it, expected in ((9, 0), (10, 1)):  # raised at the last iteration; finished
+        hook.trainer = SimpleNamespace(iter=it, max_iter=10)
+        hook._func = lambda: calls.append(it) or {}
+        calls.clear()
+        hook.after_train()
+        assert len(calls) == expected, it
 
 
 def test_missing_real_dataset_names_paths(tmp_path, weights, monkeypatch, capsys):

@@ -58,8 +58,15 @@ def plan(args: argparse.Namespace, protocol: str) -> RunPlan:
     opts = arch_opts(weights.get("arch")) + opts  # the user's overrides come last and win
     protocol_name = f"{protocol}_smoke" if smoke else protocol
     result = RunPlan(output / protocol_name / weights["stem"])
+    full = build_config(protocol, device=device)
+    this_run = ""
+    if (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH) != (full.SOLVER.MAX_ITER,
+                                                          full.SOLVER.IMS_PER_BATCH):  # fmt: skip
+        this_run = (
+            f"; this run: {cfg.SOLVER.MAX_ITER} iterations at batch {cfg.SOLVER.IMS_PER_BATCH}"
+        )
     print(
-        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}: "
+        f"{PROTOCOLS[protocol]}{' (smoke, synthetic data)' if smoke else ''}{this_run}: "
         f"{args.seeds} seed(s) of {weights['stem']} -> {result.run_dir}"
     )
     template = seed_template(
