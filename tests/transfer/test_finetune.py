@@ -152,6 +152,24 @@ def _spec(tmp_path, twins, folder, task="dtd"):
                     family="recognition")  # fmt: skip
 
 
+def test_a_diverged_run_is_scored_as_ssl_transfer_scores_it(twins, tmp_path, capsys):
+    """lr 1e12: step 1 (a finite loss) blows the weights up, step 2's loss is not finite. As
+    in finetune.py, that step is taken (the weights become NaN) and the run is scored as it
+    ends: a NaN network predicts class 0
+    (torch's argmax of NaN), so the accuracy is class 0's share; the grid goes on."""
+    samples = D.read_split("cifar10", twins, "train")
+    p = resolve("manyshot_finetune", True, ["steps", "5", "checkpoint_every", "0",
+                                             "image_size", "32"])  # fmt: skip
+    net = _net()
+    step = FT.train_run(net, samples, p, 1e12, 0.0, 7, tmp_path / "d.pt", StopAt(10**9),
+                        torch.device("cpu"), "run", False)  # fmt: skip
+    assert step == 2 and "at step 2 (lr 1e+12" in capsys.readouterr().out
+    assert all(torch.isnan(t).any() for t in net.parameters() if t.requires_grad)
+    score = FT.evaluate(net, samples, p, "accuracy", torch.device("cpu"))
+    assert score == pytest.approx(100.0 * float(np.mean(samples.labels == 0)))
+    assert np.isnan(FT._score(torch.full((3, 2), float("nan")), np.eye(3, 2), "map11", True))
+
+
 @pytest.mark.slow
 def test_an_interrupted_grid_resumes_to_the_same_numbers(twins, tmp_path, monkeypatch):
     from transfer.recognition import run as rec_run

@@ -117,8 +117,8 @@ class AugmentedImages(Dataset):
 
 
 def _score(logits: torch.Tensor, labels: np.ndarray, metric: str, absent_class_nan: bool):
-    if metric == "map11":
-        return mean_ap11(labels, logits.numpy())
+    if metric == "map11":  # a diverged run's NaN scores have no AP (ssl-transfer: a crash)
+        return mean_ap11(labels, logits.numpy()) if torch.isfinite(logits).all() else math.nan
     pred = logits.argmax(1).numpy()
     if metric == "mean_per_class":
         return mean_per_class_accuracy(labels, pred, absent_class_nan)
@@ -152,14 +152,27 @@ def _optimiser(net: FinetuneNet, p: RecProtocol, lr: float, wd: float, ckpt: Pat
     return opt, sched, state["step"]
 
 
+def _diverge(opt, loss: torch.Tensor, step: int, desc: str, lr: float, wd: float) -> int:
+    """A NaN / inf loss: ssl-transfer's finetune.py takes the step (its weights become NaN,
+    and stay NaN for the rest of the run) and scores the run as it ends; the same step
+    here, and the run stops (its remaining steps could not change the weights)."""
+    loss.backward()
+    opt.step()
+    print(f"{desc}: the loss became {loss.item()} at step {step} (lr {lr:g}, weight decay "
+          f"{wd:g}): the run diverged; scored as it is, as ssl-transfer does",
+          flush=True)  # fmt: skip
+    return step
+
+
 def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, wd: float,
               seed: int, ckpt: Path, stop: StopFlag, device: torch.device, desc: str,
               multilabel: bool, metrics: Callable[[int | None], MetricsLog] | None = None,
-              ) -> None:  # fmt: skip
+              ) -> int | None:  # fmt: skip
     """``p.steps`` SGD steps of ``net`` on ``samples``, resuming from ``ckpt`` when it is
     there; a stop request checkpoints and raises Interrupted. ``metrics(resume)`` opens the
     run's own metrics log (truncated to the resumed step), which gets ``train/loss``, ``lr``
-    (the step's) and ``train/img_per_s`` every ``p.log_every`` steps and at the last."""
+    (the step's) and ``train/img_per_s`` every ``p.log_every`` steps and at the last.
+    Returns None, or the step whose loss was not finite (the run diverged: ``_diverge``)."""
     from tqdm import tqdm
 
     opt, sched, start = _optimiser(net, p, lr, wd, ckpt)
@@ -185,8 +198,7 @@ def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, w
             out = net(x)
             loss = criterion(out, y.float() if multilabel else y)
             if not torch.isfinite(loss):
-                raise BadInput(f"{desc}: the loss is {loss.item()} at step {step + 1} (lr {lr:g}, "
-                               f"weight decay {wd:g}); a smaller lr is needed")  # fmt: skip
+                return _diverge(opt, loss, step + 1, desc, lr, wd)
             loss.backward()
             step_lr = opt.param_groups[0]["lr"]
             opt.step()
@@ -256,11 +268,13 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
             else:
                 net = _fresh_net(spec, classes, mix(spec.seed, k, 0), device)
                 ckpt = folder / f"run{k}.pt"
-                train_run(net, sets["train"], p, lr, wd, mix(spec.seed, k, 1), ckpt, stop, device,
-                          f"{spec.task} run {k + 1}/{len(grid)}", multilabel,
-                          metrics=run_metrics(spec, folder, f"run{k}"))  # fmt: skip
+                diverged = train_run(net, sets["train"], p, lr, wd, mix(spec.seed, k, 1), ckpt,
+                                     stop, device, f"{spec.task} run {k + 1}/{len(grid)}",
+                                     multilabel,
+                                     metrics=run_metrics(spec, folder, f"run{k}"))  # fmt: skip
                 val = evaluate(net, sets["val"], p, info.metric, device)
-                done.append({"run": k, "lr": lr, "wd": wd, "val": val})
+                done.append({"run": k, "lr": lr, "wd": wd, "val": val,
+                             **({"diverged_at": diverged} if diverged else {})})  # fmt: skip
                 atomic_write_json(state_path, {"runs": done})
                 ckpt.unlink(missing_ok=True)
                 mlog.write({"lr": lr, "train/weight_decay": wd, "val/score": val}, k + 1)
@@ -274,9 +288,9 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
         log(f"best lr {lr:.4g} wd {wd:.4g} (val {best_score:.2f}); retraining on trainval")
         net = _fresh_net(spec, classes, mix(spec.seed, len(grid), 0), device)
         ckpt = folder / "final.pt"
-        train_run(net, sets["trainval"], p, lr, wd, mix(spec.seed, len(grid), 1), ckpt, stop,
-                  device, f"{spec.task} trainval", multilabel,
-                  metrics=run_metrics(spec, folder, "final"))  # fmt: skip
+        final_diverged = train_run(net, sets["trainval"], p, lr, wd, mix(spec.seed, len(grid), 1),
+                                   ckpt, stop, device, f"{spec.task} trainval", multilabel,
+                                   metrics=run_metrics(spec, folder, "final"))  # fmt: skip
     test = evaluate(net, sets["test"], p, info.metric, device)
     ckpt.unlink(missing_ok=True)
     log(f"{spec.task} test {METRIC_NAMES[info.metric]} {test:.2f} (lr {lr:.4g}, wd {wd:.4g})")
@@ -288,6 +302,7 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
         "best_lr": lr,
         "best_wd": wd,
         "runs": done,
+        **({"final_diverged_at": final_diverged} if final_diverged else {}),
         "images": {k: len(v) for k, v in sets.items()},
         "headline": {spec.task: test},
     }
