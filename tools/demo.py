@@ -103,13 +103,18 @@ def pretrain(method: str, recipe: str, data: Path, out: Path) -> Path:
     )
 
 
+# the smoke seeds' weights serve no later stage: the demo keeps no transfer checkpoint (the
+# default, `final`, keeps each finished seed's weights: 130-260 MB per R50 seed)
+KEEP = ["--keep-checkpoints", "none"]
+
+
 def run_script(script: str, argv: list[str]) -> int:
     """``python transfer/<script> ARGV`` in this process, its seeds too (``--launcher
     inprocess``): torch and detectron2 are imported once for the whole demo."""
     import importlib
 
     module = importlib.import_module(f"transfer.{Path(script).stem}")
-    return module.cli(["--launcher", "inprocess", *argv])
+    return module.cli(["--launcher", "inprocess", *KEEP, *argv])
 
 
 def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Path) -> int:
