@@ -73,3 +73,43 @@ def test_a_held_seed_is_skipped_and_a_finished_one_is_not_rerun(tmp_path, capsys
     run = RunPlan(seed_dir.parent, specs=[_spec(seed_dir)], if_locked="wait")
     assert launch_local(run) is None
     assert run.statuses == {0: "finished (elsewhere)"}
+
+
+HOLD = """
+import sys, time
+from common.locks import held_or_none
+with held_or_none(sys.argv[1]) as lock:
+    assert lock is not None
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_soft_locks_take_over_an_os_locks_empty_file_and_a_wait_names_its_holder(
+    tmp_path, monkeypatch, capsys
+):
+    """CARE_SOFT_LOCKS=1 after a normal run: the empty .lock files it left (filelock keeps
+    an OS lock's file) are stale and taken at once; a lock held by a live process is waited
+    for with one line naming the lock and the holder's pid."""
+    import time
+
+    from common.locks import held_or_none
+
+    monkeypatch.setenv("CARE_SOFT_LOCKS", "1")
+    left = tmp_path / "seed0.lock"
+    left.write_text("")
+    os.utime(left, (time.time() - 60, time.time() - 60))
+    with held_or_none(left) as lock:
+        assert lock is not None  # not forever "held" by nobody
+    busy = tmp_path / "seed1.lock"
+    env = {**os.environ, "CARE_SOFT_LOCKS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(busy), "1.5"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "held"
+    with held_or_none(busy) as lock:
+        assert lock is None  # held: skipped at once
+    with held_or_none(busy, wait=True) as lock:
+        assert lock is not None
+    proc.wait(timeout=30)
+    err = capsys.readouterr().err
+    assert f"waiting for the lock {busy} (held by pid {proc.pid} on " in err
