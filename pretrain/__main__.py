@@ -63,6 +63,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_flags(p, PretrainConfig, skip=SKIP)
     for cls in all_option_classes():
         add_flags(p.add_argument_group(_group_title(cls)), cls, only=_own_fields(cls))
+    p.add_argument(
+        "--if-locked",
+        choices=["skip", "wait"],
+        default="skip",
+        help="a run in --output that another launcher is training (its <output>.lock is "
+        "held): skip it, or wait for it and then resume it (default: %(default)s)",
+    )
     add_slurm_args(p)
     p.add_argument("--nodes", type=int, default=1, help="Slurm: nodes (default: 1)")
     p.add_argument(
@@ -97,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from pretrain.trainer import run
 
-    run(cfg)
+    run(cfg, args.if_locked)
     return 0
 
 

@@ -563,8 +563,40 @@ class Trainer:
         return out
 
 
-def run(cfg: PretrainConfig) -> Path | None:
-    """Build, resume if asked or if ``<output>/checkpoint.pth`` exists, and train."""
+def run_lock_path(output: str | Path) -> Path:
+    """The lock a launcher holds while the run in ``output`` trains (beside the folder)."""
+    output = Path(output).resolve()
+    return output.with_name(f"{output.name}.lock")
+
+
+@contextlib.contextmanager
+def held_run(output: str | Path, if_locked: str = "skip"):
+    """Rank 0 holds the run's lock (``if_locked``: skip at once, or wait for the holder);
+    every rank learns whether the run is theirs: yields True, or False (skip it)."""
+    from common.locks import held_or_none
+
+    rank, _, local_rank = dist_setup()
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if rank != 0:
+        yield every_rank(True, device)
+        return
+    with held_or_none(run_lock_path(output), wait=if_locked == "wait") as lock:
+        yield every_rank(lock is not None, device)
+
+
+def run(cfg: PretrainConfig, if_locked: str = "skip") -> Path | None:
+    """Build, resume if asked or if ``<output>/checkpoint.pth`` exists, and train, while
+    holding the run's lock; a run another launcher holds is skipped (or waited for)."""
+    with held_run(cfg.output, if_locked) as ours:
+        if not ours:
+            print(f"the run in {cfg.output} is training in another launcher "
+                  f"({run_lock_path(cfg.output)} is held): skipped; --if-locked wait waits "
+                  "for it, then resumes or re-exports it", flush=True)  # fmt: skip
+            return None
+        return _run(cfg)
+
+
+def _run(cfg: PretrainConfig) -> Path | None:
     trainer = Trainer(cfg)
     resume = cfg.resume or (trainer.out / "checkpoint.pth")
     if Path(resume).exists():

@@ -69,11 +69,39 @@ def run_seed_process(spec: SeedSpec) -> int:
     return EXIT_OK
 
 
-def run_local(spec: SeedSpec) -> int:
-    """Run one seed in a child process; SIGTERM to us is forwarded to it."""
+def die_with_parent() -> None:
+    """In a child before it runs (``preexec_fn``): SIGTERM when its parent dies, however it
+    dies (Linux's PR_SET_PDEATHSIG); the seed then checkpoints and stops."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the inherited lock still keeps reruns out
+        pass
+
+
+def lock_fds(lock) -> tuple[int, ...]:
+    """A duplicate of a held OS lock's open file, for the child to inherit: the lock is then
+    released only when the child has exited too (a flock belongs to the open file, not to
+    the process). A duplicate, because filelock closes its own descriptors in a forked
+    child; the caller closes it once the child is started."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    return (os.dup(fd),) if isinstance(fd, int) else ()
+
+
+def run_local(spec: SeedSpec, lock=None) -> int:
+    """Run one seed in a child process; SIGTERM to us is forwarded to it. The child holds
+    the seed's ``lock`` with us and gets SIGTERM if we die: a seed never outlives its
+    launcher unseen, and never has two writers."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec.to_json(), f)
-    child = subprocess.Popen([sys.executable, "-m", "transfer.launch", "--seed-spec", f.name])
+    fds = lock_fds(lock)
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "transfer.launch", "--seed-spec", f.name],
+                                 pass_fds=fds, preexec_fn=die_with_parent)  # fmt: skip
+    finally:
+        for fd in fds:
+            os.close(fd)
     previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     try:
         while True:

@@ -328,7 +328,7 @@ def launch_local(run: RunPlan, inprocess: bool = False) -> int | None:
                 continue
             resumable = seed_status(Path(spec.seed_dir)) == "resumable"
             print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
-            code = run_seed_process(spec) if inprocess else run_local(spec)
+            code = run_seed_process(spec) if inprocess else run_local(spec, lock)
         if code in (EXIT_INTERRUPTED, -signal.SIGINT):
             print(
                 f"interrupted during seed {k}: its checkpoint is kept; re-run the same "

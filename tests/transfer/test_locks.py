@@ -113,3 +113,59 @@ def test_soft_locks_take_over_an_os_locks_empty_file_and_a_wait_names_its_holder
     proc.wait(timeout=30)
     err = capsys.readouterr().err
     assert f"waiting for the lock {busy} (held by pid {proc.pid} on " in err
+
+
+def test_a_seed_never_outlives_its_launcher_and_never_has_two_writers(tmp_path):
+    """kill -9 of the launcher alone (not its process group): the seed's child gets SIGTERM
+    (parent-death signal), checkpoints and stops; until it has, it still holds the seed's
+    lock (inherited), so a rerun cannot start the seed beside it. The rerun then resumes it
+    and each epoch is trained once."""
+    import signal
+    import time
+
+    import torchvision
+
+    from common.locks import held_or_none
+
+    weights = tmp_path / "tv_r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    cmd = [sys.executable, "transfer/run_linear.py", "--weights", str(weights), "--protocol",
+           "linear_care", "--seeds", "1", "--dataset", "synthetic", "--arch", "resnet18",
+           "--output", str(tmp_path / "out"), "epochs", "8"]  # fmt: skip
+    seed_dir = tmp_path / "out" / "linear_care_smoke" / "tv_r18" / "seed0"
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        launcher = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    metrics = seed_dir / "train_metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.time() < deadline and launcher.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    launcher.kill()  # SIGKILL to the launcher only: its child is not signalled by us
+    launcher.wait()
+    assert launcher.returncode == -signal.SIGKILL
+    with held_or_none(seed_lock_path(seed_dir)) as lock:
+        held = lock is None  # the child, still checkpointing, holds it
+    deadline = time.time() + 120
+    while True:  # the child stops (parent-death SIGTERM) and its session closes
+        sessions = seed_dir / "sessions.json"
+        done = sessions.exists() and '"interrupted"' in sessions.read_text()
+        if done:
+            break
+        assert time.time() < deadline, "the seed's child did not stop after its launcher died"
+        time.sleep(0.2)
+    deadline = time.time() + 60  # the child exits after its session is written
+    while True:
+        with held_or_none(seed_lock_path(seed_dir)) as lock:
+            if lock is not None:  # released once the child exited
+                break
+        assert time.time() < deadline, "the lock stayed held after the child stopped"
+        time.sleep(0.2)
+    assert held
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "resuming seed 0 after epoch" in (seed_dir / "log.txt").read_text()
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 9))
+    statuses = [s["status"] for s in json.loads(sessions.read_text())["sessions"]]
+    assert statuses == ["interrupted", "finished"]
