@@ -280,6 +280,8 @@ def suite_hooks(trainer, default_hooks: list) -> list:
     """detectron2's default hooks (at most two periodic checkpoints kept, besides
     model_final), then the progress bar and the signal handler."""
     for i, h in enumerate(default_hooks):
+        if isinstance(h, hooks.PeriodicWriter):
+            h._period = trainer.cfg.SUITE.LOG_PERIOD
         if isinstance(h, hooks.PeriodicCheckpointer):
             h.max_to_keep = 2  # bounded disk use
         if type(h) is hooks.EvalHook:
@@ -436,7 +438,7 @@ def write_seed_results(spec: SeedSpec, metrics: dict) -> dict:
 
 def protocol_config(files, twin_prefix: str | None, weights: str, opts, device: str | None,
                     extend=None):  # fmt: skip
-    """``get_cfg()`` (+ ``SUITE.MAX_BAD_FRAC``, + ``extend(cfg)``: a family's own keys) ->
+    """``get_cfg()`` (+ ``SUITE.MAX_BAD_FRAC`` / ``LOG_PERIOD``, + ``extend(cfg)``: a family's own keys) ->
     each of ``files`` merged in turn -> with ``twin_prefix`` (smoke runs) every dataset name
     prefixed -> MODEL.WEIGHTS and MODEL.DEVICE (default: cuda when available) -> ``opts``
     (trailing KEY VALUE overrides; a bad one is a ``ConfigError``). Not frozen."""
@@ -445,6 +447,9 @@ def protocol_config(files, twin_prefix: str | None, weights: str, opts, device: 
     cfg = get_cfg()
     cfg.SUITE = CfgNode()
     cfg.SUITE.MAX_BAD_FRAC = 0.01  # unreadable training images allowed (then skipped)
+    # iterations between training records (train_metrics.jsonl, TensorBoard, the console's
+    # detail line), and the last one: detectron2's period; the smoke runs record each
+    cfg.SUITE.LOG_PERIOD = 20
     if extend is not None:
         extend(cfg)
     for f in files:

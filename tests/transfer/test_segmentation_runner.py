@@ -58,6 +58,8 @@ def test_two_smoke_seeds_then_skip(tmp_path, weights, twin, capsys):
         assert [p.stem for p in preds] == [f"ADE_val_{i:08d}" for i in (1, 2, 3)]
         lines = (seed_dir / "train_metrics.jsonl").read_text().splitlines()
         assert {"total_loss", "pixel_acc", "lr"} <= set(json.loads(lines[0]))
+        # SUITE.LOG_PERIOD 1 in the smoke runs: a record per iteration (the full protocol: 20)
+        assert [json.loads(x)["iteration"] for x in lines] == [0, 1]
         # --keep-checkpoints final (default): the final weights only, no optimiser state
         assert [p.name for p in seed_dir.glob("*.pth")] == ["model_final.pth"]
         final = torch.load(seed_dir / "model_final.pth", map_location="cpu", weights_only=False)
