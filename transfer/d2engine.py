@@ -264,6 +264,18 @@ def train_recording_session(trainer, sessions_path: Path) -> None:
             entry["end_iter"] = min(trainer.iter, trainer.max_iter)
 
 
+class MetricPrinter(CommonMetricPrinter):
+    """detectron2's console / log.txt printer; v0.6's ETA divides by the iterations since
+    its last write, which are 0 when a run stops right after a write (a record every
+    iteration, then SIGTERM): no ETA then, instead of a ZeroDivisionError."""
+
+    def _get_eta(self, storage):
+        try:
+            return super()._get_eta(storage)
+        except ZeroDivisionError:
+            return None
+
+
 def suite_writers(trainer) -> list[EventWriter]:
     """A trainer's writers: detectron2's console printer and ``ResumeAwareWriters``.
 
@@ -271,7 +283,7 @@ def suite_writers(trainer) -> list[EventWriter]:
     final results; training scalars go to train_metrics.jsonl instead. The writers open at
     their first write, when the resumed iteration is known."""
     return [
-        CommonMetricPrinter(trainer.max_iter),
+        MetricPrinter(trainer.max_iter),
         ResumeAwareWriters(trainer, trainer.cfg.OUTPUT_DIR, getattr(trainer, "spec", None)),
     ]
 
@@ -438,10 +450,11 @@ def write_seed_results(spec: SeedSpec, metrics: dict) -> dict:
 
 def protocol_config(files, twin_prefix: str | None, weights: str, opts, device: str | None,
                     extend=None):  # fmt: skip
-    """``get_cfg()`` (+ ``SUITE.MAX_BAD_FRAC`` / ``LOG_PERIOD``, + ``extend(cfg)``: a family's own keys) ->
-    each of ``files`` merged in turn -> with ``twin_prefix`` (smoke runs) every dataset name
-    prefixed -> MODEL.WEIGHTS and MODEL.DEVICE (default: cuda when available) -> ``opts``
-    (trailing KEY VALUE overrides; a bad one is a ``ConfigError``). Not frozen."""
+    """``get_cfg()`` (+ ``SUITE.MAX_BAD_FRAC`` / ``LOG_PERIOD``, + ``extend(cfg)``: a
+    family's own keys) -> each of ``files`` merged in turn -> with ``twin_prefix`` (smoke
+    runs) every dataset name prefixed -> MODEL.WEIGHTS and MODEL.DEVICE (default: cuda when
+    available) -> ``opts`` (trailing KEY VALUE overrides; a bad one is a ``ConfigError``).
+    Not frozen."""
     from detectron2.config import CfgNode, get_cfg
 
     cfg = get_cfg()
