@@ -364,28 +364,33 @@ def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_
 
 
 def test_two_launches_on_one_output_train_it_once(tmp_path, folder):
-    """The second launch finds the run's lock held: it skips (one line) or, with --if-locked
-    wait, waits and then finds the run finished; every step is in metrics.jsonl once."""
+    """While a launcher holds the run's lock (here: this test), a second launch skips it in
+    one line, or with --if-locked wait waits, then trains it; a third finds it finished.
+    Every step is in metrics.jsonl once."""
     import time
+
+    from common.locks import held_or_none
+    from pretrain.trainer import run_lock_path
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pretrain", "--recipe", "test", "--method", "byol", "--data",
            str(folder), "--output", str(out), "--epochs", "2", "--knn-every", "0"]  # fmt: skip
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)  # fmt: skip
-    deadline = time.time() + 240
-    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
-        assert time.time() < deadline and first.poll() is None
-        time.sleep(0.2)
-    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert f"the run in {out} is training in another launcher" in second.stdout
-    assert first.poll() is None  # the first was still training
-    waiting = subprocess.run([*cmd, "--if-locked", "wait"], cwd=REPO, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
-    assert first.wait(timeout=600) == 0
-    assert waiting.returncode == 0, waiting.stderr[-2000:]
-    assert "waiting for the lock" in waiting.stderr and "wrote" in waiting.stdout
+    with held_or_none(run_lock_path(out)) as lock:
+        assert lock is not None
+        skipped = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert skipped.returncode == 0, skipped.stderr[-2000:]
+        assert f"the run in {out} is training in another launcher" in skipped.stdout
+        assert not (out / "metrics.jsonl").exists()
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = subprocess.Popen([*cmd, "--if-locked", "wait"], cwd=REPO, **pipes)
+        deadline = time.time() + 120
+        while not waiting.stderr.readline().startswith("waiting for the lock"):
+            assert time.time() < deadline and waiting.poll() is None
+    stdout, stderr = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0, stderr[-2000:]
+    assert "wrote" in stdout
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-2000:]
     steps = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(x).get("type") == "step"]  # fmt: skip
     assert steps == sorted(set(steps)) and len(steps) == 24  # 2 epochs x 12 steps, once each
