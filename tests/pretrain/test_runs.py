@@ -89,7 +89,7 @@ def test_the_online_probe_leaves_the_pretrained_weights_bit_identical(tmp_path, 
     runs = {}
     for probe in (False, True):
         cfg = tiny(tmp_path / str(probe), folder, method=method, epochs=2, knn_every=1,
-                   online_probe=probe)  # fmt: skip
+                   online_probe=probe, keep_checkpoints="all")  # fmt: skip
         t = Trainer(cfg)
         t.fit()
         runs[probe] = t

@@ -350,6 +350,7 @@ def _supervised_r18(data: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.extended  # a learning check (minutes of CI time): make test-extended
 def test_the_linear_probe_measures_something(tmp_path):
     from synthetic import write_silhouettes
 
