@@ -537,18 +537,24 @@ def _toolkit_batch(records, short, flips, max_size=1000, pad=32, stride=4, dtype
     return images, labels
 
 
-def test_a_training_batch_equals_the_toolkits(tmp_path, model):
-    """Two images of different sizes at one short side, one flipped: our loader + the
-    model's batching give the toolkit's normalised batch and its labels (255 <-> -1)."""
+def _train_records(tmp_path, seed: int, train: int, size: int) -> list[dict]:
+    """The synthetic twin's training records, each with its raw label (the toolkit's)."""
     from synthetic.ade20k import write_ade20k
     from transfer.segmentation import data
 
-    root = write_ade20k(tmp_path / "ade", seed=5, train=2, val=1, size=150)
+    root = write_ade20k(tmp_path / "ade", seed=seed, train=train, val=1, size=size)
     data.prepare(root)
     data.register(root, synthetic=True)
     dicts, _ = data.dataset_dicts("synthetic_ade20k_sem_seg_train")
     for d in dicts:
         d["raw_label"] = d["sem_seg_file_name"].replace("annotations_detectron2", "annotations")
+    return dicts
+
+
+def test_a_training_batch_equals_the_toolkits(tmp_path, model):
+    """Two images of different sizes at one short side, one flipped: our loader + the
+    model's batching give the toolkit's normalised batch and its labels (255 <-> -1)."""
+    dicts = _train_records(tmp_path, seed=5, train=2, size=150)
     assert dicts[0]["height"] != dicts[1]["height"] or dicts[0]["width"] != dicts[1]["width"]
     short, flips = 375, (False, True)
     ours = [loader.train_sample(d, short, f, 1000, 4) for d, f in zip(dicts, flips)]
@@ -577,15 +583,7 @@ def test_the_training_loss_is_the_mean_of_the_toolkits_per_gpu_losses(tmp_path, 
     """Two groups (the toolkit's two GPUs), each with its own short side and padded size:
     our loss is the mean of the toolkit's per-GPU NLL means (train.py's ``loss.mean()``
     over its data-parallel losses), each group through the network on its own (float64)."""
-    from synthetic.ade20k import write_ade20k
-    from transfer.segmentation import data
-
-    root = write_ade20k(tmp_path / "ade", seed=7, train=4, val=1, size=120)
-    data.prepare(root)
-    data.register(root, synthetic=True)
-    dicts, _ = data.dataset_dicts("synthetic_ade20k_sem_seg_train")
-    for d in dicts:
-        d["raw_label"] = d["sem_seg_file_name"].replace("annotations_detectron2", "annotations")
+    dicts = _train_records(tmp_path, seed=7, train=4, size=120)
     net = _float64_model(model, cfg).train()
     groups = [(dicts[:2], 64, (False, True)), (dicts[2:4], 96, (True, False))]
     inputs = [{**loader.train_sample(d, short, f, 1000, 4), "group": g}
