@@ -220,8 +220,8 @@ class Trainer:
         return path
 
     def finished_state(self) -> dict:
-        """What ``--keep-checkpoints final`` keeps of a finished run: no weights (the
-        exported backbone is beside it), the counters, history and config."""
+        """The state ``--keep-checkpoints final`` keeps of a finished run, beside the exported
+        backbone: no model, target or optimiser state; the counters, history and config."""
         return {
             "finished": True,
             "history": self.history,
@@ -538,10 +538,11 @@ class Trainer:
         if not self.main:
             return None
         out = Path(self.cfg.out or self.out / f"{self.cfg.method}_{self.cfg.arch}.pth")
-        checkpoint.save(out, self.exported())
+        exported = self.exported()
+        checkpoint.save(out, exported)
         if self.cfg.keep_checkpoints == "final":  # the optimiser and targets are not needed
             checkpoint.save(self.out / "checkpoint.pth",
-                            {**self.exported(), "state": self.finished_state()})  # fmt: skip
+                            {**exported, "state": self.finished_state()})  # fmt: skip
         try:
             plot_curves(self.history, self.out / "curves.png")
         except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
