@@ -91,14 +91,17 @@ def _not_readable(path: Path, e: Exception) -> CheckpointError:
 _DICTS = ("dict", "collections.OrderedDict")
 
 
-def _check_kind(path: Path) -> None:
-    """A file that is plainly something else (an image, text, an archive) is named so."""
+def _unloadable(path: Path, e: Exception) -> CheckpointError:
+    """Why ``path`` did not load: plainly another kind of file (an image, text, an archive),
+    or a corrupt / truncated checkpoint. Asked only after loading failed, so a checkpoint
+    that loads is never judged by its first bytes."""
     kind = sniff(path)
-    if kind is not None:
-        raise CheckpointError(
-            f"{path} is {kind}, not a checkpoint: pass the pretrained weights (a .pth / .pt / "
-            ".tar checkpoint or a Detectron2 .pkl)"
-        )
+    if kind is None:
+        return _not_readable(path, e)
+    return CheckpointError(
+        f"{path} is {kind}, not a checkpoint: pass the pretrained weights (a .pth / .pt / "
+        ".tar checkpoint or a Detectron2 .pkl)"
+    )
 
 
 def _not_a_dict(path: Path, kind: str) -> CheckpointError:
@@ -117,7 +120,7 @@ def _torch_load(path: Path, allow_pickle: bool):
         if kind is not None and kind not in _DICTS:
             raise _not_a_dict(path, kind) from None
         if not _looks_like_torch_file(path):
-            raise _not_readable(path, e) from None
+            raise _unloadable(path, e) from None
         if not allow_pickle:
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors, which safe (weights_only) "
@@ -125,8 +128,8 @@ def _torch_load(path: Path, allow_pickle: bool):
                 "--allow-pickle"
             ) from None
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise _not_readable(path, e) from None
+    except Exception as e:  # noqa: BLE001 - any other failure: not a readable checkpoint
+        raise _unloadable(path, e) from None
 
 
 def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
@@ -139,13 +142,12 @@ def load_any(path: str | Path, allow_pickle: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"checkpoint not found: {path}")
-    _check_kind(path)
     if path.suffix == ".pkl":
         with open(path, "rb") as f:
             try:
                 obj = pickle.load(f, encoding="latin1")
             except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-                raise _not_readable(path, e) from None
+                raise _unloadable(path, e) from None
     else:
         obj = _torch_load(path, allow_pickle)
     if not isinstance(obj, Mapping):
