@@ -38,7 +38,7 @@ def sniff(path: str | Path) -> str | None:
         return "a WebP image"
     for magic, what in _MAGIC:
         if head.startswith(magic):
-            if what == "a zip archive" and _zip_names(path) is None:
+            if what == "a zip archive" and not _plain_zip(path):
                 return None  # a torch file, or a truncated zip (torch.load names that)
             return what
     if head and not head.startswith(b"\x80") and _is_text(head):
@@ -46,14 +46,13 @@ def sniff(path: str | Path) -> str | None:
     return None
 
 
-def _zip_names(path: str | Path) -> list[str] | None:
-    """The names in a complete zip that is not a torch file; None otherwise."""
+def _plain_zip(path: str | Path) -> bool:
+    """A complete zip that is not a torch file."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+            return not any(n.endswith("data.pkl") for n in z.namelist())
     except zipfile.BadZipFile:
-        return None
-    return None if any(n.endswith("data.pkl") for n in names) else names
+        return False
 
 
 def _is_text(head: bytes) -> bool:

@@ -253,10 +253,11 @@ def verify_backbone_loaded(model: torch.nn.Module, weights: str) -> int:
     return len(expected)
 
 
-def train_recording_session(trainer, sessions_path: Path) -> None:
-    """``trainer.train()`` as one session of ``sessions.json`` (``common.sessions``: written
-    at its start by the main process, closed at its end; a killed one closed by the next)."""
-    with recorded_session(sessions_path.parent, comm.is_main_process(),
+def train_recording_session(trainer, seed_dir: str | Path) -> None:
+    """``trainer.train()`` as one session of ``seed_dir/sessions.json`` (``common.sessions``:
+    written at its start by the main process, closed at its end; a killed one closed by the
+    next)."""
+    with recorded_session(seed_dir, comm.is_main_process(),
                           start_iter=trainer.start_iter) as entry:  # fmt: skip
         try:
             trainer.train()

@@ -10,7 +10,6 @@ SIGINT / SIGTERM save a checkpoint at the end of the current iteration and stop
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
@@ -68,7 +67,7 @@ def train_seed(spec: SeedSpec) -> dict | None:
     if spec.dataset == "synthetic":
         register_shapes(spec.shapes_root)
     trainer = start_seed(spec, build_config, SuiteTrainer)
-    train_recording_session(trainer, Path(spec.seed_dir) / "sessions.json")
+    train_recording_session(trainer, spec.seed_dir)
     if not comm.is_main_process():
         return None
     results = final_results(trainer)

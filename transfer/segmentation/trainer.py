@@ -12,7 +12,6 @@ SIGTERM checkpoint and stop (resumable); a resumed run continues the same data s
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
@@ -92,7 +91,7 @@ def train_seed(spec: SeedSpec) -> dict | None:
 
     register(spec.shapes_root, synthetic=spec.dataset == "synthetic")  # the plan's data root
     trainer = start_seed(spec, build_config, SegTrainer)
-    train_recording_session(trainer, Path(spec.seed_dir) / "sessions.json")
+    train_recording_session(trainer, spec.seed_dir)
     if not comm.is_main_process():
         return None
     sem = dict(final_results(trainer)["sem_seg"])
