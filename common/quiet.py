@@ -20,6 +20,10 @@ KNOWN = (
     # detectron2 v0.6's anchor generator calls torch.meshgrid without indexing= (the 'ij'
     # default it relies on is what torch does)
     ("ignore", r"torch.meshgrid: in an upcoming release", UserWarning, ""),
+    # several processes: detectron2 v0.6's all_gather pickles through a ByteStorage, and its
+    # create_ddp_model passes broadcast_buffers=False (both work as they always did)
+    ("ignore", r"TypedStorage is deprecated", UserWarning, r"detectron2(\..*)?"),
+    ("ignore", r"`broadcast_buffers` is deprecated", FutureWarning, ""),
 )
 
 

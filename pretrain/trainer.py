@@ -25,6 +25,7 @@ from common.cli import ConfigError, InputNotFound, Interrupted, UserError
 from common.distributed import any_rank, every_rank
 from common.metrics import MetricsLog
 from common.signals import StopFlag
+from common.syncnorm import synchronise_norms
 from pretrain import checkpoint
 from pretrain.amp import AmpStep
 from pretrain.config import RESUME_FREE_KEYS, PretrainConfig, amp_dtype, resolve_data
@@ -43,18 +44,12 @@ class NonFiniteLoss(UserError):
     """A NaN/inf loss: the run stops; the last good checkpoint is kept."""
 
 
-def sync_batchnorm(model: torch.nn.Module, keep_local: tuple[str, ...] = ()) -> torch.nn.Module:
-    """SyncBatchNorm everywhere except in the submodules named in ``keep_local`` (dotted
-    paths, e.g. ``"target.tstream"``), whose BatchNorms keep per-GPU statistics."""
-    for name, child in list(model.named_children()):
-        inner = tuple(k[len(name) + 1 :] for k in keep_local if k.startswith(name + "."))
-        if name in keep_local:
-            continue
-        if inner:
-            sync_batchnorm(child, inner)
-        else:
-            setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
-    return model
+def sync_batchnorm(model: torch.nn.Module, keep_local: tuple[str, ...] = (),
+                   cuda: bool = True) -> torch.nn.Module:  # fmt: skip
+    """Global-batch BatchNorm everywhere (``nn.SyncBatchNorm`` on CUDA, ``GlobalBatchNorm``
+    on CPU processes) except in the submodules named in ``keep_local`` (dotted paths, e.g.
+    ``"target.tstream"``), whose BatchNorms keep per-process statistics."""
+    return synchronise_norms(model, cuda, keep_local)
 
 
 def dist_setup() -> tuple[int, int, int]:
@@ -147,8 +142,8 @@ class Trainer:
             torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
         )  # of the model and its input views
         model = model.to(memory_format=self.memory_format)
-        if self.world > 1 and self.cuda:
-            model = sync_batchnorm(model, model.local_bn_modules())
+        if self.world > 1:  # the global batch's statistics, on GPUs and CPU processes alike
+            model = sync_batchnorm(model, model.local_bn_modules(), self.cuda)
         self.model = model
         self.ddp = (
             torch.nn.parallel.DistributedDataParallel(

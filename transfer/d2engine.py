@@ -15,13 +15,15 @@
   run would restart SGD's momentum at zero and run its first iteration at the base lr);
 - ``protocol_config``: a protocol's detectron2 config from its YAML files, with the smoke
   twins' dataset names, the weights, the device and the user's overrides;
-- ``SeedTrainer``: the ``DefaultTrainer`` a family subclasses (all of the above);
+- ``SeedTrainer``: the ``DefaultTrainer`` a family subclasses (all of the above; on CPU
+  processes its SyncBN is ``common.syncnorm.GlobalBatchNorm`` and DDP runs on gloo);
   ``start_seed`` builds a seed's config and trainer (resumed, or loaded and verified);
   ``seed_metrics`` / ``write_seed_results`` write what every seed's ``metrics.json`` holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import time
@@ -46,6 +48,7 @@ from common.distributed import any_rank
 from common.metrics import remove_events, truncate_jsonl, wandb_run
 from common.sessions import recorded_session, session_totals
 from common.signals import StopFlag
+from common.syncnorm import cpu_sync_norms
 from transfer.keep import prune_seed_checkpoints
 from transfer.spec import SeedSpec
 
@@ -349,7 +352,19 @@ class SeedTrainer(OptimizerStateMixin, DefaultTrainer):
 
     def __init__(self, cfg, spec: SeedSpec | None = None):
         self.spec = spec  # before DefaultTrainer builds the writers
-        super().__init__(cfg)
+        with ddp_without_device_ids(cfg.MODEL.DEVICE == "cpu"):
+            super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model; on several CPU processes its ``nn.SyncBatchNorm`` (CUDA only)
+        becomes ``GlobalBatchNorm``: the same global-batch statistics over gloo."""
+        model = super().build_model(cfg)
+        if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
+            model, n = cpu_sync_norms(model)
+            if n:
+                logging.getLogger(__name__).info(f"SyncBN on CPU: {n} norms over gloo")
+        return model
 
     def build_writers(self):
         return suite_writers(self)
@@ -367,6 +382,21 @@ class SeedTrainer(OptimizerStateMixin, DefaultTrainer):
                 f"(lr {lr:.4g}, SOLVER.BASE_LR {self.cfg.SOLVER.BASE_LR:g}); the model was not "
                 "evaluated: lower SOLVER.BASE_LR, or check the weights"
             ) from None
+
+
+@contextlib.contextmanager
+def ddp_without_device_ids(cpu: bool):
+    """While ``DefaultTrainer`` wraps its model: detectron2's ``create_ddp_model`` gives DDP
+    the local rank as a GPU id; a CPU model (gloo) takes none."""
+    from detectron2.engine import defaults
+
+    create = defaults.create_ddp_model
+    if cpu:
+        defaults.create_ddp_model = lambda model, **kw: create(model, **{"device_ids": None, **kw})
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = create
 
 
 def start_seed(spec: SeedSpec, build_config, trainer_cls: type[SeedTrainer]) -> SeedTrainer:

@@ -1,6 +1,7 @@
 """Launching the seeds of a run: here, one child process each, or one Slurm job each.
 
-A seed runs in its own process (detectron2 ``launch`` over its GPUs), so a failing seed
+A seed runs in its own process (``common.processes.start_workers`` over its GPUs, or its
+``--num-procs`` CPU processes), so a failing seed
 never takes the others down; ``python -m transfer.launch --seed-spec FILE`` is that process.
 """
 
@@ -25,6 +26,7 @@ import traceback
 from common.atomic import atomic_write_json
 from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Interrupted
 from common.locks import held_or_none
+from common.processes import WorkerFailed, start_workers
 from common.slurm import make_executor
 from transfer.spec import SeedSpec, seed_lock_path
 
@@ -38,33 +40,36 @@ def seed_function(spec: SeedSpec):
 
 
 def run_seed_process(spec: SeedSpec) -> int:
-    """Train one seed over its GPUs; a failure is recorded in ``failed.json``."""
-    from detectron2.engine import launch
-
+    """Train one seed on its processes (one per GPU, or ``num_procs`` on CPU, on each of
+    ``num_machines``); a failure is recorded in ``failed.json``."""
     train = seed_function(spec)
     try:
-        launch(
+        start_workers(
             train,
-            spec.num_gpus,
+            (spec,),
+            spec.procs_per_machine,
             num_machines=spec.num_machines,
             machine_rank=spec.machine_rank,
             dist_url=spec.dist_url,
-            args=(spec,),
+            cuda=spec.num_gpus > 0,
         )
     except (Interrupted, KeyboardInterrupt) as e:
         print(f"seed {spec.seed_index}: {e or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - any failure of a seed is recorded, others go on
+        kind, trace = type(e).__name__, traceback.format_exc()
+        if isinstance(e, WorkerFailed):  # a worker's own error, as one process reports it
+            kind, trace = e.kind, e.trace
         if spec.machine_rank == 0:
             atomic_write_json(
                 Path(spec.seed_dir) / "failed.json",
                 {
-                    "error": f"{type(e).__name__}: {e}",
-                    "traceback": traceback.format_exc(),
+                    "error": f"{kind}: {e}",
+                    "traceback": trace,
                     "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
             )
-        print(f"seed {spec.seed_index} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"seed {spec.seed_index} FAILED: {kind}: {e}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -100,7 +100,15 @@ def add_placement_args(p: argparse.ArgumentParser) -> None:
         "--num-gpus",
         type=int,
         default=None,
-        help="GPUs per machine (default: all visible; 0 = CPU)",
+        help="GPUs per machine, one process each (default: all visible; 0 = CPU)",
+    )
+    p.add_argument(
+        "--num-procs",
+        type=int,
+        default=1,
+        help="CPU only (no GPU visible, or --num-gpus 0): processes per machine, one "
+        "torch.distributed (gloo) group as on GPUs, each with its share of the cores "
+        "(default: 1); with GPUs the process count is --num-gpus",
     )
     p.add_argument("--num-machines", type=int, default=1, help="machines (default: 1)")
     p.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
@@ -234,6 +242,14 @@ def devices(args: argparse.Namespace) -> tuple[int, str]:
         raise ConfigError("--amp needs CUDA; drop --amp on CPU")
     if num_gpus > torch.cuda.device_count() and args.launcher != "slurm":
         raise ConfigError(f"--num-gpus {num_gpus} but {torch.cuda.device_count()} GPUs visible")
+    procs = getattr(args, "num_procs", 1)
+    if procs < 1:
+        raise ConfigError(f"--num-procs {procs}: give 1 or more processes")
+    if procs > 1 and num_gpus > 0:
+        raise ConfigError(
+            f"--num-procs {procs} is for CPU runs; on GPUs the processes are --num-gpus "
+            f"({num_gpus}), or pass --num-gpus 0 to run on {procs} CPU processes"
+        )
     return num_gpus, "cuda" if num_gpus > 0 else "cpu"
 
 
@@ -269,6 +285,7 @@ def seed_template(
         seed_dir="",
         opts=opts,
         num_gpus=num_gpus,
+        num_procs=getattr(args, "num_procs", 1),
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,

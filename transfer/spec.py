@@ -22,7 +22,8 @@ class SeedSpec:
     seed: int  # the recorded seed value
     seed_dir: str
     opts: list = field(default_factory=list)  # KEY VALUE config / protocol overrides
-    num_gpus: int = 0
+    num_gpus: int = 0  # GPUs per machine, one process each; 0: CPU
+    num_procs: int = 1  # CPU only: processes per machine (gloo)
     num_machines: int = 1
     machine_rank: int = 0
     dist_url: str = "auto"
@@ -38,6 +39,11 @@ class SeedSpec:
     cache_dir: str | None = None  # recognition: where extracted features are cached
     logger: str = "tensorboard"  # tensorboard | wandb | none, beside train_metrics.jsonl
     keep_checkpoints: str = "final"  # what a finished seed keeps (transfer.keep)
+
+    @property
+    def procs_per_machine(self) -> int:
+        """Worker processes on each machine: one per GPU, or ``num_procs`` on CPU."""
+        return self.num_gpus if self.num_gpus > 0 else max(1, self.num_procs)
 
     def wandb_names(self) -> dict:
         """W&B's group (the weights file) and run name (protocol[/task]/seed) of this seed."""

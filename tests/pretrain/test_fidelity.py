@@ -201,17 +201,19 @@ def tiny_care(**options) -> CARE:
     return CARE("resnet18", CAREOptions(**{**small, **options}))
 
 
-def test_tstream_batchnorms_stay_per_gpu_unless_asked():
+@pytest.mark.parametrize("cuda,synced_kind", [(True, "SyncBatchNorm"), (False, "GlobalBatchNorm")])
+def test_tstream_batchnorms_stay_per_gpu_unless_asked(cuda, synced_kind):
     care = tiny_care()
-    synced = sync_batchnorm(copy.deepcopy(care), care.local_bn_modules())
+    synced = sync_batchnorm(copy.deepcopy(care), care.local_bn_modules(), cuda)
     kinds = {
         n: type(m).__name__
         for n, m in synced.named_modules()
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
     }
     assert all(k == "BatchNorm2d" for n, k in kinds.items() if ".tstream." in f".{n}")
-    assert all(k == "SyncBatchNorm" for n, k in kinds.items() if ".tstream." not in f".{n}")
+    assert all(k == synced_kind for n, k in kinds.items() if ".tstream." not in f".{n}")
     assert any(n.startswith("target.tstream") for n in kinds)
+    assert sum(k == synced_kind for k in kinds.values()) > 10
     flag = tiny_care(sync_tstream_bn=True)
     every = sync_batchnorm(flag, flag.local_bn_modules())
     assert all(

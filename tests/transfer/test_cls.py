@@ -463,7 +463,7 @@ def _global_bn_worker(rank: int, out: str, port: int) -> None:
 
     import torch.distributed as dist
 
-    from transfer.classification.models import GlobalBatchNorm2d
+    from common.syncnorm import GlobalBatchNorm
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -472,7 +472,7 @@ def _global_bn_worker(rank: int, out: str, port: int) -> None:
     w = torch.randn(6, 3, 4, 4).double()
     half = slice(0, 2) if rank == 0 else slice(2, 6)  # unequal shares of the global batch
     xi = x[half].clone().requires_grad_(True)
-    bn = GlobalBatchNorm2d(3, affine=False, momentum=0.1).double()
+    bn = GlobalBatchNorm(3, affine=False, momentum=0.1).double()
     y = bn(xi)
     (y * w[half]).sum().backward()
     torch.save({"y": y.detach(), "grad": xi.grad, "mean": bn.running_mean,
@@ -481,12 +481,13 @@ def _global_bn_worker(rank: int, out: str, port: int) -> None:
 
 
 def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path, free_port):
-    """Two CPU processes with 2 and 4 of 6 samples: GlobalBatchNorm2d gives the outputs,
+    """Two CPU processes with 2 and 4 of 6 samples: GlobalBatchNorm gives the outputs,
     input gradients and running statistics of one BatchNorm2d over all 6 (OpenSelfSup's
     SyncBN benchmark setting); in one process it is BatchNorm2d."""
     import torch.multiprocessing as mp
 
-    from transfer.classification.models import GlobalBatchNorm2d, synchronise_head_bn
+    from common.syncnorm import GlobalBatchNorm
+    from transfer.classification.models import synchronise_head_bn
 
     mp.spawn(_global_bn_worker, args=(str(tmp_path), free_port), nprocs=2)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
@@ -504,8 +505,8 @@ def test_multilayer_heads_batchnorm_covers_the_global_batch(tmp_path, free_port)
         assert torch.allclose(p["var"], bn.running_var, **close)
     head = MultiHead(ARCHS["resnet18"], ("res2",), 4, "adaptive", 64)
     synchronise_head_bn(head, cuda=False)
-    assert type(head.norms["res2"]) is GlobalBatchNorm2d and not head.norms["res2"].affine
-    single = GlobalBatchNorm2d(3, affine=False)  # no process group: plain BatchNorm2d
+    assert type(head.norms["res2"]) is GlobalBatchNorm and not head.norms["res2"].affine
+    single = GlobalBatchNorm(3, affine=False)  # no process group: plain BatchNorm2d
     torch.manual_seed(1)
     z = torch.randn(4, 3, 2, 2)
     assert torch.equal(single(z), torch.nn.BatchNorm2d(3, affine=False)(z))

@@ -16,6 +16,7 @@ from torch import nn
 
 from common.archs import Arch
 from common.cli import ConfigError
+from common.syncnorm import synchronise_norms
 from transfer.backbone import (  # noqa: F401 - the family's names for the shared backbone
     STAGES,
     FeatureResNet,
@@ -110,49 +111,7 @@ def feature_dims(arch: Arch, stages: tuple[str, ...], pool: str, crop: int) -> d
     return {s: ch[s] * pooled_side(s, pool, crop) ** 2 for s in stages}
 
 
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics cover the global batch of every process: the
-    per-channel sum, sum of squares and count are all-reduced with autograd
-    (``torch.distributed.nn``), so gradients flow through the global mean and variance as in
-    ``nn.SyncBatchNorm``, which needs CUDA; this is its CPU (gloo) counterpart. One process:
-    plain BatchNorm2d."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, C, H, W) -> (N, C, H, W)."""
-        import torch.distributed as dist
-
-        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        c = x.shape[1]
-        count = x.new_tensor([x.numel() // c])
-        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c : 2 * c] / n - mean * mean  # biased, as BatchNorm normalises
-        with torch.no_grad():
-            m = self.momentum
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
-            self.num_batches_tracked += 1
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
-
-
 def synchronise_head_bn(head: nn.Module, cuda: bool) -> nn.Module:
     """The head with every BatchNorm2d computing global-batch statistics under DDP:
-    ``nn.SyncBatchNorm`` on CUDA, ``GlobalBatchNorm2d`` on CPU (state copied)."""
-    if cuda:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(head)
-    for name, child in head.named_children():
-        if type(child) is nn.BatchNorm2d:
-            g = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                  child.track_running_stats)  # fmt: skip
-            g.load_state_dict(child.state_dict())
-            setattr(head, name, g)
-        else:
-            synchronise_head_bn(child, cuda)
-    return head
+    ``nn.SyncBatchNorm`` on CUDA, ``GlobalBatchNorm`` on CPU (state copied)."""
+    return synchronise_norms(head, cuda)

@@ -33,6 +33,7 @@ from common.cli import ConfigError, Interrupted
 from common.distributed import any_rank
 from common.sessions import recorded_session, session_totals
 from common.signals import StopFlag
+from common.syncnorm import synchronise_norms
 from transfer.classification import data as D
 from transfer.classification.knn import gather_rows, normalise, sharded_knn_scores, topk_correct
 from transfer.classification.models import (
@@ -286,10 +287,7 @@ def _distributed(run: Run, probe: Probe) -> nn.Module:
     if run.p.head == "multihead":  # OpenSelfSup: the heads' BatchNorm over the global batch
         probe.head = synchronise_head_bn(probe.head, run.device.type == "cuda")
     if not probe.frozen and run.p.sync_bn:
-        if run.device.type == "cuda":
-            probe.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(probe.backbone)
-        else:
-            run.log("sync_bn: SyncBatchNorm needs CUDA; CPU processes keep per-process BN")
+        probe.backbone = synchronise_norms(probe.backbone, run.device.type == "cuda")
     ids = [run.device.index] if run.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(probe, device_ids=ids)
 

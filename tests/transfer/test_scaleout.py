@@ -1,0 +1,156 @@
+"""Several processes equal one: a training step of each detectron2 family on 2 CPU processes
+(gloo, started by ``common.processes.start_workers`` as the runners start them) with B/2
+images each equals one process with the B images: the losses, every gradient and the
+synchronised norms' running statistics. float64, so the tolerances are float64's (the
+all-reduce sums in another order than one process does).
+
+What is held fixed so that the process count is the only difference (docs/scaling.md):
+every image has the same size (a process pads its images to its own largest), one box per
+image and sampling that takes every anchor and every proposal (detectron2 samples with
+``randperm`` from each process's own generator; a per-process mean over unequal counts is
+not the whole batch's mean), and, for segmentation, labels without ignored pixels.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.processes import start_workers
+
+TAKE_ALL = [
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "100000", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "100000",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "24", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100000",
+]  # fmt: skip
+FAMILIES = {
+    # family: (protocol, overrides); MoCo's C4 norm is detectron2's NaiveSyncBatchNorm (all-
+    # reduce based, runs on gloo as it is); the FPN's SyncBN becomes GlobalBatchNorm on CPU
+    "voc_c4": ("detection", "voc_c4_24k", TAKE_ALL),
+    "coco_fpn": ("detection", "coco_fpn_1x", [*TAKE_ALL, "MODEL.MASK_ON", "False"]),
+    "ade20k": ("segmentation", "ade20k_upernet", ["MODEL.UPERNET.BN_MOMENTUM", "0.1"]),
+}
+
+
+def _inputs(family: str, n: int = 4, side: int = 96) -> list[dict]:
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(n):
+        image = torch.randint(0, 256, (3, side, side), generator=g, dtype=torch.uint8)
+        if family == "segmentation":
+            label = torch.randint(0, 150, (side // 4, side // 4), generator=g)
+            out.append({"image": image, "sem_seg": label})
+            continue
+        x0, y0 = torch.randint(0, side // 2, (2,), generator=g).tolist()
+        inst = Instances((side, side))
+        inst.gt_boxes = Boxes(torch.tensor([[x0, y0, x0 + 40.0, y0 + 36.0]], dtype=torch.float64))
+        inst.gt_classes = torch.randint(0, 6, (1,), generator=g)  # the smoke config: 6
+        out.append({"image": image, "instances": inst, "height": side, "width": side})
+    return out
+
+
+def _model(family: str, protocol: str, opts: list[str]):
+    """The seed trainer's model (its CPU norm conversion) in float64, DDP-wrapped as
+    ``DefaultTrainer`` wraps it (one process: the model itself)."""
+    from detectron2.engine import defaults
+
+    from transfer.d2engine import SeedTrainer, ddp_without_device_ids
+
+    if family == "detection":
+        from transfer.detection.config import build_config
+    else:
+        from transfer.segmentation.config import build_config
+    cfg = build_config(protocol, smoke=True, weights="", opts=opts, device="cpu")
+    torch.manual_seed(0)
+    model = SeedTrainer.build_model(cfg).double()
+    with ddp_without_device_ids(True):
+        return model, defaults.create_ddp_model(model, broadcast_buffers=False)
+
+
+def _nms_of_float64_scores() -> None:
+    """detectron2 casts the proposals' boxes to float32 for torchvision's NMS, which then
+    needs float32 scores too: they are cast alike (NMS only picks the indices kept)."""
+    from detectron2.modeling.proposal_generator import proposal_utils
+
+    nms = proposal_utils.batched_nms
+    if not getattr(nms, "float64_scores", False):
+        proposal_utils.batched_nms = lambda b, s, i, t: nms(b, s.float(), i, t)
+        proposal_utils.batched_nms.float64_scores = True
+
+
+def one_step(family: str, protocol: str, opts: list[str], inputs: list[dict], out: str | None):
+    """One forward / backward of this process's share of ``inputs``; the losses averaged
+    over the processes, every gradient and norm buffer -> ``out`` (rank 0) or returned."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+    from detectron2.utils.events import EventStorage
+
+    torch.set_default_dtype(torch.float64)
+    _nms_of_float64_scores()
+    model, ddp = _model(family, protocol, opts)
+    world, rank = comm.get_world_size(), comm.get_rank()
+    share = len(inputs) // world
+    with EventStorage(0):
+        losses = ddp(inputs[rank * share : (rank + 1) * share])
+    sum(losses.values()).backward()
+    values = torch.stack([losses[k].detach() for k in sorted(losses)])
+    if world > 1:
+        dist.all_reduce(values)
+        values /= world
+    norms = {type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}
+    record = {
+        "losses": dict(zip(sorted(losses), values.tolist())),
+        "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+        "buffers": {n: b.clone() for n, b in model.named_buffers() if "running" in n},
+        "norms": sorted(norms),
+    }
+    if out is None:
+        return record
+    if rank == 0:
+        torch.save(record, out)
+    return None
+
+
+def largest_differences(one: dict, two: dict, buffers: list[str]) -> str:
+    """The largest difference per quantity: losses (relative), gradients and running
+    statistics (relative to each tensor's largest magnitude)."""
+
+    def rel(a, b):
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+    loss = max(abs(two["losses"][k] - v) / abs(v) for k, v in one["losses"].items())
+    grad = max(rel(two["grads"][n], g) for n, g in one["grads"].items())
+    stat = max(rel(two["buffers"][n], one["buffers"][n]) for n in buffers)
+    return f"loss {loss:.1e}, gradient {grad:.1e}, running statistics {stat:.1e}"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(name, tmp_path, float64):
+    family, protocol, opts = FAMILIES[name]
+    inputs = _inputs(family)
+    start_workers(one_step, (family, protocol, opts, inputs, str(tmp_path / "two.pt")), 2)
+    two = torch.load(tmp_path / "two.pt", weights_only=False)
+    one = one_step(family, protocol, opts, inputs, None)
+
+    # detectron2's RPN objectness loss is float32 whatever the model's dtype (it casts its
+    # targets to float32): that loss and every gradient it reaches carry float32 rounding
+    # (eps 1.2e-7; 1e-6 allows the sums' growth); the rest is float64
+    rel = 1e-6 if family == "detection" else 1e-9
+    assert two["losses"].keys() == one["losses"].keys()
+    for k, v in one["losses"].items():
+        tol = 1e-6 if k == "loss_rpn_cls" else 1e-9
+        assert two["losses"][k] == pytest.approx(v, rel=tol, abs=1e-12), k
+    if name == "coco_fpn":  # the CPU processes' SyncBN: global-batch statistics over gloo
+        assert "GlobalBatchNorm" in two["norms"] and "SyncBatchNorm" not in two["norms"]
+    assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 100
+    for n, g in one["grads"].items():
+        scale = g.abs().max().item()
+        torch.testing.assert_close(two["grads"][n], g, rtol=rel, atol=rel * scale, msg=n)
+    running = [n for n in one["buffers"] if "running_mean" in n or name != "voc_c4"]
+    assert len(running) > 20
+    print(name, largest_differences(one, two, running))
+    # detectron2's NaiveSyncBatchNorm (C4) updates running_var with the biased variance on
+    # several processes, BatchNorm2d with the unbiased one on one process: means compared
+    for n in running:
+        torch.testing.assert_close(two["buffers"][n], one["buffers"][n], rtol=1e-9, atol=1e-12)
