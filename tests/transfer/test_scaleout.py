@@ -154,3 +154,137 @@ def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(name, tmp
     # several processes, BatchNorm2d with the unbiased one on one process: means compared
     for n in running:
         torch.testing.assert_close(two["buffers"][n], one["buffers"][n], rtol=1e-9, atol=1e-12)
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in detector / segmentor whose predictions come from each image's annotations,
+    imperfect in a fixed way (shifted boxes, one class in three wrong, one false positive per
+    image; a wrong stripe of labels): an evaluation result between 0 and 100 that depends
+    on every image, so a lost or doubled image on either rank changes it."""
+
+    def __init__(self, dataset: str):
+        super().__init__()
+        from detectron2.data import DatasetCatalog
+
+        self.records = {d["file_name"]: d for d in DatasetCatalog.get(dataset)}
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device for detectron2's helpers
+
+    def forward(self, batched_inputs: list[dict]) -> list[dict]:
+        return [self.predict(self.records[x["file_name"]], x) for x in batched_inputs]
+
+    def predict(self, record: dict, x: dict) -> dict:
+        import numpy as np
+        from detectron2.structures import BoxMode, Boxes, Instances
+        from PIL import Image
+
+        h, w = int(x["height"]), int(x["width"])
+        if "sem_seg_file_name" in record:
+            label = torch.from_numpy(np.array(Image.open(record["sem_seg_file_name"]))).long()
+            label[label == 255] = 0
+            label[: h // 3] = (label[: h // 3] + 1) % 150
+            return {"sem_seg": torch.nn.functional.one_hot(label, 150).permute(2, 0, 1).float()}
+        boxes, classes, scores = [], [], []
+        for k, a in enumerate(record["annotations"]):
+            b = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+            boxes.append([v + (k % 4) for v in b])
+            classes.append(a["category_id"] if k % 3 else (a["category_id"] + 1) % 6)
+            scores.append(0.9 - 0.1 * (k % 5))
+        boxes.append([0.0, 0.0, w / 3, h / 3])
+        classes.append(record["image_id"] % 6 if isinstance(record["image_id"], int) else 0)
+        scores.append(0.55)
+        inst = Instances((h, w))
+        inst.pred_boxes = Boxes(torch.tensor(boxes).clamp(min=0))
+        inst.pred_classes = torch.tensor(classes)
+        inst.scores = torch.tensor(scores)
+        masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(inst.pred_boxes.tensor.round().long().tolist()):
+            masks[i, y0:y1, x0:x1] = True
+        inst.pred_masks = masks
+        return {"instances": inst}
+
+
+EVALUATIONS = {
+    "voc": ("detection", "voc_c4_24k"),
+    "coco": ("detection", "coco_fpn_1x"),
+    "ade20k": ("segmentation", "ade20k_upernet"),
+}
+
+
+def evaluate(family: str, protocol: str, root: str, out: str | None):
+    """The seed trainer's final evaluation (``DefaultTrainer.test``: the sharded test
+    loader, the evaluator, its gather to rank 0) of the oracle; rank 0's results."""
+    from detectron2.utils import comm
+
+    if family == "detection":
+        from transfer.detection.config import build_config
+        from transfer.detection.datasets import register_shapes
+        from transfer.detection.trainer import SuiteTrainer as Trainer
+
+        register_shapes(root)
+    else:
+        from transfer.segmentation.config import build_config
+        from transfer.segmentation.data import register
+        from transfer.segmentation.trainer import SegTrainer as Trainer
+
+        register(root, synthetic=True)
+    cfg = build_config(protocol, smoke=True, weights="", device="cpu", opts=["OUTPUT_DIR", out])
+    results = Trainer.test(cfg, Oracle(cfg.DATASETS.TEST[0]))
+    if comm.is_main_process():
+        torch.save({k: dict(v) for k, v in results.items()}, f"{out}/results.pt")
+
+
+@pytest.mark.parametrize("name", list(EVALUATIONS))
+def test_an_evaluation_over_two_ranks_equals_one_process(name, shapes_root, tmp_path):
+    """VOC AP, COCO box and mask AP, ADE20K mIoU: the test images sharded over 2 ranks and
+    gathered to rank 0 give one process's numbers (float64 sums; the same per-image
+    predictions on both sides)."""
+    family, protocol = EVALUATIONS[name]
+    root = str(shapes_root)
+    if family == "segmentation":
+        from synthetic.ade20k import write_ade20k
+        from transfer.segmentation.data import prepare
+
+        root = str(write_ade20k(tmp_path / "ade"))
+        prepare(root)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    start_workers(evaluate, (family, protocol, root, str(tmp_path / "two")), 2)
+    start_workers(evaluate, (family, protocol, root, str(tmp_path / "one")), 1)
+    one = torch.load(tmp_path / "one" / "results.pt", weights_only=False)
+    two = torch.load(tmp_path / "two" / "results.pt", weights_only=False)
+    print(name, {task: {k: round(v, 2) for k, v in r.items() if "-" not in k} for task, r in one.items()})
+    assert one.keys() == two.keys() and one
+    for task, r in one.items():
+        headline = r.get("AP", r.get("mIoU"))
+        assert 5 < headline < 95, (task, headline)  # a result that every image moves
+        assert two[task] == pytest.approx(r, rel=1e-12, abs=1e-12, nan_ok=True), task
+
+
+def top1(data: str, seed_dir: str, out: str | None):
+    """Classification's evaluation (``train.evaluate``: every world-th val image per rank,
+    the counts all-reduced) of a fixed random ResNet-18 + linear head."""
+    from detectron2.utils import comm
+
+    from transfer.classification.train import Probe, Run, build_head, evaluate
+    from transfer.spec import SeedSpec
+
+    spec = SeedSpec(protocol="linear_care", protocol_name="linear_care_smoke", smoke=True,
+                    dataset="synthetic", shapes_root=None, weights="", weights_info={},
+                    seed_index=0, seed=1000, seed_dir=seed_dir, data=data, arch="resnet18",
+                    family="classification")  # fmt: skip
+    torch.manual_seed(0)
+    run = Run(spec)
+    probe = Probe(run.backbone, build_head(run), run.p.stages, frozen=True)
+    result = evaluate(run, probe)
+    if comm.is_main_process():
+        torch.save(result, out)
+
+
+def test_classification_top1_over_two_ranks_equals_one_process(shapes_root, tmp_path):
+    data = str(shapes_root / "imagefolder")
+    start_workers(top1, (data, str(tmp_path / "s2"), str(tmp_path / "two.pt")), 2)
+    start_workers(top1, (data, str(tmp_path / "s1"), str(tmp_path / "one.pt")), 1)
+    one, two = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "two"))
+    print("top-1", one)
+    assert one["val_images"] == two["val_images"] == 6 * 8
+    assert 0 < one["top1"] < 100 and two == one
