@@ -22,7 +22,7 @@ import time
 import traceback
 from datetime import timedelta
 
-from common.cli import Interrupted
+from common.cli import Interrupted, UserError
 
 TIMEOUT = timedelta(minutes=30)  # detectron2's default: a rank waits this long for the others
 GRACE_S = 10.0  # how long the other workers get to stop after one failed
@@ -30,6 +30,11 @@ GRACE_S = 10.0  # how long the other workers get to stop after one failed
 
 class WorkerFailed(RuntimeError):
     """A worker process raised ``kind``: ``message``; ``str()`` is the worker's error line."""
+
+
+class WorkerUserError(WorkerFailed, UserError):
+    """A worker's ``UserError`` (bad input, a NaN loss): reported in one line, as one
+    process reports it."""
 
     def __init__(self, kind: str, message: str, trace: str = ""):
         super().__init__(message)
@@ -93,7 +98,8 @@ def _worker(local_rank, fn, args, procs, machine_rank, world, url, cuda, results
     except (Interrupted, KeyboardInterrupt) as e:
         results.put((local_rank, "interrupted", type(e).__name__, str(e), ""))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
-        results.put((local_rank, "failed", type(e).__name__, str(e), traceback.format_exc()))
+        kind = "user" if isinstance(e, UserError) else "failed"
+        results.put((local_rank, kind, type(e).__name__, str(e), traceback.format_exc()))
     finally:
         import torch.distributed as dist
 
@@ -151,7 +157,7 @@ def _collect(workers, results) -> dict[int, tuple]:
         while not results.empty():
             local_rank, *outcome = results.get()
             outcomes[local_rank] = tuple(outcome)
-            if outcome[0] == "failed" and failed_at is None:
+            if outcome[0] in ("failed", "user") and failed_at is None:
                 failed_at = time.monotonic()
         for i, w in enumerate(workers):
             if not w.is_alive() and i not in outcomes and w.exitcode not in (None, 0):
@@ -171,11 +177,11 @@ def _collect(workers, results) -> dict[int, tuple]:
 
 
 def _raise_outcome(outcomes: dict[int, tuple]) -> None:
-    failed = [o for _, o in sorted(outcomes.items()) if o[0] == "failed"]
+    failed = [o for _, o in sorted(outcomes.items()) if o[0] in ("failed", "user")]
     failed.sort(key=lambda o: o[1] == "WorkerDied")  # a worker's own error first
     if failed:
-        _, kind, message, trace = failed[0]
-        raise WorkerFailed(kind, message, trace)
+        how, kind, message, trace = failed[0]
+        raise (WorkerUserError if how == "user" else WorkerFailed)(kind, message, trace)
     stopped = [o for o in outcomes.values() if o[0] == "interrupted"]
     if stopped:
         raise Interrupted(stopped[0][2] or "interrupted")

@@ -52,12 +52,18 @@ class GlobalBatchNorm(_BatchNorm):
 
 
 def _global_copy(bn: _BatchNorm) -> GlobalBatchNorm:
+    """A ``GlobalBatchNorm`` holding ``bn``'s own parameters and buffers (as torch's
+    ``convert_sync_batchnorm`` does: a frozen parameter stays frozen, an optimiser built
+    before still updates it)."""
     if bn.momentum is None:
         raise ValueError("GlobalBatchNorm needs a float momentum (cumulative averages unsupported)")
     g = GlobalBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-    g.load_state_dict(bn.state_dict())
+    if bn.affine:
+        g.weight, g.bias = bn.weight, bn.bias
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        setattr(g, name, getattr(bn, name))
     g.train(bn.training)
-    return g.to(next(bn.buffers(), torch.empty(0)).device)
+    return g
 
 
 def synchronise_norms(module: nn.Module, cuda: bool, keep_local: tuple[str, ...] = ()):

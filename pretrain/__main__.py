@@ -2,6 +2,7 @@
 
     python -m pretrain --method care --arch resnet50 --data /path/to/imagenet --recipe imagenet
     torchrun --nproc_per_node=8 -m pretrain --method care --data /path/to/imagenet
+    python -m pretrain --recipe shapes-cpu --method byol --num-procs 2      # 2 CPU processes
     python -m pretrain --method care --data /path/to/imagenet --launcher slurm --nodes 2 \\
         --gpus-per-node 8
     python -m pretrain --recipe shapes-cpu --method byol --arch resnet18
@@ -70,6 +71,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a run in --output that another launcher is training (its <output>.lock is "
         "held): skip it, or wait for it and then resume it (default: %(default)s)",
     )
+    p.add_argument(
+        "--num-procs",
+        type=int,
+        default=1,
+        help="CPU only: train as N processes of this machine (one gloo group, each with "
+        "--batch-size images and its share of the cores), as torchrun would start them; on "
+        "GPUs the processes are torchrun's --nproc_per_node (default: 1)",
+    )
     add_slurm_args(p)
     p.add_argument("--nodes", type=int, default=1, help="Slurm: nodes (default: 1)")
     p.add_argument(
@@ -104,7 +113,30 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from pretrain.trainer import run
 
+    if args.num_procs > 1:
+        return _run_on_processes(cfg, args)
     run(cfg, args.if_locked)
+    return 0
+
+
+def _run_on_processes(cfg: PretrainConfig, args: argparse.Namespace) -> int:
+    """``--num-procs N``: N CPU processes (torchrun's environment, a gloo group)."""
+    import os
+
+    import torch
+
+    from common.cli import ConfigError
+    from common.processes import start_workers
+    from pretrain.trainer import run
+
+    if torch.cuda.is_available():
+        raise ConfigError(
+            f"--num-procs {args.num_procs} is for CPU machines; on GPUs start one process per "
+            f"GPU: torchrun --nproc_per_node={args.num_procs} -m pretrain ..."
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--num-procs under torchrun: pass one of them (torchrun's processes)")
+    start_workers(run, (cfg, args.if_locked), args.num_procs)
     return 0
 
 

@@ -310,14 +310,18 @@ def test_sigterm_writes_a_resumable_checkpoint(tmp_path, folder):
     )
 
 
-def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    from pretrain.methods import BYOL
+def _ddp_worker(views, out_dir: str) -> None:
+    """One rank of the trainer's DDP (its BatchNorm conversion, gloo) on half the batch."""
+    import torch.distributed as dist
 
+    from pretrain.methods import BYOL
+    from pretrain.trainer import sync_batchnorm
+
+    rank = dist.get_rank()
     torch.set_default_dtype(torch.float64)  # as the test: formulas, not float32 kernels
     torch.manual_seed(0)
     model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
+    model = sync_batchnorm(model, model.local_bn_modules(), cuda=False)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
     half = [v[rank * 4 : (rank + 1) * 4] for v in views]
@@ -325,42 +329,56 @@ def _ddp_worker(rank: int, port: int, views, out_dir: str) -> None:
     loss.backward()
     opt.step()
     t = torch.tensor([loss.item()])
-    torch.distributed.all_reduce(t)
+    dist.all_reduce(t)
     if rank == 0:
-        torch.save(
-            {"loss": t.item() / 2, "params": model.backbone.state_dict()}, Path(out_dir) / "ddp.pth"
-        )
-    torch.distributed.destroy_process_group()
+        state = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+        torch.save({"loss": t.item() / 2, "state": state}, Path(out_dir) / "ddp.pth")
 
 
-def test_two_process_gloo_matches_one_process_on_the_same_halves(tmp_path, free_port, float64):
-    """DDP on 2 CPU processes == one process averaging the two half-batch losses.
-
-    Not equal to one process on the whole batch of 8: on CPU there is no SyncBatchNorm
-    (torch's needs CUDA), so each process normalises over its own 4 images; with CUDA the
-    trainer converts BN to SyncBN and the whole-batch statistics are used.
-    """
-    import torch.multiprocessing as mp
-
+def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, float64):
+    """DDP on 2 CPU processes with 4 images each == one process with the 8: the loss, the
+    updated weights and the BatchNorm running statistics. On CPU the trainer's synchronised
+    BatchNorm is ``GlobalBatchNorm`` (torch's SyncBatchNorm needs CUDA): the statistics of
+    the global batch, as SyncBatchNorm gives on GPUs."""
+    from common.processes import start_workers
     from pretrain.methods import BYOL
 
     g = torch.Generator().manual_seed(1)
     views = [torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2)]
-    mp.spawn(_ddp_worker, args=(free_port, views, str(tmp_path)), nprocs=2, join=True)
+    start_workers(_ddp_worker, (views, str(tmp_path)), 2)
     got = torch.load(tmp_path / "ddp.pth", weights_only=True)
 
     torch.manual_seed(0)
     model = BYOL("resnet18", method_options("byol", SMALL, strict=False))
     opt = torch.optim.SGD(list(model.online_parameters()), lr=0.1)
-    losses = [model([v[i * 4 : (i + 1) * 4] for v in views])["loss"] for i in range(2)]
-    loss = sum(losses) / 2
+    loss = model(views)["loss"]
     loss.backward()
     opt.step()
     assert got["loss"] == pytest.approx(loss.item(), rel=1e-12)
-    for k, v in model.backbone.state_dict().items():
-        if v.is_floating_point() and "running" not in k:
-            assert got["params"][k].dtype == torch.float64
-            torch.testing.assert_close(got["params"][k], v, rtol=1e-10, atol=1e-12)
+    compared = 0
+    for k, v in model.state_dict().items():
+        if k.startswith("backbone.") and v.is_floating_point():
+            assert got["state"][k].dtype == torch.float64
+            torch.testing.assert_close(got["state"][k], v, rtol=1e-10, atol=1e-12, msg=k)
+            compared += "running_var" in k
+    assert compared == 20  # every BatchNorm of the ResNet-18
+
+
+def test_num_procs_trains_on_two_processes_and_rank_0_writes(tmp_path, folder):
+    """``--num-procs 2``: one gloo group of 2 processes (8 images each: 6 steps of 16 per
+    epoch); one metrics line per step, the weights exported once."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pretrain", "--recipe", "test", "--method", "byol", "--data",
+           str(folder), "--output", str(out), "--epochs", "1", "--knn-every", "0",
+           "--num-procs", "2"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("wrote") == 1, res.stdout
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x["iteration"] for x in lines if x.get("type") == "step"]
+    assert steps == list(range(1, 7))
+    state = torch.load(out / "checkpoint.pth", weights_only=True)["state"]
+    assert state["images_seen"] == 96 and state["global_step"] == 6
 
 
 def test_two_launches_on_one_output_train_it_once(tmp_path, folder):

@@ -288,3 +288,55 @@ def test_classification_top1_over_two_ranks_equals_one_process(shapes_root, tmp_
     print("top-1", one)
     assert one["val_images"] == two["val_images"] == 6 * 8
     assert 0 < one["top1"] < 100 and two == one
+
+
+RECOGNITION = {
+    # protocol: overrides (a 2-run grid: one run per process)
+    "manyshot_finetune": ["grid_size", "1", "lr_lo", "-1", "image_size", "32"],
+    "manyshot_linear": ["image_size", "32"],
+    "fewshot": ["image_size", "32"],
+}
+
+
+def recognition_seed(protocol: str, data: str, folder: str, cache: str, task: str) -> None:
+    """One recognition seed (its entry point), one thread per process on both sides."""
+    from transfer.recognition.run import run_recognition_seed
+    from transfer.spec import SeedSpec
+
+    torch.set_num_threads(1)
+    spec = SeedSpec(protocol=protocol, protocol_name=f"{protocol}_smoke", smoke=True,
+                    dataset="synthetic", shapes_root=None, weights="",
+                    weights_info={"stem": "random_init_r18", "sha256": None, "meta": {}},
+                    seed_index=0, seed=1000, seed_dir=folder, opts=RECOGNITION[protocol],
+                    arch="resnet18", data=data, task=task, cache_dir=cache,
+                    family="recognition")  # fmt: skip
+    run_recognition_seed(spec)
+
+
+@pytest.mark.parametrize("protocol", list(RECOGNITION))
+def test_recognition_on_two_processes_equals_one_process(protocol, tmp_path_factory, tmp_path):
+    """Fine-tuning: the grid's runs shared out over 2 processes give each run's score, the
+    selected run and the test score of one process; the frozen-feature protocols: the
+    features extracted in 2 shards give one process's sweep and episodes."""
+    import json
+
+    from synthetic.recognition import write_recognition
+
+    data = str(write_recognition(tmp_path_factory.mktemp("rec")))
+    task = "dtd" if protocol != "fewshot" else "cifar10"
+    out = {}
+    for procs in (2, 1):
+        folder = tmp_path / f"p{procs}"
+        start_workers(recognition_seed, (protocol, data, str(folder), str(tmp_path / f"f{procs}"),
+                                         task), procs)  # fmt: skip
+        out[procs] = json.loads((folder / "metrics.json").read_text())
+        assert not (folder / "failed.json").exists()
+    one, two = out[1], out[2]
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    print(protocol, one["headline"])
+    if protocol == "manyshot_finetune":
+        assert [r["val"] for r in two["runs"]] == pytest.approx([r["val"] for r in one["runs"]])
+        assert (two["best_lr"], two["best_wd"]) == (one["best_lr"], one["best_wd"])
+        lines = (tmp_path / "p2" / "train_metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["iteration"] for x in lines] == [1, 2]  # each run once, in order
+    assert two["headline"] == pytest.approx(one["headline"], rel=1e-6)

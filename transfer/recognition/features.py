@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
 from common.atomic import atomic_write
@@ -102,38 +102,66 @@ def cache_key(weights_id: str, samples: Samples, size: int, normalise: bool,
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process's torch.distributed group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def extract(backbone, samples: Samples, transform, batch_size: int, workers: int,
             device: torch.device, desc: str) -> np.ndarray:  # fmt: skip
-    """(N, C) float32 pooled res5 features in the samples' order, with a tqdm bar."""
+    """(N, C) float32 pooled res5 features in the samples' order, with a tqdm bar. Under
+    several processes each extracts every world-th image and every process gets all rows
+    (each image's features are its own forward's: the same as one process)."""
     from tqdm import tqdm
 
+    rank, size = world()
     backbone.eval()
-    loader = DataLoader(SplitImages(samples, transform), batch_size=batch_size,
-                        num_workers=workers, shuffle=False)  # fmt: skip
-    out: np.ndarray | None = None
+    mine = Subset(SplitImages(samples, transform), list(range(rank, len(samples), size)))
+    loader = DataLoader(mine, batch_size=batch_size, num_workers=workers, shuffle=False)
+    rows, index = [], []
     t0 = time.perf_counter()
-    with tqdm(total=len(samples), desc=desc, unit="img", dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=len(mine), desc=desc, unit="img", dynamic_ncols=True, leave=False,
+              disable=rank != 0) as bar:  # fmt: skip
         for x, idx in loader:
             f = backbone(x.to(device), stages=("res5",))["res5"]
             f = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(f, 1), 1).float().cpu()
-            if out is None:
-                out = np.zeros((len(samples), f.shape[1]), np.float32)
-            out[idx.numpy()] = f.numpy()
+            rows.append(f.numpy())
+            index.append(idx.numpy())
             bar.update(len(idx))
-            bar.set_postfix_str(f"{bar.n / (time.perf_counter() - t0):.1f} img/s")
+            bar.set_postfix_str(f"{bar.n * size / (time.perf_counter() - t0):.1f} img/s")
+    parts = [(np.concatenate(index), np.concatenate(rows))] if rows else []
+    if size > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * size
+        dist.all_gather_object(gathered, parts)
+        parts = [p for g in gathered for p in g]
+    out = np.zeros((len(samples), parts[0][1].shape[1]), np.float32)
+    for idx, f in parts:
+        out[idx] = f
     return out
 
 
 def cached_features(cache_dir: Path, key: str, compute) -> tuple[np.ndarray, bool]:
     """(features, True if read from the cache). ``compute()`` runs only on a miss; the file
     is written atomically, so an interrupted extraction leaves no partial cache entry."""
+    from common.distributed import every_rank
+
     path = cache_dir / f"{key}.npy"
+    feats = None
     if path.is_file():
         try:
-            return np.load(path), True
+            feats = np.load(path)
         except (OSError, ValueError):  # a damaged entry is recomputed
-            path.unlink()
+            path.unlink(missing_ok=True)
+    if every_rank(feats is not None):  # several processes extract together, or none does
+        return feats, True
     feats = compute()
-    atomic_write(path, lambda f: np.save(f, feats))
+    if world()[0] == 0:
+        atomic_write(path, lambda f: np.save(f, feats))
     return feats, False

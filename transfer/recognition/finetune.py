@@ -249,38 +249,100 @@ def _fit_sets(spec, p: RecProtocol) -> tuple[dict, bool, int]:
     return sets, multilabel, classes
 
 
-def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict:
-    """The grid on train -> val (its scores saved after each run: a rerun skips finished
-    runs and resumes the one in progress), then the best (lr, wd) on trainval -> test."""
+def _grid_run(spec, p: RecProtocol, folder: Path, k: int, sets: dict, fit: tuple, stop,
+              log) -> dict:  # fmt: skip
+    """Grid run ``k`` on train, scored on val; its record also in ``finetune_runs``."""
+    info = D.INFO[spec.task]
+    grid, multilabel, classes, device = fit
+    lr, wd = grid[k]
+    net = _fresh_net(spec, classes, mix(spec.seed, k, 0), device)
+    ckpt = folder / f"run{k}.pt"
+    diverged = train_run(net, sets["train"], p, lr, wd, mix(spec.seed, k, 1), ckpt, stop, device,
+                         f"{spec.task} run {k + 1}/{len(grid)}", multilabel,
+                         metrics=run_metrics(spec, folder, f"run{k}"))  # fmt: skip
+    val = evaluate(net, sets["val"], p, info.metric, device)
+    record = {"run": k, "lr": lr, "wd": wd, "val": val,
+              **({"diverged_at": diverged} if diverged else {})}  # fmt: skip
+    atomic_write_json(folder / "finetune_runs" / f"run{k}.json", record)
+    ckpt.unlink(missing_ok=True)
+    log(f"run {k + 1}/{len(grid)} lr {lr:.4g} wd {wd:.4g}: val {val:.2f}")
+    return record
+
+
+def finished_runs(folder: Path) -> dict[int, dict]:
+    """The grid runs finished in ``folder`` (one record file each; an older seed's
+    ``finetune_state.json`` list too)."""
+    state = folder / "finetune_state.json"
+    runs = {r["run"]: r for r in json.loads(state.read_text())["runs"]} if state.is_file() else {}
+    for f in sorted((folder / "finetune_runs").glob("run*.json")):
+        r = json.loads(f.read_text())
+        runs[r["run"]] = r
+    return runs
+
+
+def grid_records(spec, p: RecProtocol, folder: Path, fit: tuple, sets: dict, stop, log,
+                 mlog) -> list[dict]:  # fmt: skip
+    """Every grid run's record, in grid order. The runs still to train are shared out over
+    the processes (the i-th of them on process i mod world), each run seeded by its index
+    alone: the same runs and scores as one process. The main process writes the grid's
+    metrics (one line per run, in order) and ``finetune_state.json``."""
+    from transfer.recognition.features import world
+
+    rank, size = world()
+    grid = fit[0]
+    done = finished_runs(folder)
+    todo = [k for k in range(len(grid)) if k not in done]
+    if done and rank == 0:
+        log(f"resuming the grid: {len(done)} of {len(grid)} runs finished")
+    written = [todo[0] if todo else len(grid)]  # the metrics' lines: the finished prefix
+
+    def record_prefix() -> None:  # the main process's lines of the contiguous finished runs
+        while rank == 0 and written[0] < len(grid) and written[0] in done:
+            r = done[written[0]]
+            mlog.write({"lr": r["lr"], "train/weight_decay": r["wd"], "val/score": r["val"]},
+                       written[0] + 1)  # fmt: skip
+            written[0] += 1
+            atomic_write_json(folder / "finetune_state.json",
+                              {"runs": [done[k] for k in sorted(done)]})  # fmt: skip
+
+    for k in todo[rank::size]:
+        done[k] = _grid_run(spec, p, folder, k, sets, fit, stop, log)
+        record_prefix()
+    if size > 1:
+        import torch.distributed as dist
+
+        everyone = [None] * size
+        dist.all_gather_object(everyone, done)
+        for d in everyone:
+            done.update(d)
+        record_prefix()
+    return [done[k] for k in range(len(grid))]
+
+
+def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict | None:
+    """The grid on train -> val (each run's score saved as it ends: a rerun skips finished
+    runs and resumes the ones in progress; several processes share the runs out), then on
+    the main process the best (lr, wd) on trainval -> test (the other processes return
+    None)."""
+    from transfer.recognition.features import world
+
     info = D.INFO[spec.task]
     device = torch.device("cuda" if spec.device == "cuda" else "cpu")
     sets, multilabel, classes = _fit_sets(spec, p)
     grid = finetune_grid(p)
-    state_path = folder / "finetune_state.json"
-    done = json.loads(state_path.read_text())["runs"] if state_path.is_file() else []
-    if done:
-        log(f"resuming the grid after run {len(done)} of {len(grid)}")
+    fit = (grid, multilabel, classes, device)
+    main = world()[0] == 0
+    finished = finished_runs(folder)
+    resume = next((k for k in range(len(grid)) if k not in finished), len(grid)) or None
     best, best_score = None, 0.0  # ssl-transfer starts from 0 and keeps strict improvements
-    with StopFlag() as stop, spec.metrics_log(len(done) or None, str(folder)) as mlog:
-        for k, (lr, wd) in enumerate(grid):
-            if k < len(done):
-                val = done[k]["val"]
-            else:
-                net = _fresh_net(spec, classes, mix(spec.seed, k, 0), device)
-                ckpt = folder / f"run{k}.pt"
-                diverged = train_run(net, sets["train"], p, lr, wd, mix(spec.seed, k, 1), ckpt,
-                                     stop, device, f"{spec.task} run {k + 1}/{len(grid)}",
-                                     multilabel,
-                                     metrics=run_metrics(spec, folder, f"run{k}"))  # fmt: skip
-                val = evaluate(net, sets["val"], p, info.metric, device)
-                done.append({"run": k, "lr": lr, "wd": wd, "val": val,
-                             **({"diverged_at": diverged} if diverged else {})})  # fmt: skip
-                atomic_write_json(state_path, {"runs": done})
-                ckpt.unlink(missing_ok=True)
-                mlog.write({"lr": lr, "train/weight_decay": wd, "val/score": val}, k + 1)
-                log(f"run {k + 1}/{len(grid)} lr {lr:.4g} wd {wd:.4g}: val {val:.2f}")
-            if not math.isnan(val) and val > best_score:
-                best, best_score = (lr, wd), val
+    with StopFlag() as stop, (spec.metrics_log(resume, str(folder)) if main
+                              else nullcontext()) as mlog:  # fmt: skip
+        done = grid_records(spec, p, folder, fit, sets, stop, log, mlog)
+        if not main:
+            return None
+        for r in done:
+            if not math.isnan(r["val"]) and r["val"] > best_score:
+                best, best_score = (r["lr"], r["wd"]), r["val"]
         if best is None:
             raise BadInput(f"{spec.task}: no run of the grid scored above 0 on val; see "
                            f"{folder / 'train_metrics.jsonl'}")  # fmt: skip

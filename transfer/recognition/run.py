@@ -47,13 +47,17 @@ from transfer.spec import SeedSpec
 
 
 class Log:
-    """Lines to stdout and to ``log.txt``."""
+    """Lines to stdout and to ``log.txt`` (the main process's; the others' lines go to
+    their own stdout only)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, main: bool = True):
         self.path = folder / "log.txt"
+        self.main = main
 
     def __call__(self, msg: str) -> None:
         print(msg, flush=True)
+        if not self.main:
+            return
         with open(self.path, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
@@ -97,9 +101,13 @@ def _load_state(path: Path) -> SweepState:
         return SweepState(**pickle.load(f))
 
 
-def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
+def manyshot_linear(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict | None:
+    """The features (every process extracts its share), then the sweep on the main
+    process (the others return None)."""
     info = D.DATASETS[spec.task]
     parts = D.fit_splits(spec.task, split_features(spec, p, log))
+    if not log.main:
+        return None
     grid = wd_grid(p.wd_n, p.wd_lo, p.wd_hi)
     device = "cuda" if spec.device == "cuda" else "cpu"
     solver = make_solver(p.solver, p.max_iter, p.tol, p.legacy_sklearn, device, p.features_dtype)
@@ -174,7 +182,7 @@ def pooled_features(spec: SeedSpec, p: RecProtocol, log: Log) -> tuple[np.ndarra
     return feats, samples.labels
 
 
-def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
+def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict | None:
     """ProtoNet episodes for each shot count, each from a generator seeded with the seed."""
     from tqdm import tqdm
 
@@ -182,6 +190,8 @@ def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
         raise BadInput(f"{spec.task} is multi-label: the few-shot protocol needs one class per "
                        "image (ssl-transfer's few-shot loader cannot read it either)")  # fmt: skip
     X, y = pooled_features(spec, p, log)
+    if not log.main:  # the episodes are the main process's (seconds)
+        return None
     per_shot, headline = {}, {}
     mlog = spec.metrics_log(None, str(folder))
     for shots in p.shots:
@@ -209,20 +219,28 @@ def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict:
             "episodes": per_shot, "headline": headline}  # fmt: skip
 
 
-def run_recognition_seed(spec: SeedSpec) -> dict:
-    """The seed's work; ``metrics.json`` is written last."""
+def run_recognition_seed(spec: SeedSpec) -> dict | None:
+    """The seed's work; ``metrics.json`` is written last. Under several processes they
+    share the feature extraction and the fine-tuning grid; the main process writes."""
+    from transfer.recognition.features import world
+
     p = resolve(spec.protocol, spec.smoke, spec.opts)
     folder = Path(spec.seed_dir)
+    main = world()[0] == 0
     folder.mkdir(parents=True, exist_ok=True)
-    log = Log(folder)
+    log = Log(folder, main)
     record = {"protocol": asdict(p), "task": spec.task, "data": spec.data,
-              "weights": spec.weights_info, "seed": spec.seed}  # fmt: skip
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+              "weights": spec.weights_info, "seed": spec.seed,
+              "world_size": world()[1]}  # fmt: skip
+    if main:
+        atomic_write_text(folder / "config.yaml", yaml.safe_dump(record, sort_keys=False))
     torch.manual_seed(spec.seed)
     drivers = {"manyshot_linear": manyshot_linear, "fewshot": fewshot,
                "manyshot_finetune": manyshot_finetune}  # fmt: skip
-    with recorded_session(folder):
+    with recorded_session(folder, main):
         res = drivers[p.kind](spec, p, folder, log)
+    if not main:
+        return None
     metrics = {
         "protocol": spec.protocol_name,
         "base_protocol": spec.protocol,
@@ -233,6 +251,7 @@ def run_recognition_seed(spec: SeedSpec) -> dict:
         "arch": spec.weights_info.get("arch") or get_arch(spec.arch).name,
         "seed_index": spec.seed_index,
         "seed": spec.seed,
+        "world_size": world()[1],
         **({"solver": p.solver} if p.kind == "manyshot_linear" else {}),
         **session_totals(folder),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

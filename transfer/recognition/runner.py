@@ -79,7 +79,7 @@ def plan_recognition(args: argparse.Namespace) -> list[RunPlan]:
             arch = get_arch(args.arch).key
             weights["stem"] = f"random_init_{arch.replace('resnet', 'r')}"
         template = seed_template(
-            args, args.protocol, protocol.name, weights, opts, min(num_gpus, 1), device,
+            args, args.protocol, protocol.name, weights, opts, num_gpus, device,
             entry=ENTRY, family="recognition", data=str(root.resolve()), arch=arch,
             allow_pickle=args.allow_pickle, cache_dir=str(output / "features"),
         )  # fmt: skip
