@@ -10,7 +10,8 @@ for torchrun runs unchanged. One process in all: ``fn(*args)`` here.
 
 A worker that fails stops the others (they would wait in a collective forever) and is
 raised here as ``WorkerFailed`` with the worker's own error; a stopped worker (SIGINT /
-SIGTERM, forwarded to every worker) is raised as ``Interrupted``.
+SIGTERM, forwarded to every worker) is raised as ``Interrupted``. On a CPU each worker
+gets the machine's cores divided by ``procs`` threads, unless ``OMP_NUM_THREADS`` says.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def init_group(rank: int, world: int, local_rank: int, procs: int, url: str, cud
                       LOCAL_WORLD_SIZE=str(procs))  # fmt: skip
     if cuda:
         torch.cuda.set_device(local_rank)
-    else:  # the machine's cores shared by its processes
+    elif "OMP_NUM_THREADS" not in os.environ:  # the machine's cores shared by its processes
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs))
     dist.init_process_group("nccl" if cuda else "gloo", init_method=url, world_size=world,
                             rank=rank, timeout=TIMEOUT)  # fmt: skip

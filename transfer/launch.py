@@ -1,4 +1,4 @@
-"""Launching the seeds of a run: here, one child process each, or one Slurm job each.
+"""Starting one seed: its processes here, in a child process of the launcher.
 
 A seed runs in its own process (``common.processes.start_workers`` over its GPUs, or its
 ``--num-procs`` CPU processes), so a failing seed
@@ -20,15 +20,14 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 
 from common.atomic import atomic_write_json
 from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Interrupted
-from common.locks import held_or_none
 from common.processes import WorkerFailed, start_workers
-from common.slurm import make_executor
-from transfer.spec import SeedSpec, seed_lock_path
+from transfer.spec import SeedSpec
 
 
 def seed_function(spec: SeedSpec):
@@ -74,6 +73,9 @@ def run_seed_process(spec: SeedSpec) -> int:
     return EXIT_OK
 
 
+RUNNING: dict[subprocess.Popen, threading.Event] = {}  # run_local's seed processes: ended
+
+
 def die_with_parent() -> None:
     """In a child before it runs (``preexec_fn``): SIGTERM when its parent dies, however it
     dies (Linux's PR_SET_PDEATHSIG); the seed then checkpoints and stops."""
@@ -107,57 +109,36 @@ def run_local(spec: SeedSpec, lock=None) -> int:
     finally:
         for fd in fds:
             os.close(fd)
+    # a thread reaps the child, so that a signal handler of this process may wait for it too
+    # (``stop_running``): Popen.wait in the interrupted main thread would hold its lock
+    ended = threading.Event()
+    reaper = threading.Thread(target=lambda: (child.wait(), ended.set()), daemon=True)
+    reaper.start()
+    RUNNING[child] = ended
     previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     try:
         while True:
             try:
-                return child.wait()
+                if ended.wait(0.5):
+                    return child.returncode
             except KeyboardInterrupt:  # the child got SIGINT too: let it checkpoint
                 continue
     finally:
+        RUNNING.pop(child, None)
         signal.signal(signal.SIGTERM, previous)
         os.unlink(f.name)
 
 
-class SlurmSeedJob:
-    """A submitit job for one seed; on preemption / time-out it requeues itself and the
-    seed resumes from its last checkpoint."""
-
-    def __call__(self, spec: SeedSpec) -> int:
-        import submitit
-
-        env = submitit.JobEnvironment()
-        spec = spec.replace(machine_rank=env.node)
-        if spec.num_machines > 1:
-            host = os.environ.get("SLURM_LAUNCH_NODE_IPADDR") or env.hostnames[0]
-            port = 29500 + int(str(env.job_id).split("_")[0]) % 1000  # same on every node
-            spec = spec.replace(dist_url=f"tcp://{host}:{port}")
-        if spec.num_machines > 1:  # every node must join: Slurm runs the job once
-            return run_seed_process(spec)
-        with held_or_none(seed_lock_path(spec.seed_dir)) as lock:  # a second launcher's job
-            if lock is None or (Path(spec.seed_dir) / "metrics.json").exists():
-                print(f"seed {spec.seed_index}: held or finished elsewhere, skipped")
-                return EXIT_OK
-            return run_seed_process(spec)
-
-    def checkpoint(self, spec: SeedSpec):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(SlurmSeedJob(), spec)
-
-
-def submit_slurm(specs: list[SeedSpec], args: argparse.Namespace, folder: Path) -> list:
-    """One Slurm job per seed (``--num-machines`` nodes x ``--num-gpus`` GPUs each)."""
-    gpus = max(args.num_gpus or 0, 0)
-    executor = make_executor(
-        folder,
-        args,
-        nodes=args.num_machines,
-        gpus_per_node=gpus,
-        tasks_per_node=1,
-        name=folder.parent.name,
-    )
-    return [executor.submit(SlurmSeedJob(), spec) for spec in specs]
+def stop_running(timeout_s: float) -> list[int | None]:
+    """SIGTERM to every seed process ``run_local`` started here; wait (``timeout_s`` at
+    most) for each to checkpoint and exit; their exit codes (None: still running). Safe
+    in a signal handler (submitit's checkpoint)."""
+    running = list(RUNNING.items())
+    for child, _ in running:
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    return [child.returncode if ended.wait(max(0.0, deadline - time.monotonic())) else None
+            for child, ended in running]  # fmt: skip
 
 
 def _seed_spec_main() -> None:

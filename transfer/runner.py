@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.atomic import atomic_write_json
-from common.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, InputNotFound
-from common.locks import held_or_none, waiting_lock
+from common.cli import EXIT_FAILED, EXIT_OK, ConfigError, InputNotFound
+from common.locks import waiting_lock
 from common.metrics import LOGGERS
 from common.slurm import add_slurm_args
 from transfer.keep import KEEP_CHOICES
-from transfer.spec import SeedSpec, seed_lock_path
+from transfer.seeds import RunPlan, launch_local, report_held, seed_status, still_to_run
+from transfer.spec import SeedSpec
+
+__all__ = ["RunPlan", "launch_local", "report_held", "seed_status", "still_to_run"]
 
 SEED_BASE = 1000
 RANDOM_INIT = ("none", "random")
@@ -204,26 +205,6 @@ def resolve_weights(weights: str, output: Path, allow_pickle: bool = False) -> d
     }
 
 
-def seed_status(seed_dir: Path) -> str:
-    if (seed_dir / "metrics.json").exists():
-        return "finished"
-    if (seed_dir / "failed.json").exists():
-        return "failed"
-    if (seed_dir / "last_checkpoint").exists() or (seed_dir / "checkpoint.pth").exists():
-        return "resumable"
-    return "new"
-
-
-@dataclass
-class RunPlan:
-    """What a runner invocation will do: the seeds to run, the ones already finished."""
-
-    run_dir: Path
-    specs: list[SeedSpec] = field(default_factory=list)
-    statuses: dict[int, str] = field(default_factory=dict)
-    if_locked: str = "skip"  # a seed held by another launcher: skip | wait
-
-
 def config_overrides(args: argparse.Namespace) -> list[str]:
     opts = list(args.opts or [])
     if opts and opts[0] == "--":
@@ -242,6 +223,11 @@ def devices(args: argparse.Namespace) -> tuple[int, str]:
         raise ConfigError("--amp needs CUDA; drop --amp on CPU")
     if num_gpus > torch.cuda.device_count() and args.launcher != "slurm":
         raise ConfigError(f"--num-gpus {num_gpus} but {torch.cuda.device_count()} GPUs visible")
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise ConfigError(
+            "--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0, the same on "
+            "every machine (PORT and PORT+1 free there)"
+        )
     procs = getattr(args, "num_procs", 1)
     if procs < 1:
         raise ConfigError(f"--num-procs {procs}: give 1 or more processes")
@@ -312,54 +298,9 @@ def add_seeds(run: RunPlan, n: int, template: SeedSpec) -> None:
         run.specs.append(template.replace(seed_index=k, seed=seed_value(k), seed_dir=str(seed_dir)))
 
 
-def still_to_run(spec: SeedSpec, statuses: dict[int, str]) -> bool:
-    """Under the seed's lock: False (and recorded) when another launcher finished it."""
-    if seed_status(Path(spec.seed_dir)) == "finished":
-        print(f"seed {spec.seed_index}: finished by another launcher, skipped")
-        statuses[spec.seed_index] = "finished (elsewhere)"
-        return False
-    return True
-
-
-def report_held(spec: SeedSpec, statuses: dict[int, str]) -> None:
-    print(
-        f"seed {spec.seed_index}: running in another launcher ({seed_lock_path(spec.seed_dir)} "
-        "is held), skipped; --if-locked wait waits for it"
-    )
-    statuses[spec.seed_index] = "running elsewhere"
-
-
-def launch_local(run: RunPlan, inprocess: bool = False) -> int | None:
-    """The planned seeds one after another here, each while holding its lock, in a child
-    process each (or in this process: ``inprocess``); EXIT_INTERRUPTED if one was
-    interrupted."""
-    from transfer.launch import run_local, run_seed_process
-
-    for spec in run.specs:
-        k = spec.seed_index
-        with held_or_none(seed_lock_path(spec.seed_dir), wait=run.if_locked == "wait") as lock:
-            if lock is None:
-                report_held(spec, run.statuses)
-                continue
-            if not still_to_run(spec, run.statuses):
-                continue
-            resumable = seed_status(Path(spec.seed_dir)) == "resumable"
-            print(f"seed {k} (seed value {spec.seed}): {'resuming' if resumable else 'starting'}")
-            code = run_seed_process(spec) if inprocess else run_local(spec, lock)
-        if code in (EXIT_INTERRUPTED, -signal.SIGINT):
-            print(
-                f"interrupted during seed {k}: its checkpoint is kept; re-run the same "
-                "command to resume",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-        run.statuses[k] = "finished" if code == 0 else "failed"
-    return None
-
-
 def launch_slurm(run: RunPlan, args: argparse.Namespace) -> bool:
     """One Slurm job per planned seed; True when the jobs ran here (local / debug cluster)."""
-    from transfer.launch import submit_slurm
+    from transfer.slurmjob import submit_slurm
 
     jobs = submit_slurm(run.specs, args, run.run_dir / "slurm")
     for spec, job in zip(run.specs, jobs):

@@ -530,3 +530,32 @@ def test_the_inprocess_launcher_gives_the_child_process_result(tmp_path, r18, im
     a, b = (json.loads((tmp_path / w / "knn_smoke/tv_r18/seed0/metrics.json").read_text())
             for w in ("child", "here"))  # fmt: skip
     assert a["cls"] == b["cls"] and a["seed"] == b["seed"]
+
+
+@pytest.mark.extended
+def test_a_preempted_slurm_seed_requeues_and_resumes(tmp_path, r18, imagefolder):
+    """Slurm's end-of-job signal (submitit's USR2; its local executor sends it 15 s before
+    the job's 30 s limit): the seed process checkpoints, the job requeues itself, the
+    requeued job resumes the seed from its checkpoint; every epoch is trained once."""
+    import submitit
+
+    from transfer.slurmjob import SlurmSeedJob
+
+    args = _args(tmp_path, "linear_care", r18, seeds=1, data=imagefolder, opts=["epochs", "80"])
+    run = plan_cls(args)
+    executor = submitit.LocalExecutor(run.run_dir / "slurm", max_num_timeout=20)
+    executor.update_parameters(timeout_min=0.5, signal_delay_s=15)
+    job = executor.submit(SlurmSeedJob(), run.specs[0])
+    assert job.result() == 0
+    seed_dir = run.run_dir / "seed0"
+    done = [json.loads(x)["epoch"] for x in _text(seed_dir / "train_metrics.jsonl").splitlines()]
+    assert done == list(range(1, 81))
+    resumed = [x for x in _text(seed_dir / "log.txt").splitlines() if "resuming seed 0" in x]
+    sessions = json.loads((seed_dir / "sessions.json").read_text())["sessions"]
+    statuses = [s["status"] for s in sessions]
+    assert len(resumed) >= 1 and statuses == ["interrupted"] * len(resumed) + ["finished"]
+    assert json.loads((seed_dir / "metrics.json").read_text())["cls"]["val_images"] == 48
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

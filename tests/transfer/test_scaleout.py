@@ -174,7 +174,7 @@ class Oracle(torch.nn.Module):
 
     def predict(self, record: dict, x: dict) -> dict:
         import numpy as np
-        from detectron2.structures import BoxMode, Boxes, Instances
+        from detectron2.structures import Boxes, BoxMode, Instances
         from PIL import Image
 
         h, w = int(x["height"]), int(x["width"])
@@ -252,7 +252,10 @@ def test_an_evaluation_over_two_ranks_equals_one_process(name, shapes_root, tmp_
     start_workers(evaluate, (family, protocol, root, str(tmp_path / "one")), 1)
     one = torch.load(tmp_path / "one" / "results.pt", weights_only=False)
     two = torch.load(tmp_path / "two" / "results.pt", weights_only=False)
-    print(name, {task: {k: round(v, 2) for k, v in r.items() if "-" not in k} for task, r in one.items()})
+    print(
+        name,
+        {task: {k: round(v, 2) for k, v in r.items() if "-" not in k} for task, r in one.items()},
+    )
     assert one.keys() == two.keys() and one
     for task, r in one.items():
         headline = r.get("AP", r.get("mIoU"))
