@@ -32,14 +32,14 @@ GRACE_S = 10.0  # how long the other workers get to stop after one failed
 class WorkerFailed(RuntimeError):
     """A worker process raised ``kind``: ``message``; ``str()`` is the worker's error line."""
 
+    def __init__(self, kind: str, message: str, trace: str = ""):
+        super().__init__(message)
+        self.kind, self.trace = kind, trace
+
 
 class WorkerUserError(WorkerFailed, UserError):
     """A worker's ``UserError`` (bad input, a NaN loss): reported in one line, as one
     process reports it."""
-
-    def __init__(self, kind: str, message: str, trace: str = ""):
-        super().__init__(message)
-        self.kind, self.trace = kind, trace
 
 
 def free_port() -> int:
@@ -178,11 +178,13 @@ def _collect(workers, results) -> dict[int, tuple]:
 
 
 def _raise_outcome(outcomes: dict[int, tuple]) -> None:
-    failed = [o for _, o in sorted(outcomes.items()) if o[0] in ("failed", "user")]
-    failed.sort(key=lambda o: o[1] == "WorkerDied")  # a worker's own error first
-    if failed:
-        how, kind, message, trace = failed[0]
-        raise (WorkerUserError if how == "user" else WorkerFailed)(kind, message, trace)
-    stopped = [o for o in outcomes.values() if o[0] == "interrupted"]
-    if stopped:
-        raise Interrupted(stopped[0][2] or "interrupted")
+    """The first worker that did not end well decides (in the order they reported: the
+    others' errors are often its consequence, a peer gone): its error, or ``Interrupted``."""
+    ended = [o for o in outcomes.values() if o[0] != "ok"]
+    ended.sort(key=lambda o: o[1] == "WorkerDied")  # a worker's own report first
+    if not ended:
+        return
+    how, kind, message, trace = ended[0]
+    if how == "interrupted":
+        raise Interrupted(message or "interrupted")
+    raise (WorkerUserError if how == "user" else WorkerFailed)(kind, message, trace)

@@ -169,3 +169,63 @@ def test_a_seed_never_outlives_its_launcher_and_never_has_two_writers(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 9))
     statuses = [s["status"] for s in json.loads(sessions.read_text())["sessions"]]
     assert statuses == ["interrupted", "finished"]
+
+
+def test_machine_1_follows_machine_0s_decisions_and_never_takes_the_lock(tmp_path, capsys):
+    """Two machines' launchers (threads here): machine 0 finds seed 0 held by another
+    launcher and seed 1 finished; machine 1, which planned both, skips both on machine 0's
+    word instead of waiting at a rendezvous machine 0 will not join."""
+    import threading
+
+    from common.locks import make_lock
+    from tests.transfer.test_scaleout_runs import _two_free_ports
+
+    url = f"tcp://127.0.0.1:{_two_free_ports()}"
+    dirs = [tmp_path / "p" / "w" / f"seed{k}" for k in (0, 1)]
+    dirs[1].mkdir(parents=True)
+    (dirs[1] / "metrics.json").write_text("{}")
+    other = make_lock(seed_lock_path(dirs[0]))
+    other.acquire()
+    runs = {
+        rank: RunPlan(dirs[0].parent, specs=[
+            _spec(d).replace(seed_index=k, num_machines=2, machine_rank=rank, dist_url=url)
+            for k, d in enumerate(dirs)])
+        for rank in (0, 1)
+    }  # fmt: skip
+    try:
+        follower = threading.Thread(target=launch_local, args=(runs[1],))
+        follower.start()
+        assert launch_local(runs[0]) is None
+        follower.join(timeout=60)
+        assert not follower.is_alive()
+    finally:
+        other.release()
+    assert runs[0].statuses == {0: "running elsewhere", 1: "finished (elsewhere)"}
+    assert runs[1].statuses == {0: "running elsewhere (machine 0)", 1: "finished (machine 0)"}
+    out = capsys.readouterr().out
+    assert "seed 0: running elsewhere on machine 0, skipped" in out
+
+
+def test_a_workers_error_is_raised_as_it_was_and_a_user_error_stays_one(tmp_path):
+    """A worker's exception reaches the launcher with its type and message; a user error
+    (bad input, divergence) stays a ``UserError`` (one line, no traceback); a stopped worker
+    is ``Interrupted``."""
+    from common.cli import Interrupted, UserError
+    from common.processes import WorkerFailed, start_workers
+
+    with pytest.raises(WorkerFailed, match="rank 1 cannot go on") as failed:
+        start_workers(_fail_on_rank_1, (ValueError,), 2)
+    assert failed.value.kind == "ValueError" and not isinstance(failed.value, UserError)
+    assert "Traceback" in failed.value.trace
+    with pytest.raises(UserError, match="rank 1 cannot go on"):
+        start_workers(_fail_on_rank_1, (UserError,), 2)
+    with pytest.raises(Interrupted, match="stopped"):
+        start_workers(_fail_on_rank_1, (Interrupted,), 2)
+
+
+def _fail_on_rank_1(kind: type) -> None:
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        raise kind("stopped" if kind.__name__ == "Interrupted" else "rank 1 cannot go on")
+    dist.barrier()  # rank 0 waits in a collective: the launcher must stop it
