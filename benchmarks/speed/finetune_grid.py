@@ -15,6 +15,7 @@ grid runs per hour, and their ratio. On GPUs start it with one process per GPU
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,9 +95,11 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=18, choices=[18, 50])
     args = p.parse_args()
     args.cuda = torch.cuda.is_available()
-    kind = torch.cuda.get_device_name(0) if args.cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{args.runs} grid runs x {args.steps} steps, batch {args.batch}, "
-          f"{args.image_size}px, ResNet-{args.depth}, {args.procs} processes on {kind}")  # fmt: skip
+    kind = torch.cuda.get_device_name(0) if args.cuda else f"a {os.cpu_count()}-core CPU"
+    print(
+        f"{args.runs} grid runs x {args.steps} steps, batch {args.batch}, "
+        f"{args.image_size}px, ResNet-{args.depth}, {args.procs} processes on {kind}"
+    )
     times = {}
     for name, fn in (("one run per process", one_run_per_process),
                      ("each run DDP over all", each_run_over_every_process)):  # fmt: skip

@@ -229,3 +229,18 @@ def _fail_on_rank_1(kind: type) -> None:
     if dist.get_rank() == 1:
         raise kind("stopped" if kind.__name__ == "Interrupted" else "rank 1 cannot go on")
     dist.barrier()  # rank 0 waits in a collective: the launcher must stop it
+
+
+def test_a_multinode_slurm_seed_takes_its_rank_and_rendezvous_from_slurm(monkeypatch):
+    """Every node of a seed's job computes the same rendezvous (the first node, a port
+    pair from the job id) and its own machine rank; one node keeps the local default."""
+    from transfer.slurmjob import slurm_placement
+
+    monkeypatch.delenv("SLURM_LAUNCH_NODE_IPADDR", raising=False)
+    spec = _spec(Path("/runs/p/w/seed0")).replace(num_machines=2, num_gpus=8)
+    placed = [slurm_placement(spec, node, ["gpu-a", "gpu-b"], "4242_3") for node in (0, 1)]
+    assert [s.machine_rank for s in placed] == [0, 1]
+    assert {s.dist_url for s in placed} == {"tcp://gpu-a:29984"}  # 29500 + 2 x (4242 % 1000)
+    assert placed[1].procs_per_machine * placed[1].num_machines == 16  # the world size
+    alone = slurm_placement(spec.replace(num_machines=1), 0, ["gpu-a"], "4242")
+    assert alone.dist_url == "auto" and alone.machine_rank == 0

@@ -121,6 +121,7 @@ def test_backbone_really_loaded(weights, tmp_path, registered_shapes):
         assert verify_backbone_loaded(model, str(pkl)) == 265
 
 
+@pytest.mark.extended
 def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, weights, small_shapes):
     cmd = [
         sys.executable,

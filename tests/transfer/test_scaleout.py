@@ -13,6 +13,8 @@ not the whole batch's mean), and, for segmentation, labels without ignored pixel
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -125,7 +127,10 @@ def largest_differences(one: dict, two: dict, buffers: list[str]) -> str:
     return f"loss {loss:.1e}, gradient {grad:.1e}, running statistics {stat:.1e}"
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.extended) if n != "ade20k" else n for n in FAMILIES],
+)  # the detectors' in make test-extended (a minute each on 2 cores)
 def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(name, tmp_path, float64):
     family, protocol, opts = FAMILIES[name]
     inputs = _inputs(family)
@@ -343,3 +348,66 @@ def test_recognition_on_two_processes_equals_one_process(protocol, tmp_path_fact
         lines = (tmp_path / "p2" / "train_metrics.jsonl").read_text().splitlines()
         assert [json.loads(x)["iteration"] for x in lines] == [1, 2]  # each run once, in order
     assert two["headline"] == pytest.approx(one["headline"], rel=1e-6)
+
+
+def cls_step(protocol: str, data: str, seed_dir: str, batch, out: str | None):
+    """One training step of a classification protocol through its own DDP wrapping
+    (``train._distributed``: global-batch BatchNorm where the protocol asks for it)."""
+    import torch.distributed as dist
+
+    from transfer.classification.train import Probe, Run, _distributed, _train_step, build_head
+    from transfer.spec import SeedSpec
+
+    torch.set_default_dtype(torch.float64)
+    spec = SeedSpec(protocol=protocol, protocol_name=f"{protocol}_smoke", smoke=True,
+                    dataset="synthetic", shapes_root=None, weights="", weights_info={},
+                    seed_index=0, seed=1000, seed_dir=seed_dir, data=data, arch="resnet18",
+                    family="classification")  # fmt: skip
+    torch.manual_seed(0)
+    run = Run(spec)
+    probe = Probe(run.backbone, build_head(run), run.p.stages, frozen=run.p.kind != "finetune")
+    net = _distributed(run, probe)
+    params = [p for p in probe.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    x, y = batch
+    mine = slice(run.rank * len(y) // run.world, (run.rank + 1) * len(y) // run.world)
+    net.train()
+    loss, _ = _train_step(run, net, opt, x[mine], y[mine], 0.1, "a test step")
+    value = torch.tensor([loss.item()])
+    if run.world > 1:
+        dist.all_reduce(value)
+    state = {k: v.clone() for k, v in probe.state_dict().items() if v.is_floating_point()}
+    record = {"loss": value.item() / run.world, "state": state}
+    if out is None:
+        return record
+    if run.rank == 0:
+        torch.save(record, out)
+    return None
+
+
+@pytest.mark.parametrize("protocol", ["semisup_10pct", "linear_multilayer"])
+def test_a_classification_step_on_two_processes_equals_one_process(
+    protocol, shapes_root, tmp_path, float64
+):
+    """Fine-tuning (global BatchNorm in the whole network) and the multi-layer probe (its
+    heads' BatchNorm): one step on 2 processes with 4 images each equals one process with
+    the 8: the loss, the weights and the running statistics after the step."""
+    from synthetic.writers import write_label_subsets
+
+    data = str(shapes_root / "imagefolder")
+    write_label_subsets(Path(data))  # the semi-supervised subsets, as the smoke runs write them
+    g = torch.Generator().manual_seed(3)
+    batch = (torch.randn(8, 3, 64, 64, generator=g), torch.randint(0, 6, (8,), generator=g))
+    start_workers(
+        cls_step, (protocol, data, str(tmp_path / "s2"), batch, str(tmp_path / "two.pt")), 2
+    )
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    one = cls_step(protocol, data, str(tmp_path / "s1"), batch, None)
+    # the loop takes the cross-entropy of float32 logits (``.float()``, for AMP): the loss
+    # and its gradient carry float32 rounding (eps 1.2e-7); the rest is float64
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    stats = [k for k in one["state"] if "running_var" in k]
+    assert len(stats) >= 4
+    for k, v in one["state"].items():
+        scale = v.abs().max().item()
+        torch.testing.assert_close(two["state"][k], v, rtol=1e-6, atol=1e-6 * scale, msg=k)
