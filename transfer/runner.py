@@ -12,10 +12,12 @@ Seed ``k`` uses the recorded seed value ``SEED_BASE + k``. A finished seed is sk
 unfinished one resumes from its last checkpoint. A family's planner (``transfer.<family>
 .runner``) checks its inputs and lists the seeds (``transfer.spec.SeedSpec``, whose
 ``entry`` names the family's per-process function); each runs in its own process
-(``launch_local``) or Slurm job (``launch_slurm``; ``transfer.launch``), so a failing seed
-never takes the others down. A seed runs only while its launcher holds the seed folder's
-lock (``seed<k>.lock`` beside it), so two launches on one output folder train each seed
-once: the second skips (or, with ``--if-locked wait``, waits for) what the first holds.
+(``transfer.seeds.launch_local``; its processes: one per GPU, or ``--num-procs`` on a CPU,
+on ``--num-machines`` machines) or Slurm job (``launch_slurm``; ``transfer.slurmjob``), so a
+failing seed never takes the others down. A seed runs only while its launcher holds the
+seed folder's lock (``seed<k>.lock`` beside it), so two launches on one output folder train
+each seed once: the second skips (or, with ``--if-locked wait``, waits for) what the first
+holds.
 This module imports no family.
 """
 

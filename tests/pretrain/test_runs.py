@@ -363,11 +363,16 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, float64):
     assert compared == 20  # every BatchNorm of the ResNet-18
 
 
-def test_num_procs_trains_on_two_processes_and_rank_0_writes(tmp_path, folder):
+@pytest.mark.parametrize(
+    "method",
+    ["byol", *(pytest.param(m, marks=pytest.mark.extended)
+               for m in ("care", "simsiam", "byol_gsg", "maskco"))],
+)  # fmt: skip
+def test_num_procs_trains_on_two_processes_and_rank_0_writes(tmp_path, folder, method):
     """``--num-procs 2``: one gloo group of 2 processes (8 images each: 6 steps of 16 per
     epoch); one metrics line per step, the weights exported once."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pretrain", "--recipe", "test", "--method", "byol", "--data",
+    cmd = [sys.executable, "-m", "pretrain", "--recipe", "test", "--method", method, "--data",
            str(folder), "--output", str(out), "--epochs", "1", "--knn-every", "0",
            "--num-procs", "2"]  # fmt: skip
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

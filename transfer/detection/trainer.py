@@ -1,8 +1,9 @@
 """Detectron2's ``DefaultTrainer`` with the suite's evaluators, progress, and safe stops.
 
-One process (or one detectron2 ``launch`` group) trains one seed of one protocol:
-``train_seed(spec)``. It resumes from the seed folder's last checkpoint when there is one,
-otherwise loads ``MODEL.WEIGHTS`` and checks that the backbone really received them.
+One process (or one group of worker processes, ``common.processes``) trains one seed of
+one protocol: ``train_seed(spec)``. It resumes from the seed folder's last checkpoint when
+there is one, otherwise loads ``MODEL.WEIGHTS`` and checks that the backbone really
+received them.
 SIGINT / SIGTERM save a checkpoint at the end of the current iteration and stop
 (resumable); a NaN/inf loss stops the seed with detectron2's FloatingPointError.
 """
@@ -55,7 +56,7 @@ class SuiteTrainer(SeedTrainer):
 
 @releases_seed_logging
 def train_seed(spec: SeedSpec) -> dict | None:
-    """Train and evaluate one seed (inside a detectron2 ``launch`` worker).
+    """Train and evaluate one seed (in each of its worker processes).
 
     ``spec`` is planned by ``transfer.runner.plan``. Writes, on the main
     process: ``config.yaml``, ``log.txt``, ``train_metrics.jsonl``, ``environment.json``,

@@ -84,7 +84,7 @@ class SegTrainer(SeedTrainer):
 
 @releases_seed_logging
 def train_seed(spec: SeedSpec) -> dict | None:
-    """Train and evaluate one seed (inside a detectron2 ``launch`` worker); the main process
+    """Train and evaluate one seed (in each of its worker processes); the main process
     writes ``environment.json`` and, last, ``metrics.json``."""
     from transfer.segmentation.config import build_config
     from transfer.segmentation.data import register
