@@ -54,6 +54,19 @@ def _two_free_ports() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+def _machines(command, while_running=lambda: None) -> list[str]:
+    """Run ``command(rank)`` for machine ranks 0 and 1 at once (``while_running()`` every
+    half second until machine 0 ends); their outputs, once both ended successfully."""
+    procs = [subprocess.Popen(command(rank), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]  # fmt: skip
+    while procs[0].poll() is None:
+        while_running()
+        time.sleep(0.5)
+    out = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], out[0][-2000:] + out[1][-2000:]
+    return out
+
+
 def _final(out: Path) -> dict:
     return torch.load(out / SEED / "model_final.pth", map_location="cpu", weights_only=False)[
         "model"
@@ -88,35 +101,16 @@ def test_two_processes_two_machines_and_a_resumed_run_end_alike(tmp_path, weight
     # two machines of one process each: machine 0 takes the seed's lock, machine 1 follows
     two = tmp_path / "two_machines"
     url = f"tcp://127.0.0.1:{_two_free_ports()}"
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                two,
-                weights,
-                twin,
-                "--num-machines",
-                "2",
-                "--machine-rank",
-                str(rank),
-                "--dist-url",
-                url,
-            ),
-            cwd=REPO,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    held = False
-    while procs[0].poll() is None:
+    held = []
+
+    def lock_is_held() -> None:  # machine 0's launcher holds it while the seed runs
         if (two / SEED / "log.txt").exists() and not held:
             with held_or_none(seed_lock_path(two / SEED)) as lock:
-                held = lock is None  # machine 0's launcher holds it while the seed runs
-        time.sleep(0.5)
-    out = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], out[0][-2000:] + out[1][-2000:]
+                held.extend([True] if lock is None else [])
+
+    out = _machines(lambda rank: _cmd(two, weights, twin, "--num-machines", "2",
+                                      "--machine-rank", str(rank), "--dist-url", url),
+                    lock_is_held)  # fmt: skip
     assert held and "joining machine 0's run (machine 1)" in out[1]
     assert "running in another launcher" not in out[0] + out[1]
     assert json.loads((two / SEED / "metrics.json").read_text())["world_size"] == 2
@@ -156,38 +150,10 @@ def test_pretraining_on_two_torchrun_machines_equals_two_processes(tmp_path, sha
     assert r.returncode == 0, r.stderr[-2000:]
     two = tmp_path / "two"
     port = _two_free_ports()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes",
-                "2",
-                "--node-rank",
-                str(rank),
-                "--nproc-per-node",
-                "1",
-                "--master-addr",
-                "127.0.0.1",
-                "--master-port",
-                str(port),
-                "-m",
-                "pretrain",
-                *common,
-                "--output",
-                str(two),
-            ],
-            cwd=REPO,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    out = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], out[0][-2000:] + out[1][-2000:]
+    _machines(lambda rank: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                            "--node-rank", str(rank), "--nproc-per-node", "1", "--master-addr",
+                            "127.0.0.1", "--master-port", str(port), "-m", "pretrain", *common,
+                            "--output", str(two)])  # fmt: skip
     a, b = (torch.load(d / "byol_resnet18.pth", weights_only=True) for d in (one, two))
     assert a["meta"]["images_seen"] == b["meta"]["images_seen"] == 96
     _assert_same(a["backbone"], b["backbone"])
