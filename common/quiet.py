@@ -24,6 +24,8 @@ KNOWN = (
     # create_ddp_model passes broadcast_buffers=False (both work as they always did)
     ("ignore", r"TypedStorage is deprecated", UserWarning, r"detectron2(\..*)?"),
     ("ignore", r"`broadcast_buffers` is deprecated", FutureWarning, ""),
+    # common.syncnorm's autograd all-reduce: torch 2.14 points to a private module instead
+    ("ignore", r"torch.distributed.nn.functional.all_reduce is deprecated", FutureWarning, ""),
 )
 
 
