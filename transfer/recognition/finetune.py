@@ -38,7 +38,13 @@ from common.metrics import MetricsLog
 from common.signals import StopFlag
 from transfer.backbone import load_backbone, stage_channels
 from transfer.recognition import datasets as D
-from transfer.recognition.features import IMAGENET_MEAN, IMAGENET_STD, SplitImages, eval_transform
+from transfer.recognition.features import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SplitImages,
+    eval_transform,
+    world,
+)
 from transfer.recognition.metrics import METRIC_NAMES, accuracy, mean_ap11, mean_per_class_accuracy
 from transfer.recognition.protocols import RecProtocol, finetune_grid
 
@@ -189,8 +195,9 @@ def train_run(net: FinetuneNet, samples: D.Samples, p: RecProtocol, lr: float, w
     net.train()
     t0, step = time.perf_counter(), start
     mlog = metrics(start or None) if metrics is not None else nullcontext()
+    # one bar on the console: the main process's (the others' runs log their scores)
     bar = tqdm(total=p.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-               leave=False)  # fmt: skip
+               leave=False, disable=world()[0] != 0)  # fmt: skip
     with mlog, bar:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
@@ -286,8 +293,6 @@ def grid_records(spec, p: RecProtocol, folder: Path, fit: tuple, sets: dict, sto
     the processes (the i-th of them on process i mod world), each run seeded by its index
     alone: the same runs and scores as one process. The main process writes the grid's
     metrics (one line per run, in order) and ``finetune_state.json``."""
-    from transfer.recognition.features import world
-
     rank, size = world()
     grid = fit[0]
     done = finished_runs(folder)
@@ -324,8 +329,6 @@ def manyshot_finetune(spec, p: RecProtocol, folder: Path, log) -> dict | None:
     runs and resumes the ones in progress; several processes share the runs out), then on
     the main process the best (lr, wd) on trainval -> test (the other processes return
     None)."""
-    from transfer.recognition.features import world
-
     info = D.INFO[spec.task]
     device = torch.device("cuda" if spec.device == "cuda" else "cpu")
     sets, multilabel, classes = _fit_sets(spec, p)
