@@ -1,8 +1,8 @@
 """Starting one seed: its processes here, in a child process of the launcher.
 
-A seed runs in its own process (``common.processes.start_workers`` over its GPUs, or its
-``--num-procs`` CPU processes), so a failing seed
-never takes the others down; ``python -m transfer.launch --seed-spec FILE`` is that process.
+A seed runs in its own process, which starts the seed's processes (one per GPU, or its
+``--num-procs`` CPU processes: ``common.processes.start_workers``), so a failing seed never
+takes the others down; ``python -m transfer.launch --seed-spec FILE`` is that process.
 """
 
 from __future__ import annotations
