@@ -435,6 +435,7 @@ def test_slurm_launcher_runs_the_seed_as_a_job(tmp_path, r18, imagefolder):
     assert m["cls"]["k200_top1"] >= 0 and (tmp_path / "knn_smoke/tv_r18/slurm").is_dir()
 
 
+@pytest.mark.extended  # make test resumes a seed in-process (test_interrupted_seed_resumes...)
 def test_sigterm_keeps_a_resumable_state_and_the_rerun_finishes(tmp_path, r18, imagefolder):
     import signal
     import time
