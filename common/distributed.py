@@ -26,3 +26,10 @@ def any_rank(value: bool, device="cpu") -> bool:
 def every_rank(value: bool, device="cpu") -> bool:
     """True on every rank only when ``value`` is True on all (each rank has a batch)."""
     return _reduce(value, device, dist.ReduceOp.MIN)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process's group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

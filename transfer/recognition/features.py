@@ -23,6 +23,7 @@ from torchvision import transforms as T
 from common.atomic import atomic_write
 from common.badimages import open_rgb
 from common.cli import BadInput
+from common.distributed import every_rank, world
 from transfer.recognition.datasets import Samples
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -102,15 +103,6 @@ def cache_key(weights_id: str, samples: Samples, size: int, normalise: bool,
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process's torch.distributed group; (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def extract(backbone, samples: Samples, transform, batch_size: int, workers: int,
             device: torch.device, desc: str) -> np.ndarray:  # fmt: skip
@@ -150,8 +142,6 @@ def extract(backbone, samples: Samples, transform, batch_size: int, workers: int
 def cached_features(cache_dir: Path, key: str, compute) -> tuple[np.ndarray, bool]:
     """(features, True if read from the cache). ``compute()`` runs only on a miss; the file
     is written atomically, so an interrupted extraction leaves no partial cache entry."""
-    from common.distributed import every_rank
-
     path = cache_dir / f"{key}.npy"
     feats = None
     if path.is_file():

@@ -34,6 +34,7 @@ from torchvision import transforms as T
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.badimages import open_rgb
 from common.cli import BadInput, Interrupted
+from common.distributed import world
 from common.metrics import MetricsLog
 from common.signals import StopFlag
 from transfer.backbone import load_backbone, stage_channels
@@ -43,7 +44,6 @@ from transfer.recognition.features import (
     IMAGENET_STD,
     SplitImages,
     eval_transform,
-    world,
 )
 from transfer.recognition.metrics import METRIC_NAMES, accuracy, mean_ap11, mean_per_class_accuracy
 from transfer.recognition.protocols import RecProtocol, finetune_grid

@@ -26,6 +26,7 @@ import yaml
 from common.archs import get_arch
 from common.atomic import atomic_pickle, atomic_write_json, atomic_write_text
 from common.cli import BadInput, Interrupted
+from common.distributed import world
 from common.sessions import recorded_session, session_totals
 from common.signals import StopFlag
 from transfer.backbone import load_backbone
@@ -222,8 +223,6 @@ def fewshot(spec: SeedSpec, p: RecProtocol, folder: Path, log: Log) -> dict | No
 def run_recognition_seed(spec: SeedSpec) -> dict | None:
     """The seed's work; ``metrics.json`` is written last. Under several processes they
     share the feature extraction and the fine-tuning grid; the main process writes."""
-    from transfer.recognition.features import world
-
     p = resolve(spec.protocol, spec.smoke, spec.opts)
     folder = Path(spec.seed_dir)
     main = world()[0] == 0
