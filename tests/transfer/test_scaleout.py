@@ -127,10 +127,8 @@ def largest_differences(one: dict, two: dict, buffers: list[str]) -> str:
     return f"loss {loss:.1e}, gradient {grad:.1e}, running statistics {stat:.1e}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.extended) if n != "ade20k" else n for n in FAMILIES],
-)  # the detectors' in make test-extended (a minute each on 2 cores)
+@pytest.mark.extended  # make test-extended: up to a minute each on 2 cores
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(name, tmp_path, float64):
     family, protocol, opts = FAMILIES[name]
     inputs = _inputs(family)
