@@ -29,6 +29,8 @@ import json
 from common.cli import doc_parser, run_cli
 from tables import segfigure
 from tables.aggregate import MIN_SEEDS, TablesError, add_runs_arg, collect
+from tables.compare import comparisons
+from tables.compare import to_csv as compare_csv
 from tables.layout import TABLES, build_table, known_sources, table_for, table_groups
 from tables.plot import plot_datasets, plot_protocol
 from tables.render import to_csv, to_latex, to_markdown
@@ -61,10 +63,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compare",
-        nargs=2,
-        metavar=("WEIGHTS_A", "WEIGHTS_B"),
+        nargs="+",
+        metavar="WEIGHTS",
         default=None,
-        help="Welch's t-test of B against A per column (p-values in the CSV)",
+        help="two or more weights names: each later one against the first, per column: "
+        "Welch's t-test (p-values in the CSV), and comparison.csv / the report's comparison "
+        "view with the difference and its 95%% interval",
     )
     p.add_argument("--decimals", type=int, default=1, help="decimals in Markdown / LaTeX")
     p.add_argument(
@@ -175,6 +179,18 @@ def summarise_groups(groups, out: Path) -> None:
             print(f"  unfinished: {p}")
 
 
+def write_comparison(weights, built: dict, out: Path, written: dict) -> list | None:
+    """comparison.csv of each later ``weights`` name against the first (None: no --compare)."""
+    if not weights:
+        return None
+    if len(weights) < 2:
+        raise TablesError("--compare needs two or more weights names (the first is the base)")
+    diffs = comparisons(built, list(weights))
+    written["comparison.csv"] = out / "comparison.csv"
+    written["comparison.csv"].write_text(compare_csv(diffs))
+    return diffs
+
+
 def main(args: argparse.Namespace) -> dict[str, Path]:
     out = args.out or (args.runs[0] / "tables")
     if args.source and args.source not in known_sources():
@@ -199,6 +215,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         if has_runs or (args.reference_only and spec.reference_csv):
             written.update(write_table(spec, groups, args, out, built))
     summarise_groups(groups, out)
+    diffs = write_comparison(args.compare, built, out, written)
     figures = list(args.figure)
     seg_sets = segfigure.prediction_sets(args.runs) if not args.reference_only else {}
     if seg_sets:  # GSG's Figure 2 layout from the segmentation seeds' kept predictions
@@ -210,7 +227,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         from tables.report import write_report
 
         written["report.html"] = write_report(out / "report.html", built, groups, dict(written),
-                                              args.runs, args.decimals, figures)  # fmt: skip
+                                              args.runs, args.decimals, figures,
+                                              diffs)  # fmt: skip
     for path in written.values():
         print(f"wrote {path}")
     return written

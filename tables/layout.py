@@ -579,13 +579,16 @@ def build_table(
     labels: dict[str, tuple[str, str]],
     source: str | None = None,
     reference: str | None = None,
-    compare: tuple[str, str] | None = None,
+    compare: tuple[str, ...] | None = None,
     with_paper: bool = True,
 ) -> list[Row]:
+    """The paper's rows and ours; ``compare``: Welch's p of each later weights' row against
+    the first's."""
     rows = (read_reference(spec, source) if with_paper else []) + our_rows(spec, groups, labels)
     if spec.mean_column:
         add_means(spec, rows)
     add_deltas(spec, rows, reference)
     if compare:
-        add_significance(spec, rows, *compare)
+        for other in compare[1:]:
+            add_significance(spec, rows, compare[0], other)
     return rows

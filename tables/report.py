@@ -29,6 +29,7 @@ from tables.render import notes, to_html
 SEED_FILES = ("config.yaml", "metrics.json", "train_metrics.jsonl", "log.txt")
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 96em; color: #222; }
+tr.sig td { background: #eef6ee; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.3em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .85em; }
 th, td { border: 1px solid #ddd; padding: .2em .45em; white-space: nowrap; }
@@ -169,6 +170,7 @@ def write_report(
     roots: list[Path],
     decimals: int = 1,
     figures: list[Path] = (),
+    diffs: list | None = None,
 ) -> Path:
     """Write the report to ``path``; ``tables`` maps a table name to its spec and built
     rows, ``written`` the files ``python -m tables`` wrote (its plots are embedded)."""
@@ -188,7 +190,10 @@ def write_report(
     body.append("<ul>" + "".join(items) + "</ul>" if items else "<p>Nothing.</p>")
     if tables:
         body.append(
-            "<p>Tables: " + " · ".join(f'<a href="#{_e(n)}">{_e(n)}</a>' for n in tables) + "</p>"
+            "<p>Tables: "
+            + " · ".join(f'<a href="#{_e(n)}">{_e(n)}</a>' for n in tables)
+            + (' · <a href="#comparison">comparison</a>' if diffs is not None else "")
+            + "</p>"
         )
     for name, (spec, rows) in tables.items():
         body.append(f'<h2 id="{_e(name)}">{_e(spec.title)}</h2>')
@@ -202,6 +207,14 @@ def write_report(
         if plots:
             body.append('<div class="figures">' + "".join(map(_figure, plots)) + "</div>")
         body.append(spread(spec, groups, base, decimals))
+    if diffs is not None:
+        from tables.compare import to_html as compare_html
+
+        body.append('<h2 id="comparison">Comparison of the checkpoints</h2>')
+        body.append('<p class="note">Per table and column: B − A, the 95% interval of the '
+                    "difference (Welch, unequal variances; highlighted when it excludes 0) and "
+                    "Welch's two-sided p; n = finished seeds.</p>")  # fmt: skip
+        body.append(compare_html(diffs, decimals, _e))
     if figures:
         body.append("<h2>Figures</h2>")
         body.append('<div class="figures">' + "".join(map(_figure, figures)) + "</div>")
