@@ -114,19 +114,20 @@ def plan_json(rows: list[PlanRow], gpu: str, precision: str, gpus: int, nodes: i
 
 
 def _seed_line(r: PlanRow, k: int) -> str:
+    """One line per seed (a failed one: and its error's last line below it)."""
     p = r.progress[k]
-    name = f"{r.stem[:13]:<14}{(r.protocol + ('/' + r.dataset if r.dataset else ''))[:24]:<25}"
+    name = f"{r.stem[:11]:<12}{(r.protocol + ('/' + r.dataset if r.dataset else ''))[:21]:<22}"
     head = f"{name}s{k:<3}{p.state:<9}"
     if p.state == "failed":
-        return _clip(f"{head}{p.error}")
+        return head.rstrip() + "\n" + _clip(f"    {p.error}")
     if p.state == "finished":
         return _clip(f"{head}{p.headline}  ({duration(p.wall_time_s)})")
-    at = f"{p.iteration}/{p.total}" if p.iteration is not None and p.total else "-"
     if p.state == "pending":
         return head.rstrip()
+    at = f"{p.iteration}/{p.total}" if p.iteration is not None and p.total else "-"
     rate = f"{p.images_per_s:.1f} img/s" if p.images_per_s else ""
     eta = f"ETA {duration(p.eta_s)}" if p.state == "running" else ""
-    return _clip(f"{head}{at:<13}{rate:<13}{eta}")
+    return _clip(f"{head}{at:<12}{rate:<12}{eta}")
 
 
 def status_text(rows: list[PlanRow], title: str) -> str:

@@ -162,6 +162,18 @@ def environments(groups: list[Group], base: Path) -> str:
     return "".join(out)
 
 
+def comparison(diffs: list, decimals: int) -> str:
+    """The comparison view: per table, each checkpoint against the first."""
+    from tables.compare import to_html as compare_html
+
+    return (
+        '<h2 id="comparison">Comparison of the checkpoints</h2><p class="note">Per table and '
+        "column: B − A, the 95% interval of the difference (Welch, unequal variances; "
+        "highlighted when it excludes 0) and Welch's two-sided p; n = finished seeds.</p>"
+        + compare_html(diffs, decimals, _e)
+    )
+
+
 def write_report(
     path: Path,
     tables: dict[str, tuple[TableSpec, list[Row]]],
@@ -208,13 +220,7 @@ def write_report(
             body.append('<div class="figures">' + "".join(map(_figure, plots)) + "</div>")
         body.append(spread(spec, groups, base, decimals))
     if diffs is not None:
-        from tables.compare import to_html as compare_html
-
-        body.append('<h2 id="comparison">Comparison of the checkpoints</h2>')
-        body.append('<p class="note">Per table and column: B − A, the 95% interval of the '
-                    "difference (Welch, unequal variances; highlighted when it excludes 0) and "
-                    "Welch's two-sided p; n = finished seeds.</p>")  # fmt: skip
-        body.append(compare_html(diffs, decimals, _e))
+        body.append(comparison(diffs, decimals))
     if figures:
         body.append("<h2>Figures</h2>")
         body.append('<div class="figures">' + "".join(map(_figure, figures)) + "</div>")

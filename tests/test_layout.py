@@ -13,7 +13,7 @@ import pytest
 import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "pretrain", "transfer", "tables", "synthetic")
+PACKAGES = ("common", "pretrain", "transfer", "tables", "synthetic", "bench")
 # package -> the suite's packages it may import (tools/, benchmarks/ and tests/ may import all)
 ALLOWED = {
     "common": set(),
@@ -21,6 +21,7 @@ ALLOWED = {
     "pretrain": {"common", "synthetic"},
     "transfer": {"common", "synthetic"},
     "tables": {"common"},
+    "bench": {"common", "transfer", "tables"},  # above the families: nothing imports it
 }
 SUITE = set(PACKAGES) | {"benchmarks", "tools", "tests"}
 
@@ -148,6 +149,7 @@ def _runnable_modules() -> list[str]:
 
 def test_runnable_modules_are_the_expected_ones():
     assert _runnable_modules() == [
+        "bench/__main__.py",
         "pretrain/__main__.py",
         "pretrain/learning_signal.py",
         "pretrain/tsne.py",
@@ -185,6 +187,7 @@ def test_console_scripts_resolve():
         "care-tables",
         "care-run-recognition",
         "care-run-segmentation",
+        "care-bench",
     } <= set(scripts)
     for name, target in scripts.items():
         module, func = target.split(":")
