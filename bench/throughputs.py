@@ -97,3 +97,34 @@ def record(new: list[Throughput], path: str | Path = DEFAULT_FILE) -> Path:
 
 def today() -> str:
     return datetime.date.today().isoformat()
+
+
+def add_record_arg(p) -> None:
+    """``--record [FILE]`` of a speed benchmark: add its figures to the throughput file."""
+    p.add_argument(
+        "--record",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_FILE,
+        default=None,
+        metavar="FILE",
+        help="add the figures to the throughput file care-bench plans with (default file: "
+        "bench/throughputs.json), replacing this GPU kind's earlier ones",
+    )
+
+
+def record_benchmark(path: Path, figures: list[tuple[str, str, float, str]], device: str,
+                     script: str, argv: list[str]) -> Path:  # fmt: skip
+    """Record ``figures`` [(key, precision, images/s, what)] measured on ``device`` (a
+    device name, e.g. torch.cuda.get_device_name) by ``script`` run with ``argv``."""
+    import os
+
+    import torch
+
+    command = " ".join(["python", script, *argv])
+    machine = f"{device}, {os.cpu_count()} cores, torch {torch.__version__}"
+    rows = [Throughput(key, gpu_kind(device), precision, round(float(v), 2), what, today(),
+                       command, machine) for key, precision, v, what in figures]  # fmt: skip
+    path = record(rows, path)
+    print(f"recorded {len(rows)} figure(s) in {path}")
+    return path

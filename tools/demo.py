@@ -3,10 +3,11 @@
 
 1. writes the synthetic shapes (ImageFolder, VOC, COCO layouts);
 2. pretrains CARE and BYOL (ResNet-50, small images, a few epochs);
-3. converts both checkpoints, plus a random-initialisation baseline;
-4. runs the VOC C4 and COCO C4 smoke protocols, 1 seed each, for the three, and the ADE20K
-   UPerNet smoke protocol (GSG's segmentation transfer) for CARE and BYOL on the synthetic
-   ADE20K twin;
+3-4. evaluates both with the main command, ``care-bench run --suite quick --dataset
+   synthetic``: every family's quick protocol (VOC C4, COCO FPN, kNN, many-shot linear on two
+   recognition twins, ADE20K UPerNet) as smoke runs, 1 seed each, then ``care-bench
+   status`` (the suite's report with the two checkpoints' comparison is rebuilt as seeds
+   finish);
 5. classification: pretrains CARE (ResNet-18, 64 px) on the silhouettes, where two CPU
    minutes measurably beat random initialisation, then runs the linear (CARE's protocol)
    and kNN smoke protocols, 2 seeds each, for it and for a random ResNet-18, and the
@@ -32,13 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds, data counts
+SIZES = {  # pretraining recipe (pretrain.recipes), classification seeds, data counts
     "small": dict(
         recipe="demo",
-        iters=6,
         seeds=2,  # classification seeds
-        det_seeds=1,  # detection seeds: 12 seconds-long processes were most of the demo
-        ade20k=dict(train=16, val=4, size=96),
         cls=dict(per_class=64, val_per_class=32, epochs=12, probe_epochs=10),
         shapes=dict(
             size=96,
@@ -50,9 +48,7 @@ SIZES = {  # pretraining recipe (pretrain.recipes), transfer iterations / seeds,
     ),
     "tiny": dict(
         recipe="demo-tiny",
-        iters=2,
         seeds=1,
-        ade20k=dict(train=4, val=2, size=64),
         cls=dict(per_class=6, val_per_class=2, epochs=1, probe_epochs=1),
         shapes=dict(
             size=64,
@@ -117,38 +113,17 @@ def run_script(script: str, argv: list[str]) -> int:
     return module.cli(["--launcher", "inprocess", *KEEP, *argv])
 
 
-def transfer(script: list[str], weights: str, size: dict, out: Path, shapes: Path) -> int:
-    argv = [
-        *script[1:],
-        "--weights",
-        weights,
-        "--seeds",
-        str(size.get("det_seeds", size["seeds"])),
-        "--dataset",
-        "synthetic",
-        "--output",
-        str(out / "runs"),
-        "--shapes-root",
-        str(shapes),
-        "SOLVER.MAX_ITER",
-        str(size["iters"]),
-        "SOLVER.STEPS",
-        f"({max(1, size['iters'] * 2 // 3)},)",
-        "TEST.PRECISE_BN.NUM_ITER",
-        "2",
-    ]
-    return run_script(script[0], argv)
+def suite_run(out: Path, weights: list[str]) -> list[str]:
+    """The main command on the quick suite's synthetic runs (each seed in this process:
+    torch and detectron2 are imported once), then its status view."""
+    from bench.__main__ import cli
 
-
-def segmentation(weights: str, size: dict, out: Path) -> int:
-    """One ADE20K UPerNet smoke seed of ``weights`` on the synthetic twin (two test scales)."""
-    from synthetic.ade20k import write_ade20k
-
-    root = write_ade20k(out / "datasets" / "ade20k", **size["ade20k"])
-    argv = ["--weights", weights, "--seeds", "1", "--dataset", "synthetic",
-            "--output", str(out / "runs"), "--shapes-root", str(root),
-            "SOLVER.MAX_ITER", str(size["iters"]), "INPUT.TEST_SHORT_SIDES", "(64,96)"]  # fmt: skip
-    return run_script("transfer/run_segmentation.py", argv)
+    common = ["--output", str(out / "runs")]
+    argv = ["run", "--suite", "quick", "--dataset", "synthetic", "--weights", *weights,
+            "--launcher", "inprocess", *KEEP, *common]  # fmt: skip
+    code = cli(argv)
+    cli(["status", *common, "--no-report"])
+    return [] if code == 0 else ["care-bench run --suite quick --dataset synthetic"]
 
 
 RECOGNITION_DATASETS = ("cifar10", "dtd")  # the demo's many-shot linear transfer
@@ -290,18 +265,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         m: pretrain(m, size["recipe"], shapes / "imagefolder", out) for m in ("care", "byol")
     }
 
-    step(
-        "3-4/7 conversion and transfer: VOC C4 and COCO C4 smoke protocols, "
-        f"{size.get('det_seeds', size['seeds'])} seed(s) each, and ADE20K UPerNet"
-    )
-    failures = []
-    for w in [str(weights["care"]), str(weights["byol"]), "none"]:
-        for script in (["transfer/run_voc.py"], ["transfer/run_coco.py", "--arch", "c4"]):
-            if transfer(script, w, size, out, shapes) != 0:
-                failures.append(f"{script[0]} --weights {w}")
-    for w in [str(weights["care"]), str(weights["byol"])]:
-        if segmentation(w, size, out) != 0:
-            failures.append(f"transfer/run_segmentation.py --weights {w}")
+    step("3-4/7 care-bench run --suite quick --dataset synthetic: CARE and BYOL")
+    failures = suite_run(out, [str(weights["care"]), str(weights["byol"])])
 
     step(
         "5/7 classification: CARE (ResNet-18) on the silhouettes, then the linear and "

@@ -35,14 +35,15 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-# Images per split (ssl-transfer's splits; Caltech101 with the deduplicated train.txt) and
-# classes: what the protocol extracts and fits on. VOC2007: 20 binary fits per C.
-DATASET_SIZES = {
-    "aircraft": (3334 + 3333 + 3333, 100), "caltech101": (2416 + 6669, 102),
-    "cars": (8144 + 8041, 196), "cifar10": (50000 + 10000, 10), "cifar100": (50000 + 10000, 100),
-    "dtd": (1880 * 3, 47), "flowers": (1020 * 2 + 6149, 102), "food": (75750 + 25250, 101),
-    "pets": (3680 + 3669, 37), "sun397": (19850 + 19850, 397), "voc2007": (2501 + 2510 + 4952, 20),
-}  # fmt: skip
+from bench.protocols import DATASET_IMAGES  # noqa: E402
+from bench.throughputs import add_record_arg, record_benchmark  # noqa: E402
+
+RECOGNITION = ("aircraft", "caltech101", "cars", "cifar10", "cifar100", "dtd", "flowers",
+               "food", "pets", "sun397", "voc2007")  # fmt: skip
+
+# Images and classes per dataset as the protocol extracts and fits them (VOC2007: 20
+# binary fits per C); the plan of care-bench uses the same table.
+DATASET_SIZES = {k: v for k, v in DATASET_IMAGES.items() if k in RECOGNITION}
 
 
 def extraction_rate(device: torch.device, n_images: int, batch: int, workers: int) -> float:
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--finetune-steps", type=int, default=3, help="timed steps (0: skip)")
     p.add_argument("--finetune-batch", type=int, default=16)
     p.add_argument("--json", type=Path, default=None)
+    add_record_arg(p)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     from transfer.recognition.logreg import wd_grid
@@ -188,6 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{res[name]['protocol_h_estimated']:.1f} h per checkpoint")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
+    if args.record:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        figures = [("feature_extraction", "fp32", res["extract_img_s"], "runner")]
+        if "finetune_img_s" in res:
+            figures.append(("finetune_step", "fp32", res["finetune_img_s"], "bare"))
+        record_benchmark(args.record, figures, name, "benchmarks/speed/recognition.py",
+                         sys.argv[1:] if argv is None else argv)  # fmt: skip
     return res
 
 

@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.throughputs import add_record_arg, record_benchmark  # noqa: E402
+
 SCRIPTS = {
     "voc_c4_24k": ["transfer/run_voc.py"],
     "coco_c4_1x": ["transfer/run_coco.py", "--arch", "c4"],
@@ -234,6 +236,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--no-amp", dest="amp", action="store_false", help="skip the bare AMP step on CUDA"
     )
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    add_record_arg(p)
     return p
 
 
@@ -300,7 +303,19 @@ def main(args: argparse.Namespace) -> list[dict]:
         print(f"{protocol:<12} images/s: {cells}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.record:
+        record_benchmark(args.record, _figures(rows, args.smoke), gpu,
+                         "benchmarks/speed/transfer_step.py", sys.argv[1:])  # fmt: skip
     return rows
+
+
+def _figures(rows: list[dict], smoke: bool) -> list[tuple[str, str, float, str]]:
+    """(key, precision, images/s, what) of every figure, for the throughput file."""
+    names = {"runner_fp32": ("fp32", "runner"), "runner_steady_fp32": ("fp32", "steady"),
+             "bare_fp32": ("fp32", "bare"), "bare_amp": ("amp", "bare")}  # fmt: skip
+    key = "{}_smoke" if smoke else "{}"
+    return [(key.format(r["protocol"]), *names[k][:1], r[k], names[k][1])
+            for r in rows for k in names if k in r]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def test_shipped_suites_take_protocols_seeds_and_datasets_from_the_tables():
     # manyshot and manyshot_C share manyshot_linear: run once, every dataset of the tables
     assert gsg["manyshot_linear"].tables == ["manyshot", "manyshot_C"]
     assert gsg["manyshot_linear"].datasets[:2] == ["aircraft", "caltech101"]
-    assert len(gsg["manyshot_linear"].datasets) == 11 and "mean" not in gsg["manyshot_linear"].datasets
+    many = gsg["manyshot_linear"].datasets
+    assert len(many) == 11 and "mean" not in many
     assert len(gsg["fewshot"].datasets) == 4 + 10  # CD-FSL's four, ten many-shot ones
     assert gsg["ade20k_upernet"].seeds == TABLES["segmentation"].min_seeds == 3
     assert "ade20k_upernet_ignorepad" not in gsg and gsg["knn"].seeds == 1
@@ -78,8 +79,9 @@ def _throughputs(tmp_path):
     rows = [
         Throughput("voc_c4_24k", "H100", "fp32", 20.0, "runner", "2026-01-02", "cmd a"),
         Throughput("voc_c4_24k", "H100", "fp32", 40.0, "bare", "2026-01-03", "cmd b"),
-        Throughput("knn", "H100", "fp32", 1331167 / 3600 / 2, "estimate", "2026-01-01", "doc",
-                   scales_from="a guess"),  # fmt: skip
+        Throughput(
+            "knn", "H100", "fp32", 1331167 / 7200, "estimate", "2026-01-01", "doc", "", "a guess"
+        ),
     ]
     return load(record(rows, tmp_path / "tp.json"))
 
@@ -87,8 +89,8 @@ def _throughputs(tmp_path):
 def _seed(folder, metrics=None, iteration=None, failed=None):
     folder.mkdir(parents=True)
     if iteration is not None:
-        (folder / "config.yaml").write_text(yaml.safe_dump({"SOLVER": {"MAX_ITER": 24000,
-                                                                      "IMS_PER_BATCH": 16}}))  # fmt: skip
+        solver = {"SOLVER": {"MAX_ITER": 24000, "IMS_PER_BATCH": 16}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(solver))
         (folder / "train_metrics.jsonl").write_text(
             json.dumps({"iteration": iteration, "time": 0.8}) + "\n"
         )
@@ -135,8 +137,9 @@ def test_plan_gpu_hours_by_hand(tmp_path):
 
 
 def test_overrides_and_amp_change_the_cost(tmp_path):
-    suite = load_suite(str(_write(tmp_path, "tables: [{table: table4, protocols: [voc_c4_24k],"
-                                            " seeds: 1, opts: [SOLVER.MAX_ITER, 2400]}]")))  # fmt: skip
+    text = "tables: [{table: table4, protocols: [voc_c4_24k], seeds: 1, opts: [x, 1]}]"
+    text = text.replace("[x, 1]", "[SOLVER.MAX_ITER, 2400]")
+    suite = load_suite(str(_write(tmp_path, text)))
     tp = _throughputs(tmp_path)
     (row,) = build_plan(suite, ["a.pth"], tmp_path, tp, "H100")
     assert row.hours == pytest.approx(SEED_H / 10) and row.work == "2400 it x 16"
@@ -227,3 +230,18 @@ def test_difference_interval_by_hand():
 
     assert diff_ci95(a, b) == pytest.approx(t.ppf(0.975, df) * math.sqrt(va + vb))
     assert math.isnan(diff_ci95(Stat([1.0]), b))
+
+
+def test_a_benchmark_records_its_figures_with_their_provenance(tmp_path):
+    from bench.throughputs import record_benchmark
+
+    path = tmp_path / "tp.json"
+    figures = [("voc_c4_24k", "fp32", 21.137, "runner"), ("voc_c4_24k", "amp", 25.7, "bare")]
+    record_benchmark(path, figures, "NVIDIA H100 80GB HBM3", "benchmarks/speed/x.py",
+                     ["--iters", "10"])  # fmt: skip
+    recs = load(path)
+    runner = lookup(recs, "voc_c4_24k", "H100", "fp32")
+    assert runner.images_per_s == 21.14 and runner.what == "runner"
+    assert runner.command == "python benchmarks/speed/x.py --iters 10"
+    assert runner.machine.startswith("NVIDIA H100 80GB HBM3, ") and runner.date
+    assert lookup(recs, "voc_c4_24k", "H100", "amp").what == "bare"

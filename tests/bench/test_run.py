@@ -86,6 +86,9 @@ def test_two_checkpoints_run_then_status_and_the_comparison(tmp_path, two_weight
     knn = [line.split(",") for line in diffs[1:] if line.startswith("classification,knn_k20")]
     m_a, m_b, d = float(knn[0][4]), float(knn[0][5]), float(knn[0][8])
     assert d == pytest.approx(m_b - m_a)
+    voc = json.loads((out / "voc_c4_24k_smoke/new_r50/seed0/metrics.json").read_text())
+    assert voc["seed"] == 1000 and voc["iterations"] == 2
+    assert all(0.0 <= v <= 100.0 for v in voc["bbox"].values())
     # a re-run starts no runner: everything is finished
     assert cli(argv) == 0
     assert "=== " not in capsys.readouterr().out

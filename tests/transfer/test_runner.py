@@ -64,6 +64,9 @@ def _metrics(root: Path, protocol: str, k: int) -> dict:
     return json.loads((root / protocol / "tv_r50" / f"seed{k}" / "metrics.json").read_text())
 
 
+# in `make test-extended` (CI time): make test runs VOC smoke seeds of two checkpoints, and
+# their re-run that skips them, through care-bench (tests/bench/test_run.py)
+@pytest.mark.extended
 def test_voc_two_seeds_then_skip(out, weights, capsys):
     root, _ = out
     assert run_voc.main(_args(run_voc, out, weights)) == 0
