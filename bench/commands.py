@@ -66,9 +66,9 @@ class Reporter:
         self.output, self.stems, self.rows_fn = output, stems, rows_fn
         self.seen = -1
 
-    def tick(self, force: bool = False) -> None:
+    def tick(self) -> None:
         n = report.finished_seeds(self.output)
-        if n == self.seen and not force:
+        if n == self.seen:
             return
         self.seen = n
         path = report.rebuild(self.output, self.stems)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if args.num_gpus is None:
             argv += ["--num-gpus", "1" if gpus else "0"]
         code = run_workers(argv, gpus[:n], n, args.output / "bench" / "logs", reporter.tick)
-    reporter.tick(force=True)
+    reporter.tick()  # a run with nothing left still gets its report
     if code == EXIT_INTERRUPTED:
         print("interrupted: finished seeds are kept; re-run the same command to continue",
               file=sys.stderr)  # fmt: skip
