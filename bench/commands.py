@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,21 +62,41 @@ def _suite_ref(name: str) -> str:
 
 
 class Reporter:
-    """Rebuilds the report when the number of finished seeds changed; one progress line."""
+    """Rebuilds the report when the number of finished seeds changed; one progress line.
+    ``watching()``: the same every few seconds in a thread, while a runner call (many
+    seeds, minutes to days) runs in the foreground."""
 
     def __init__(self, output: Path, stems: list[str], rows_fn) -> None:
         self.output, self.stems, self.rows_fn = output, stems, rows_fn
         self.seen = -1
+        self._lock = threading.Lock()
 
     def tick(self) -> None:
-        n = report.finished_seeds(self.output)
-        if n == self.seen:
-            return
-        self.seen = n
-        path = report.rebuild(self.output, self.stems)
-        counts = Counter(p.state for r in self.rows_fn() for p in r.progress)
-        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        print(f"[care-bench] {summary}" + (f"; report {path}" if path else ""), flush=True)
+        with self._lock:
+            n = report.finished_seeds(self.output)
+            if n == self.seen:
+                return
+            self.seen = n
+            path = report.rebuild(self.output, self.stems)
+            counts = Counter(p.state for r in self.rows_fn() for p in r.progress)
+            summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            print(f"[care-bench] {summary}" + (f"; report {path}" if path else ""), flush=True)
+
+    @contextlib.contextmanager
+    def watching(self, every: float = 10.0):
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                self.tick()
+
+        thread = threading.Thread(target=loop, name="care-bench-report", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _worker_argv(args: argparse.Namespace, suite_ref: str) -> list[str]:
@@ -114,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if gpus and n > len(gpus):
         raise ConfigError(f"--gpus {n}: only {len(gpus)} free GPU(s) ({', '.join(gpus)})")
     if n == 1:
-        code = run_calls(runner_calls(rows(), args), reporter.tick)
+        with reporter.watching():
+            code = run_calls(runner_calls(rows(), args), reporter.tick)
     else:
         argv = _worker_argv(args, _suite_ref(args.suite))
         if args.num_gpus is None:

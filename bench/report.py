@@ -4,8 +4,6 @@ suites ran on an output (``<output>/bench/runs.json``), which ``status`` reads."
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -28,14 +26,12 @@ def rebuild(output: Path, stems: list[str]) -> Path | None:
 
     if finished_seeds(output) == 0:
         return None
-    argv = ["--runs", str(output), "--out", str(Path(output) / "tables"), "--html"]
+    argv = ["--runs", str(output), "--out", str(Path(output) / "tables"), "--html", "--quiet"]
     unique = list(dict.fromkeys(stems))
     if len(unique) >= 2:
         argv += ["--compare", *unique]
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
-            written = tables_cli.main(tables_cli.get_args_parser().parse_args(argv))
+    try:  # quiet, not a redirected stdout: a runner may print in another thread meanwhile
+        written = tables_cli.main(tables_cli.get_args_parser().parse_args(argv))
     except UserError as e:
         print(f"report not rebuilt: {e}")
         return None

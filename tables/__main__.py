@@ -83,6 +83,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also write report.html: every table, plot, seed and environment on one page",
     )
     p.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors (the files are the output)"
+    )
+    p.add_argument(
         "--figure",
         action="append",
         type=Path,
@@ -150,8 +153,9 @@ def min_seeds(protocol: str) -> int:
         return MIN_SEEDS
 
 
-def summarise_groups(groups, out: Path) -> None:
-    """``groups.json`` and one line per group: finished, unfinished and failed seeds."""
+def summarise_groups(groups, out: Path, quiet: bool = False) -> None:
+    """``groups.json`` and (unless ``quiet``) one line per group: finished, unfinished and
+    failed seeds."""
     wanted = {g.protocol: min_seeds(g.protocol) for g in groups}
     summary = [
         {
@@ -165,7 +169,7 @@ def summarise_groups(groups, out: Path) -> None:
         for g in groups
     ]
     (out / "groups.json").write_text(json.dumps(summary, indent=1))
-    for g in groups:
+    for g in [] if quiet else groups:
         n = wanted[g.protocol]
         flag = f" (fewer than {n} seeds)" if len(g.seeds) < n else ""
         print(
@@ -214,7 +218,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
             has_runs = bool(table_groups(spec, groups, _labels(args.label)))
         if has_runs or (args.reference_only and spec.reference_csv):
             written.update(write_table(spec, groups, args, out, built))
-    summarise_groups(groups, out)
+    summarise_groups(groups, out, args.quiet)
     diffs = write_comparison(args.compare, built, out, written)
     figures = list(args.figure)
     seg_sets = segfigure.prediction_sets(args.runs) if not args.reference_only else {}
@@ -229,7 +233,7 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
         written["report.html"] = write_report(out / "report.html", built, groups, dict(written),
                                               args.runs, args.decimals, figures,
                                               diffs)  # fmt: skip
-    for path in written.values():
+    for path in [] if args.quiet else written.values():
         print(f"wrote {path}")
     return written
 

@@ -105,9 +105,9 @@ def to_html(diffs: list[Difference], decimals: int, escape) -> str:
     for d in diffs:
         groups.setdefault((d.table, d.a, d.b), []).append(d)
     for (table, a, b), ds in groups.items():
-        out.append(f'<h3>{escape(table)}: {escape(b)} vs {escape(a)}</h3><table class="cmp">'
-                   "<tr><th>column</th><th>A (n)</th><th>B (n)</th><th>B − A</th>"
-                   "<th>95% interval</th><th>Welch p</th></tr>")  # fmt: skip
+        out.append(f"<h3>{escape(table)}: B = {escape(b)} against A = {escape(a)}</h3>"
+                   '<table class="cmp"><tr><th>column</th><th>A (n)</th><th>B (n)</th>'
+                   "<th>B − A</th><th>95% interval</th><th>Welch p</th></tr>")  # fmt: skip
         for d in ds:
             lo, hi = d.diff - d.ci95, d.diff + d.ci95
             ci = "n/a" if math.isnan(d.ci95) else f"[{_num(lo, decimals)}, {_num(hi, decimals)}]"

@@ -246,3 +246,49 @@ def test_a_benchmark_records_its_figures_with_their_provenance(tmp_path):
     assert runner.command == "python benchmarks/speed/x.py --iters 10"
     assert runner.machine.startswith("NVIDIA H100 80GB HBM3, ") and runner.date
     assert lookup(recs, "voc_c4_24k", "H100", "amp").what == "bare"
+
+
+def test_plan_json_and_status_watch(tmp_path):
+    import signal
+
+    suite = _write(tmp_path, "tables: [{table: table4, protocols: [voc_c4_24k], seeds: 2}]")
+    _seed(tmp_path / "out" / "voc_c4_24k" / "a" / "seed0", iteration=6000)
+    tp = tmp_path / "tp.json"
+    record([Throughput("voc_c4_24k", "H100", "fp32", 20.0, "runner", "2026-01-02", "c")], tp)
+    base = [sys.executable, "-m", "bench"]
+    common = ["--suite", str(suite), "--weights", "a.pth", "--output", str(tmp_path / "out")]
+    cmd = [*base, "plan", *common, "--gpu", "H100", "--throughputs", str(tp), "--json"]
+    res = subprocess.run([*cmd, "--gpus", "2"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    (row,) = plan["rows"]
+    assert row["gpu_hours"] == pytest.approx(1.75 * SEED_H) and row["images_per_seed"] == [384000]
+    assert row["state"] == "seed 0 at it 6000 of 24000"
+    assert plan["totals"]["wall_hours"] == pytest.approx(SEED_H)  # 0.75 and 1 seed on 2 GPUs
+    watch = subprocess.Popen([*base, "status", *common, "--watch", "0.3", "--no-report"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(8)
+    watch.send_signal(signal.SIGINT)
+    out, _ = watch.communicate(timeout=60)
+    assert watch.returncode == 0
+    assert out.count("s0  partial  6000/24000") >= 2  # refreshed
+    assert out.count("suite:         1 partial, 1 pending") >= 2
+
+
+def test_comparison_of_two_rows_by_hand():
+    from tables.compare import compare_rows, to_html
+    from tables.layout import Row
+
+    spec = TABLES["table4"]
+    a = Row("ours", "BYOL", "200", weights="byol", cells={"voc_AP": Stat([50.0, 50.5])})
+    b = Row("ours", "CARE", "200", weights="care",
+            cells={"voc_AP": Stat([55.0, 56.0, 55.5]), "voc_AP50": Stat([80.0])})  # fmt: skip
+    (d,) = compare_rows(spec, [a, b], "byol", ["care"])  # AP50: only one side has it
+    assert (d.column, d.mean_a, d.mean_b, d.diff) == ("voc_AP", 50.25, 55.5, 5.25)
+    assert d.ci95 == pytest.approx(diff_ci95(a.cells["voc_AP"], b.cells["voc_AP"]))
+    from scipy.stats import ttest_ind
+
+    assert d.p == pytest.approx(ttest_ind([55, 56, 55.5], [50, 50.5], equal_var=False).pvalue)
+    html = to_html([d], 2, str)
+    assert "B = CARE (care) against A = BYOL (byol)" in html and "+5.25" in html
+    assert 'class="sig"' in html  # the interval excludes 0
