@@ -14,6 +14,7 @@ seed has finished.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -117,9 +118,14 @@ def run_calls(calls: list[Call], on_progress) -> int:
             progressed |= len(call.left()) < before
         if not progressed:
             break
-    for label, code in failed.items():
-        print(f"FAILED: {label} (runner exit {code}; see its seed<k>/failed.json)",
-              file=sys.stderr)  # fmt: skip
+    for call in calls:
+        if call.label in failed:
+            print(f"FAILED: {call.label} (runner exit {failed[call.label]})", file=sys.stderr)
+            for d in call.left():
+                if (d / "failed.json").exists():
+                    error = json.loads((d / "failed.json").read_text()).get("error", "")
+                    print(f"  {d}: {error.strip().splitlines()[-1] if error.strip() else ''}",
+                          file=sys.stderr)  # fmt: skip
     held = [d for c in calls for d in c.left() if lock_held(d)]
     for d in held:
         print(f"running in another launcher: {d}")

@@ -174,3 +174,18 @@ def test_slurm_through_submitits_local_executor(tmp_path, two_weights):
     assert res.stdout.count("submitted Slurm job") == 4
     assert _status(out)["totals"]["finished"] == 4
     assert (out / "tables" / "report.html").exists()
+
+
+def test_a_failed_seed_is_reported_and_the_rest_go_on(tmp_path, two_weights, capsys):
+    suite = tmp_path / "nan.yaml"  # a NaN learning rate: the linear probe's loss is NaN
+    suite.write_text("tables: [{table: table2, seeds: 1, smoke_opts: [epochs, 1, lr_per_256, "
+                     "nan]}, {table: classification, protocols: [knn], seeds: 1}]")  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["run", "--suite", str(suite), "--dataset", "synthetic", "--weights",
+            two_weights[0], "--output", str(out), "--launcher", "inprocess"]  # fmt: skip
+    assert cli(argv) == 1
+    err = capsys.readouterr().err
+    assert "FAILED: base_r50 linear_care (runner exit 1)" in err
+    assert "linear_care_smoke/base_r50/seed0: NonFiniteLoss: loss is nan" in err
+    states = {r["protocol"]: r["state"] for r in _status(out)["runs"]}
+    assert states == {"linear_care": "failed", "knn": "finished"}
