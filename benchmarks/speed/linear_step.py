@@ -30,6 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.throughputs import add_record_arg, record_benchmark  # noqa: E402
+
 
 def write_images(root: Path, n: int, seed: int = 0) -> None:
     """``n`` JPEGs of ImageNet's typical size and weight (500 x 375, about 110 KB at quality
@@ -72,6 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="train pipeline: the linear protocols' or the multi-layer one's",
     )
     p.add_argument("--json", type=Path, default=None)
+    add_record_arg(p)
     return p
 
 
@@ -152,6 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{k:18s} {v:.1f}" if isinstance(v, float) else f"{k:18s} {v}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+    if args.record and out["arch"] == "ResNet-50":  # the protocols' network
+        # rrc_flip is linear_care's and linear_moco's pipeline, the other linear_multilayer's
+        keys = ["linear_care", "linear_moco"] if args.aug == "rrc_flip" else ["linear_multilayer"]
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        precision = "amp" if amp else "fp32"
+        figures = [(k, precision, out["loop_img_per_s"], "runner") for k in keys]
+        record_benchmark(args.record, figures, name, "benchmarks/speed/linear_step.py",
+                         sys.argv[1:] if argv is None else argv)  # fmt: skip
     return out
 
 
