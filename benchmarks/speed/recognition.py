@@ -191,13 +191,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     if args.record:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        figures = [("feature_extraction", "fp32", res["extract_img_s"], "runner")]
-        if "finetune_img_s" in res:
-            figures.append(("finetune_step", "fp32", res["finetune_img_s"], "bare"))
-        record_benchmark(args.record, figures, name, "benchmarks/speed/recognition.py",
-                         sys.argv[1:] if argv is None else argv)  # fmt: skip
+        record(args.record, res, device, sys.argv[1:] if argv is None else argv)
     return res
+
+
+def record(path: Path, res: dict, device: torch.device, argv: list[str]) -> None:
+    """The extraction and fine-tuning rates into the throughput file care-bench plans with."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    figures = [("feature_extraction", "fp32", res["extract_img_s"], "runner")]
+    if "finetune_img_s" in res:
+        figures.append(("finetune_step", "fp32", res["finetune_img_s"], "bare"))
+    record_benchmark(path, figures, name, "benchmarks/speed/recognition.py", argv)
 
 
 if __name__ == "__main__":
