@@ -130,7 +130,7 @@ def finetune_rate(device: torch.device, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=256, help="JPEGs for the extraction rate")
@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--finetune-batch", type=int, default=16)
     p.add_argument("--json", type=Path, default=None)
     add_record_arg(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
     device = torch.device(args.device)
     from transfer.recognition.logreg import wd_grid
 
