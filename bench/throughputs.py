@@ -113,6 +113,17 @@ def add_record_arg(p) -> None:
     )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else "CPU"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
 def record_benchmark(path: Path, figures: list[tuple[str, str, float, str]], device: str,
                      script: str, argv: list[str]) -> Path:  # fmt: skip
     """Record ``figures`` [(key, precision, images/s, what)] measured on ``device`` (a
@@ -122,7 +133,8 @@ def record_benchmark(path: Path, figures: list[tuple[str, str, float, str]], dev
     import torch
 
     command = " ".join(["python", script, *argv])
-    machine = f"{device}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = f"{device if gpu_kind(device) != 'cpu' else cpu_model()}, {os.cpu_count()} cores, "
+    machine += f"torch {torch.__version__}"
     rows = [Throughput(key, gpu_kind(device), precision, round(float(v), 2), what, today(),
                        command, machine) for key, precision, v, what in figures]  # fmt: skip
     path = record(rows, path)
