@@ -273,6 +273,9 @@ def test_the_cifar_recipes_take_lightlys_byol_loss_and_imagenet_keeps_byols(meth
     assert torch.allclose(grads["byol"], 4 * grads["lightly"], rtol=1e-9, atol=1e-14)
 
 
+# in `make test-extended` (CI time): the recipe's pieces (data, model, kNN monitor, probe) are
+# checked one by one above
+@pytest.mark.extended
 def test_the_cifar_recipe_runs_two_epochs_and_its_checkpoint_serves_the_runner(tmp_path):
     """cifar-smoke (the CIFAR recipe, 2 epochs) on the synthetic twin: the kNN monitor every
     epoch, its seed folder for the tables (best / last epoch), the cifar table's row, and

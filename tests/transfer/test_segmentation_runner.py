@@ -101,6 +101,8 @@ def _final_state(seed_dir: Path) -> dict:
     return torch.load(seed_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
 
 
+# in `make test-extended` (CI time), beside the resumed two-process run of test_scaleout_runs
+@pytest.mark.extended
 def test_an_interrupted_seed_resumes_to_the_same_model(tmp_path, weights, twin, monkeypatch):
     """SIGTERM after iteration 1 checkpoints and stops; the re-run resumes the model, the
     optimiser, the schedule and the data stream: its final weights equal an uninterrupted
