@@ -35,7 +35,7 @@ install:  ## torch (if missing), a working detectron2, the suite (editable) with
 test: ensure  ## the whole test suite (CPU), on $(TEST_WORKERS) parallel workers of one thread each
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
-test-extended: ensure  ## the learning-signal runs, the tiny demo, the multi-process and multi-machine runs and other long runs left out of `make test` (~40 min on 2 cores)
+test-extended: ensure  ## the learning-signal runs, the tiny demo, the multi-process and multi-machine runs and other long runs left out of `make test` (~55 min on 2 cores)
 	$(PYTHON) -m pytest -q --extended -m extended
 
 lint: ensure  ## ruff: lint rules, complexity (C901 <= 12) and formatting of the changed style
