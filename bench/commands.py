@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -30,9 +31,12 @@ def default_gpu(records: list[Throughput]) -> str:
 
 
 def _header(suite: Suite, weights: list[str], output: Path, smoke: bool) -> str:
+    """The suite, its tables and the run's data, wrapped at 80 columns."""
     data = "synthetic data (smoke configs)" if smoke else "real data"
-    return (f"suite {suite.name}: {suite.title}\ntables: {', '.join(suite.tables)}; "
-            f"{len(weights)} checkpoint(s); {data}; output {output}")  # fmt: skip
+    lines = [f"suite {suite.name}: {suite.title}",
+             f"tables: {', '.join(suite.tables)}; {len(weights)} checkpoint(s); {data}; "
+             f"output {output}"]  # fmt: skip
+    return "\n".join(textwrap.fill(line, views.WIDTH, subsequent_indent="  ") for line in lines)
 
 
 def plan(args: argparse.Namespace) -> int:
